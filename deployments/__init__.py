@@ -1,0 +1,1 @@
+"""How users start vss: the `vss` command line and the Prefect deployments it serves."""

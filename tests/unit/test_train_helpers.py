@@ -1,0 +1,64 @@
+from pathlib import Path
+
+from vss_core import launch, train
+from vss_core.config import load_config
+from vss_core.runs import RunPaths, create_run
+
+
+def test_warmup_then_cosine():
+    f = train.lr_lambda(warmup_steps=4, total_steps=20)
+    warm = [f(s) for s in range(5)]
+    assert warm == sorted(warm) and warm[-1] == 1.0
+    decay = [f(s) for s in range(4, 21)]
+    assert decay == sorted(decay, reverse=True) and abs(decay[-1]) < 1e-9
+
+
+def test_steps_per_epoch_and_rank_order_cover_the_data():
+    assert train.steps_per_epoch(8, world_size=2, micro_batch=1, accumulation=1) == 4
+    assert train.steps_per_epoch(8, world_size=2, micro_batch=1, accumulation=64) == 1
+    a = train.rank_order(8, epoch=0, seed=1, rank=0, world_size=2, length=4)
+    b = train.rank_order(8, epoch=0, seed=1, rank=1, world_size=2, length=4)
+    assert sorted(a + b) == list(range(8))
+    assert train.rank_order(3, 0, 0, 1, 2, length=4) == [train.rank_order(3, 0, 0, 1, 2, 1)[0]] * 4
+
+
+def test_only_complete_checkpoints_are_trusted(tmp_path):
+    for step, complete in [(2, True), (4, True), (6, False)]:
+        d = tmp_path / f"step-{step}"
+        d.mkdir()
+        if complete:
+            (d / train.COMPLETE).write_text("{}")
+    (tmp_path / "tmp-step-8").mkdir()
+    assert [s for s, _ in train.complete_checkpoints(tmp_path)] == [2, 4]
+    removed = {p.name for p in train.remove_partial_checkpoints(tmp_path)}
+    assert removed == {"step-6", "tmp-step-8"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2", "step-4"]
+
+
+def test_run_directory_holds_config_and_deepspeed_json(tmp_path):
+    cfg = load_config("cpu-demo", [f"training.output_dir={tmp_path}", "training.run_name=r1"])
+    run = create_run(cfg)
+    assert Path(run.config).is_file() and Path(run.ds_config).is_file()
+    import json
+
+    assert json.loads(Path(run.ds_config).read_text())["zero_optimization"]["stage"] == 3
+    import pytest
+    from vss_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already exists"):
+        create_run(cfg)
+
+
+def test_launcher_command_single_and_multi_node(tmp_path):
+    run = RunPaths(root=str(tmp_path))
+    cmd = launch.build_command(load_config("conservative-2xb200"), run, Path("/m"), Path("/p"))
+    assert cmd[0].endswith("deepspeed") and cmd[1:3] == ["--num_gpus", "2"]
+    assert cmd[3:5] == ["--module", "vss_core.train"] and cmd[-4:] == ["--model-dir", "/m", "--prepared-dir", "/p"]
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node1 slots=8\nnode2 slots=8\n")
+    cfg = load_config("standard-8xh100", [f"hardware.hostfile={hostfile}", "hardware.nodes=2"])
+    cmd = launch.build_command(cfg, run, Path("/m"), Path("/p"))
+    assert cmd[1:7] == ["--hostfile", str(hostfile), "--num_nodes", "2", "--num_gpus", "8"]
+    env = launch.training_env(load_config("cpu-demo"), base={})
+    assert env["DS_ACCELERATOR"] == "cpu" and "TORCH_EXTENSIONS_DIR" in env
+    assert "DS_ACCELERATOR" not in launch.training_env(cfg, base={})

@@ -1,0 +1,343 @@
+"""One typed config for a vss run.
+
+Built once at the edge — a shipped profile (YAML) plus `section.key=value` overrides — then each
+function gets only the section it needs. Every field is typed, bounded and described; the
+descriptions feed `--help`, the Prefect run form and the docs. Unknown keys and out-of-range values
+are rejected naming the key as the user writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vss_core.errors import ConfigError, bullet_list
+
+PROFILE_PACKAGE = "vss_core.profiles"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class HardwareConfig(_Section):
+    accelerator: Literal["cuda", "cpu"] = Field(
+        "cuda", description="Device the training ranks run on: 'cuda' for NVIDIA GPUs, 'cpu' for the CPU demo."
+    )
+    gpus_per_node: int = Field(
+        2, ge=1, le=64, description="Training ranks per node (GPUs per node; CPU processes for accelerator=cpu)."
+    )
+    nodes: int = Field(1, ge=1, le=1024, description="Number of nodes; >1 needs hostfile.")
+    hostfile: str | None = Field(
+        None, description="DeepSpeed hostfile ('host slots=N' per line) for multi-node launches."
+    )
+    min_gpu_memory_gb: float = Field(
+        0.0, ge=0, description="Memory each GPU must have (GiB total, as nvidia-smi reports) for the profile to run."
+    )
+    min_ram_gb: float = Field(0.0, ge=0, description="System RAM the run needs (GiB total).")
+    min_free_disk_gb: float = Field(
+        1.0, ge=0, description="Free disk the run needs where weights, prepared data and checkpoints go (GiB)."
+    )
+
+    @model_validator(mode="after")
+    def _multi_node_needs_hostfile(self) -> HardwareConfig:
+        if self.nodes > 1 and not self.hostfile:
+            raise ValueError("hardware.nodes > 1 needs hardware.hostfile (a DeepSpeed hostfile)")
+        return self
+
+
+class ModelConfig(_Section):
+    source: str = Field(
+        "meituan-longcat/LongCat-Flash-Omni",
+        min_length=1,
+        description="Hub repo id of the base model, or a local directory in the checkpoint layout (used in place).",
+    )
+    revision: str = Field("main", min_length=1, description="Hub revision (branch, tag or commit) to download.")
+    cache_dir: str | None = Field(None, description="Download cache; default: huggingface_hub's (HF_HOME).")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Dtype the model is trained in.")
+    trust_remote_code: bool = Field(False, description="Allow code shipped with the checkpoint to run. Off by default.")
+
+
+class LoraConfig(_Section):
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    targets: list[str] = Field(
+        default_factory=lambda: ["attention"],
+        min_length=1,
+        description="LoRA target sets ('attention', 'dense_mlp', 'projectors') or module-name suffixes.",
+    )
+
+
+class DataConfig(_Section):
+    root: str = Field("data/train", min_length=1, description="Dataset root: <root>/<sample>/{in.mp4,in.wav,out.wav}.")
+    on_invalid: Literal["fail", "skip"] = Field(
+        "fail", description="Invalid samples: 'fail' stops the run listing them all; 'skip' trains on the rest."
+    )
+    video_frames: int = Field(16, ge=2, le=256, description="Frames sampled from each in.mp4 (even: temporal patch 2).")
+    video_fps: float = Field(2.0, gt=0, le=60, description="Rate frames are sampled at, before the frame cap.")
+    audio_seconds: float = Field(30.0, gt=0, le=600, description="Maximum seconds of in.wav and out.wav used.")
+    sample_rate: int = Field(16000, ge=8000, le=48000, description="Audio rate the model wants (Hz).")
+    workers: int = Field(0, ge=0, le=512, description="Preparation worker processes; 0 = one per CPU core.")
+
+    @model_validator(mode="after")
+    def _even_frames(self) -> DataConfig:
+        if self.video_frames % 2:
+            raise ValueError(
+                f"data.video_frames={self.video_frames} must be even (the vision encoder patches 2 frames at a time)"
+            )
+        return self
+
+
+class TrainingConfig(_Section):
+    output_dir: str = Field("runs", min_length=1, description="Where run directories are created.")
+    run_name: str | None = Field(None, description="Run directory name; default: <profile>-<timestamp>.")
+    epochs: int = Field(3, ge=1, le=10_000, description="Passes over the dataset.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    micro_batch_size: int = Field(1, ge=1, le=1024, description="Samples per rank per forward pass.")
+    gradient_accumulation_steps: int = Field(32, ge=1, le=65536, description="Micro batches per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps before cosine decay.")
+    gradient_clipping: float = Field(1.0, gt=0, description="Max gradient norm.")
+    log_every_n_steps: int = Field(10, ge=1, description="Log 'Step k/N - Loss: x' every N optimizer steps.")
+    save_every_n_steps: int = Field(500, ge=1, description="Save a checkpoint every N optimizer steps.")
+    checkpoints_to_keep: int = Field(3, ge=1, le=100, description="Checkpoints kept; older ones are deleted.")
+    seed: int = Field(42, ge=0, description="Random seed.")
+    codebook_loss_weights: list[float] = Field(
+        default_factory=lambda: [1.0, 1.0, 1.0, 1.0],
+        min_length=4,
+        max_length=4,
+        description="Cross-entropy weight of each of the 4 speech codebooks (semantic first).",
+    )
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: Literal[3] = Field(3, description="ZeRO stage (vss trains with ZeRO-3).")
+    offload_optimizer: Literal["cpu", "nvme", "none"] = Field("cpu", description="Where optimizer states live.")
+    offload_param: Literal["cpu", "nvme", "none"] = Field("cpu", description="Where partitioned parameters live.")
+    nvme_path: str | None = Field(None, description="NVMe directory for offload='nvme'.")
+    pin_memory: bool = Field(True, description="Pin offloaded CPU buffers (faster transfers; needs a GPU).")
+    optimizer_buffer_count: int | None = Field(None, ge=1, le=64, description="offload_optimizer.buffer_count.")
+    param_buffer_count: int | None = Field(None, ge=1, le=64, description="offload_param.buffer_count.")
+    sub_group_size: float | None = Field(None, gt=0, description="zero_optimization.sub_group_size.")
+    max_live_parameters: float = Field(1e9, gt=0, description="stage3_max_live_parameters.")
+    max_reuse_distance: float = Field(1e9, gt=0, description="stage3_max_reuse_distance.")
+    prefetch_bucket_size: float | None = Field(
+        None, gt=0, description="stage3_prefetch_bucket_size (unset: DeepSpeed's default)."
+    )
+    reduce_bucket_size: float | None = Field(None, gt=0, description="reduce_bucket_size (unset: DeepSpeed's default).")
+    activation_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
+    partition_activations: bool = Field(False, description="Shard checkpointed activations across ranks.")
+    contiguous_memory_optimization: bool = Field(False, description="Copy checkpointed activations to one buffer.")
+
+    @model_validator(mode="after")
+    def _nvme_needs_path(self) -> DeepSpeedConfig:
+        if "nvme" in (self.offload_optimizer, self.offload_param) and not self.nvme_path:
+            raise ValueError("deepspeed.offload_*='nvme' needs deepspeed.nvme_path")
+        return self
+
+
+class UploadConfig(_Section):
+    enabled: bool = Field(True, description="Upload the adapter to the Hub when a token is configured.")
+    repo_id: str | None = Field(
+        None, description="Hub repo for the adapter, e.g. 'you/longcat-flash-omni-vss-lora'. Unset: skip upload."
+    )
+    private: bool = Field(True, description="Create the Hub repo private.")
+
+
+class VSSConfig(_Section):
+    """The whole configuration of one vss run."""
+
+    profile: str = Field("custom", description="Profile this config was built from.")
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    upload: UploadConfig = Field(default_factory=UploadConfig)
+
+    @model_validator(mode="after")
+    def _cpu_means_no_gpu_features(self) -> VSSConfig:
+        if self.hardware.accelerator == "cpu" and self.model.dtype == "bfloat16":
+            raise ValueError("hardware.accelerator='cpu' trains in float32: set model.dtype=float32")
+        return self
+
+
+# --- profiles and overrides -------------------------------------------------------------------
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles shipped with vss."""
+    files = resources.files(PROFILE_PACKAGE).iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def _profile_dict(name: str) -> dict[str, Any]:
+    path = Path(name)
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        text = path.read_text()
+    else:
+        res = resources.files(PROFILE_PACKAGE) / f"{name}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"profile {name!r} does not exist. Shipped profiles: {', '.join(list_profiles())}; "
+                "or give the path of a YAML file."
+            )
+        text = res.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"profile {name!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"profile {name!r} must be a YAML mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("profile", path.stem if path.suffix else name)
+    return raw
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split 'training.learning_rate=1e-4' into (['training', 'learning_rate'], 0.0001).
+
+    Values are read as YAML, so numbers, booleans, null and [lists] work as typed.
+
+    Raises:
+        ConfigError: the override is not of the form key.path=value.
+    """
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. training.learning_rate=1e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    # YAML 1.1 reads '5e-5' as a string; numbers written that way are meant as floats.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if any(c in parsed.lower() for c in "e.") and parsed.strip() else parsed
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply dotted-key overrides to a raw config mapping (returns a new mapping)."""
+    out = json.loads(json.dumps(raw))
+    items = (
+        [parse_override(o) for o in overrides]
+        if isinstance(overrides, list)
+        else [(k.split("."), v) for k, v in overrides.items()]
+    )
+    for keys, value in items:
+        node = out
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {'.'.join(keys)}: {k!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `vss config --profile P` lists the valid ones)"
+        value = err.get("input")
+        shown = f" (got {value!r})" if err["type"] != "extra_forbidden" and not isinstance(value, dict) else ""
+        problems.append(f"{key}: {msg}{shown}")
+    return f"invalid configuration in {where}:\n{bullet_list(problems)}"
+
+
+def load_config(profile: str, overrides: list[str] | dict[str, Any] | None = None) -> VSSConfig:
+    """Build the run config from a shipped profile name (or YAML path) and overrides.
+
+    Raises:
+        ConfigError: unknown profile, unknown key or out-of-range value (all problems at once).
+    """
+    raw = apply_overrides(_profile_dict(profile), overrides or [])
+    where = f"profile {profile!r}" + (" with overrides" if overrides else "")
+    try:
+        return VSSConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def config_from_json(path: str | Path) -> VSSConfig:
+    """Re-validate a resolved config written into a run directory.
+
+    Raises:
+        ConfigError: the file is missing or does not validate.
+    """
+    path = Path(path)
+    try:
+        return VSSConfig.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+
+
+# --- DeepSpeed ------------------------------------------------------------------------------
+
+
+def _offload(device: str, cfg: DeepSpeedConfig, buffer_count: int | None) -> dict[str, Any]:
+    section: dict[str, Any] = {"device": device, "pin_memory": cfg.pin_memory}
+    if device == "nvme":
+        section["nvme_path"] = cfg.nvme_path
+    if buffer_count is not None:
+        section["buffer_count"] = buffer_count
+    return section
+
+
+def deepspeed_config(cfg: VSSConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON for a run, generated from the config (never hand-edited).
+
+    Optimizer and scheduler are built by the training entry point; this carries batch shape, precision,
+    clipping, ZeRO-3 partitioning/offload and activation checkpointing.
+    """
+    ds, tr = cfg.deepspeed, cfg.training
+    world = cfg.hardware.gpus_per_node * cfg.hardware.nodes
+    zero: dict[str, Any] = {
+        "stage": ds.zero_stage,
+        "overlap_comm": cfg.hardware.accelerator == "cuda",
+        "contiguous_gradients": True,
+        "stage3_max_live_parameters": int(ds.max_live_parameters),
+        "stage3_max_reuse_distance": int(ds.max_reuse_distance),
+        "stage3_gather_16bit_weights_on_model_save": False,
+    }
+    if ds.offload_optimizer != "none":
+        zero["offload_optimizer"] = _offload(ds.offload_optimizer, ds, ds.optimizer_buffer_count)
+    if ds.offload_param != "none":
+        zero["offload_param"] = _offload(ds.offload_param, ds, ds.param_buffer_count)
+    if ds.sub_group_size is not None:
+        zero["sub_group_size"] = int(ds.sub_group_size)
+    if ds.prefetch_bucket_size is not None:
+        zero["stage3_prefetch_bucket_size"] = int(ds.prefetch_bucket_size)
+    if ds.reduce_bucket_size is not None:
+        zero["reduce_bucket_size"] = int(ds.reduce_bucket_size)
+    out: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": tr.micro_batch_size,
+        "gradient_accumulation_steps": tr.gradient_accumulation_steps,
+        "train_batch_size": tr.micro_batch_size * tr.gradient_accumulation_steps * world,
+        "gradient_clipping": tr.gradient_clipping,
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,  # vss logs steps itself
+        "wall_clock_breakdown": False,
+    }
+    if ds.activation_checkpointing:
+        out["activation_checkpointing"] = {
+            "partition_activations": ds.partition_activations,
+            "contiguous_memory_optimization": ds.contiguous_memory_optimization,
+            "cpu_checkpointing": False,
+        }
+    return out

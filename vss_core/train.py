@@ -1,0 +1,273 @@
+"""Training entry point, started by the DeepSpeed launcher (one process per rank):
+
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module vss_core.train \
+        --config RUN/config.json --model-dir MODEL --prepared-dir PREPARED
+
+Set up (distributed, model, LoRA, ZeRO-3 engine), train (resuming from the latest complete
+checkpoint), save the adapter atomically, clean up. Writes into the run directory next to
+config.json: train_summary.json, metrics.jsonl, tensorboard/, checkpoints/step-N/, adapter/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from vss_core import data, lora, model as omni
+from vss_core.config import VSSConfig, config_from_json, deepspeed_config
+from vss_core.runs import RunPaths, write_json_atomic
+
+log = logging.getLogger("vss.train")
+COMPLETE = "COMPLETE"
+
+
+# --- schedule and data order (plain functions, unit-tested) ---------------------------------------
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """Linear warmup then cosine decay to 0, as a LambdaLR multiplier."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def steps_per_epoch(num_samples: int, world_size: int, micro_batch: int, accumulation: int) -> int:
+    """Optimizer steps per epoch: every rank sees the same number of micro batches (wrapping round)."""
+    per_rank = math.ceil(num_samples / world_size)
+    return max(1, math.ceil(per_rank / (micro_batch * accumulation)))
+
+
+def rank_order(num_samples: int, epoch: int, seed: int, rank: int, world_size: int, length: int) -> list[int]:
+    """This rank's sample indices for one epoch: a seeded shuffle, sharded, wrapped to `length`."""
+    order = list(range(num_samples))
+    random.Random(seed + epoch).shuffle(order)
+    shard = order[rank::world_size] or order
+    return [shard[i % len(shard)] for i in range(length)]
+
+
+# --- checkpoints: complete ones only --------------------------------------------------------------
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Checkpoints that finished writing (marker present), oldest first."""
+    found = []
+    for d in root.glob("step-*") if root.is_dir() else []:
+        if (d / COMPLETE).is_file() and d.name.removeprefix("step-").isdigit():
+            found.append((int(d.name.removeprefix("step-")), d))
+    return sorted(found)
+
+
+def remove_partial_checkpoints(root: Path) -> list[Path]:
+    """Delete checkpoint folders a killed process left half-written."""
+    removed = []
+    for d in root.glob("*") if root.is_dir() else []:
+        if d.is_dir() and not (d / COMPLETE).is_file():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def save_checkpoint(engine, root: Path, step: int, keep: int) -> Path:
+    """Save to a temp tag, then (rank 0) mark complete and rename: resume never trusts half a checkpoint."""
+    import deepspeed.comm as dist
+
+    tmp_tag, final = f"tmp-step-{step}", root / f"step-{step}"
+    engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"step": step}, save_latest=False)
+    dist.barrier()
+    if engine.global_rank == 0:
+        (root / tmp_tag / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}))
+        os.replace(root / tmp_tag, final)
+        for _, old in complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+# --- adapter --------------------------------------------------------------------------------------
+
+
+def save_adapter(engine, peft_model, out_dir: Path) -> None:
+    """Gather the LoRA weights from their ZeRO-3 partitions and write the adapter atomically (rank 0)."""
+    import deepspeed
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    trainable = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
+        if engine.global_rank == 0:
+            full = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in trainable}
+    if engine.global_rank != 0:
+        return
+    state = get_peft_model_state_dict(peft_model, state_dict=full)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    peft_model.peft_config["default"].save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def _optimizer(params, cfg: VSSConfig):
+    kwargs = dict(lr=cfg.training.learning_rate, betas=(0.9, 0.95), weight_decay=cfg.training.weight_decay)
+    if cfg.deepspeed.offload_optimizer != "none":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) -> dict:
+    import deepspeed
+    import deepspeed.comm as dist
+    from deepspeed.utils import set_z3_leaf_modules
+    from torch.utils.tensorboard import SummaryWriter
+
+    backend = "gloo" if cfg.hardware.accelerator == "cpu" else "nccl"
+    deepspeed.init_distributed(dist_backend=backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(cfg.training.seed)
+    random.seed(cfg.training.seed)
+
+    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    base = omni.load_omni(model_dir, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.deepspeed.activation_checkpointing:
+        base.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    peft_model = lora.apply_lora(base, cfg.lora)
+    # ZeRO-3 must gather the whole MoE block at once, or ranks that route differently hang.
+    set_z3_leaf_modules(peft_model, omni.zero3_leaf_classes())
+    trainable, total = omni.count_parameters(peft_model)
+    if rank == 0:
+        log.info("Trainable parameters: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        write_json_atomic(Path(run.root) / "trainable_parameters.json", {"trainable": trainable, "total": total})
+
+    samples = data.load_prepared(prepared_dir)
+    tr = cfg.training
+    per_epoch = steps_per_epoch(len(samples), world, tr.micro_batch_size, tr.gradient_accumulation_steps)
+    total_steps = tr.max_steps or per_epoch * tr.epochs
+    if rank == 0 and tr.warmup_steps >= total_steps:
+        log.warning(
+            "training.warmup_steps=%d >= the %d steps of this run: the learning rate never reaches its peak. "
+            "Lower training.warmup_steps (e.g. to %d).",
+            tr.warmup_steps,
+            total_steps,
+            max(1, total_steps // 10),
+        )
+
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tr.warmup_steps, total_steps))
+    engine, _, _, _ = deepspeed.initialize(
+        model=peft_model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
+    )
+
+    ckpt_root = Path(run.checkpoints)
+    start_step = 0
+    if rank == 0:
+        ckpt_root.mkdir(exist_ok=True)
+        for d in remove_partial_checkpoints(ckpt_root):
+            log.warning("Removed incomplete checkpoint %s (left by an interrupted run)", d)
+    dist.barrier()
+    done = complete_checkpoints(ckpt_root)
+    if done:
+        step, path = done[-1]
+        _, client = engine.load_checkpoint(str(ckpt_root), tag=path.name)
+        start_step = int(client["step"])
+        if rank == 0:
+            log.info("Resumed from checkpoint %s (step %d/%d)", path, start_step, total_steps)
+
+    writer = SummaryWriter(str(Path(run.root) / "tensorboard")) if rank == 0 else None
+    metrics = open(run.metrics, "a") if rank == 0 else None
+    micro_per_step = tr.micro_batch_size * tr.gradient_accumulation_steps
+    weights = tr.codebook_loss_weights
+    if rank == 0:
+        log.info("Starting training: %d samples, %d ranks, %d steps (%d per epoch)", len(samples), world, total_steps, per_epoch)
+    first_loss = last_loss = None
+    engine.train()
+    epoch_start = time.time()
+    for step in range(start_step, total_steps):
+        epoch, in_epoch = divmod(step, per_epoch)
+        order = rank_order(len(samples), epoch, tr.seed, rank, world, per_epoch * micro_per_step)
+        step_losses = []
+        for m in range(tr.gradient_accumulation_steps):
+            lo = (in_epoch * tr.gradient_accumulation_steps + m) * tr.micro_batch_size
+            batch = omni.collate([samples[i] for i in order[lo : lo + tr.micro_batch_size]])
+            out = engine(**batch, codebook_weights=weights)
+            engine.backward(out.loss)
+            engine.step()
+            step_losses.append(out.loss.detach().float())
+        loss = torch.stack(step_losses).mean()
+        dist.all_reduce(loss)
+        loss = loss.item() / world
+        first_loss = loss if first_loss is None else first_loss
+        last_loss = loss
+        n = step + 1
+        if rank == 0:
+            lr = scheduler.get_last_lr()[0]
+            if n % tr.log_every_n_steps == 0 or n == total_steps:
+                log.info("Step %d/%d - Loss: %.3f", n, total_steps, loss)
+            record = {"step": n, "total_steps": total_steps, "epoch": epoch + 1, "loss": loss, "lr": lr, "time": time.time()}
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            writer.add_scalar("train/loss", loss, n)
+            writer.add_scalar("train/lr", lr, n)
+        if n % per_epoch == 0 and rank == 0:
+            log.info("Epoch %d/%d complete (%.1f s)", n // per_epoch, math.ceil(total_steps / per_epoch), time.time() - epoch_start)
+            epoch_start = time.time()
+        if n % tr.save_every_n_steps == 0 and n < total_steps:
+            path = save_checkpoint(engine, ckpt_root, n, tr.checkpoints_to_keep)
+            if rank == 0:
+                log.info("Saved checkpoint %s", path)
+
+    save_adapter(engine, peft_model, Path(run.adapter))
+    summary = {
+        "steps": total_steps,
+        "resumed_from_step": start_step,
+        "first_loss": first_loss,
+        "final_loss": last_loss,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "world_size": world,
+        "adapter": run.adapter,
+    }
+    if rank == 0:
+        write_json_atomic(Path(run.root) / "train_summary.json", summary)
+        writer.close()
+        metrics.close()
+        log.info("Adapter saved to %s", run.adapter)
+    dist.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="vss training process (started by the DeepSpeed launcher).")
+    parser.add_argument("--config", required=True, help="RUN/config.json written by vss")
+    parser.add_argument("--model-dir", required=True, help="checkpoint directory")
+    parser.add_argument("--prepared-dir", required=True, help="prepared dataset directory")
+    parser.add_argument("--local_rank", type=int, default=0, help="set by the DeepSpeed launcher")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
+    cfg = config_from_json(args.config)
+    run = RunPaths(root=str(Path(args.config).parent))
+    train(cfg, run, Path(args.model_dir), Path(args.prepared_dir))
+
+
+if __name__ == "__main__":
+    main()
