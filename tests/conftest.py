@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny checkpoint and a generated dataset, written once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# DeepSpeed compiles its CPU ops on first use; keep the builds in the repo's cache between runs.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from vss_core import model
+
+    return model.write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory) -> Path:
+    from vss_core import demo
+
+    root = tmp_path_factory.mktemp("data") / "train"
+    demo.write_demo_dataset(root, samples=4, seed=0, seconds=2.0)
+    return root

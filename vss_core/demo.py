@@ -1,0 +1,217 @@
+"""A small generated dataset in the user's format, for the CPU demo and the tests.
+
+`write_demo_dataset(root, samples)` writes `root/<01..N>/{in.mp4,in.wav,out.wav}`:
+
+- in.mp4: a real H.264 (libx264, yuv420p) clip, 96x80 at 10 fps, coloured shapes moving across a
+  background; colours, sizes and paths differ per sample.
+- in.wav: 16 kHz mono int16 "speech": harmonic tones with a gliding pitch, shaped into syllables,
+  with a little noise.
+- out.wav: the target, a deterministic function of in.wav and the video: the same syllables played
+  backwards in time, at a pitch raised by a ratio read from the colour of the video's first shape.
+  A model can learn the mapping; nothing about it is random beyond the seed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+
+from vss_core.errors import DatasetError
+
+SAMPLE_RATE = 16_000
+WIDTH, HEIGHT, FPS = 96, 80, 10
+# The PyAV wheels bundle an FFmpeg built with libx264; fall back to what else might encode H.264.
+H264_ENCODERS = ("libx264", "libopenh264", "h264")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    kind: str  # "rect" or "disc"
+    colour: tuple[int, int, int]
+    size: float
+    x0: float
+    y0: float
+    vx: float
+    vy: float
+
+
+def h264_encoder() -> str:
+    """The name of an H.264 encoder the bundled FFmpeg has.
+
+    Raises:
+        DatasetError: PyAV's FFmpeg has no H.264 encoder.
+    """
+    for name in H264_ENCODERS:
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:  # noqa: BLE001 - PyAV raises different types across versions for unknown codecs
+            continue
+        return name
+    raise DatasetError(
+        f"PyAV {av.__version__}'s FFmpeg has none of the H.264 encoders {', '.join(H264_ENCODERS)}; "
+        "install the PyAV wheel from PyPI (`pip install av`), which bundles libx264."
+    )
+
+
+def write_demo_dataset(
+    root: Path, samples: int, seed: int = 0, seconds: float = 3.0, overwrite: bool = False
+) -> list[Path]:
+    """Write a generated dataset of `samples` samples under `root` and return the sample folders.
+
+    Each sample is written to a temporary folder inside `root` and renamed into place, so a crash
+    never leaves a half-written sample. With `overwrite=True`, sample folders of the same names are
+    replaced; anything else already in `root` is left alone.
+
+    Raises:
+        DatasetError: samples < 1, seconds not positive, or `root` is a non-empty directory
+            (or a file) and overwrite is False.
+    """
+    root = Path(root)
+    problems = []
+    if samples < 1:
+        problems.append(f"samples={samples}: need at least 1")
+    if not seconds > 0 or not math.isfinite(seconds):
+        problems.append(f"seconds={seconds}: must be a positive number of seconds")
+    if root.exists() and not root.is_dir():
+        problems.append(f"{root} exists and is not a directory: choose another path")
+    elif root.is_dir() and any(root.iterdir()) and not overwrite:
+        problems.append(
+            f"{root} is not empty: choose an empty or new directory, or pass overwrite=True "
+            "(`vss demo-data DIR --overwrite`) to replace the demo samples in it"
+        )
+    if problems:
+        raise DatasetError("cannot write the demo dataset:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    encoder = h264_encoder()
+    root.mkdir(parents=True, exist_ok=True)
+    width = max(2, len(str(samples)))
+    written = []
+    for index in range(samples):
+        name = f"{index + 1:0{width}d}"
+        rng = np.random.default_rng([seed, index])
+        shapes = _random_shapes(rng)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        try:
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; the sample folder should read like any other
+            _write_video(tmp / "in.mp4", shapes, seconds, rng, encoder)
+            speech_in, speech_out = _speech_pair(rng, seconds, shapes[0].colour)
+            sf.write(tmp / "in.wav", speech_in, SAMPLE_RATE, subtype="PCM_16")
+            sf.write(tmp / "out.wav", speech_out, SAMPLE_RATE, subtype="PCM_16")
+            final = root / name
+            if final.exists():
+                shutil.rmtree(final) if final.is_dir() else final.unlink()
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        written.append(final)
+    return written
+
+
+# --- video ------------------------------------------------------------------------------------
+
+
+def _random_shapes(rng: np.random.Generator) -> list[_Shape]:
+    shapes = []
+    for i in range(int(rng.integers(2, 4))):
+        shapes.append(
+            _Shape(
+                kind="rect" if i % 2 == 0 else "disc",
+                colour=tuple(int(c) for c in rng.integers(40, 256, size=3)),
+                size=float(rng.uniform(10, 24)),
+                x0=float(rng.uniform(0, WIDTH)),
+                y0=float(rng.uniform(0, HEIGHT)),
+                vx=float(rng.uniform(-30, 30)),
+                vy=float(rng.uniform(-25, 25)),
+            )
+        )
+    return shapes
+
+
+def _bounce(p: float, limit: float) -> float:
+    """Position after moving freely, reflected at 0 and limit (a shape bouncing off the edges)."""
+    period = 2 * limit
+    p = p % period
+    return period - p if p > limit else p
+
+
+def _render(shapes: list[_Shape], background: np.ndarray, t: float) -> np.ndarray:
+    img = np.broadcast_to(background, (HEIGHT, WIDTH, 3)).copy()
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    for s in shapes:
+        cx, cy = _bounce(s.x0 + s.vx * t, WIDTH), _bounce(s.y0 + s.vy * t, HEIGHT)
+        half = s.size / 2
+        if s.kind == "rect":
+            mask = (np.abs(xx - cx) <= half) & (np.abs(yy - cy) <= half)
+        else:
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= half**2
+        img[mask] = s.colour
+    return img
+
+
+def _write_video(path: Path, shapes: list[_Shape], seconds: float, rng: np.random.Generator, encoder: str) -> None:
+    background = rng.integers(0, 60, size=3).astype(np.uint8)
+    n_frames = max(1, round(seconds * FPS))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        # One keyframe a second keeps seeking cheap; libx264's default GOP is 250 frames.
+        stream.codec_context.gop_size = FPS
+        # One encoder thread: libx264's frame threading makes the bitstream vary run to run.
+        stream.codec_context.thread_count = 1
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(_render(shapes, background, i / FPS), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# --- audio ------------------------------------------------------------------------------------
+
+
+def _syllable_envelope(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Syllable-like loudness: raised-cosine bumps of 120-350 ms separated by 30-150 ms of quiet."""
+    env = np.zeros(n, dtype=np.float64)
+    pos = int(rng.uniform(0.02, 0.1) * SAMPLE_RATE)
+    while pos < n:
+        length = int(rng.uniform(0.12, 0.35) * SAMPLE_RATE)
+        bump = np.sin(np.linspace(0, np.pi, length)) ** 2 * rng.uniform(0.5, 1.0)
+        end = min(n, pos + length)
+        env[pos:end] = bump[: end - pos]
+        pos = end + int(rng.uniform(0.03, 0.15) * SAMPLE_RATE)
+    return env
+
+
+def _harmonic_voice(f0: np.ndarray, env: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voice = np.zeros_like(f0)
+    for k in range(1, 9):
+        # Harmonics above ~4 kHz are dropped, and a soft "formant" bump near 700 Hz is emphasised.
+        fk = k * f0
+        weight = (1.0 / k) * (1.0 + np.exp(-(((fk - 700.0) / 300.0) ** 2))) * (fk < 4000)
+        voice += weight * np.sin(k * phase)
+    wave = env * voice + 0.01 * noise
+    return 0.5 * wave / max(1e-9, float(np.max(np.abs(wave))))
+
+
+def _speech_pair(rng: np.random.Generator, seconds: float, colour: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    n = max(1, round(seconds * SAMPLE_RATE))
+    t = np.arange(n) / SAMPLE_RATE
+    env = _syllable_envelope(rng, n)
+    base = rng.uniform(100, 220)
+    f0 = base * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 1.2) * t + rng.uniform(0, 2 * np.pi)))
+    f0 = f0 * (1 + 0.1 * np.linspace(-1, 1, n) * rng.choice([-1, 1]))  # a slow overall glide
+    speech_in = _harmonic_voice(f0, env, rng.standard_normal(n))
+    # The target: the same syllables reversed in time, pitch raised by a ratio the video decides.
+    ratio = 1.2 + 0.4 * colour[0] / 255.0
+    speech_out = _harmonic_voice(f0[::-1] * ratio, env[::-1], rng.standard_normal(n))
+    return speech_in.astype(np.float32), speech_out.astype(np.float32)
