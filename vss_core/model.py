@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import ModelOutput
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -281,9 +282,11 @@ def _mlp(d_in: int, d_out: int) -> nn.Sequential:
 
 
 @dataclass
-class OmniOutput:
-    loss: torch.Tensor  # scalar: weighted mean of the codebook losses
-    codebook_losses: torch.Tensor  # [4]: mean cross-entropy of each codebook over its target positions
+class OmniOutput(ModelOutput):
+    # A ModelOutput (a dict) so DeepSpeed's ZeRO-3 hooks see the tensors inside; a plain dataclass
+    # is opaque to them ("unknown inputs or outputs type") and the backward hooks may not fire.
+    loss: torch.Tensor | None = None  # scalar: weighted mean of the codebook losses
+    codebook_losses: torch.Tensor | None = None  # [4]: mean cross-entropy of each codebook over its targets
 
 
 class OmniModel(nn.Module):
