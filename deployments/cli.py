@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # vss's own messages at INFO; libraries (httpx, ...) only when they warn. Prefect configures its own loggers.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vss_core").setLevel(logging.INFO)
     try:
         return args.func(args)
     except VSSError as exc:

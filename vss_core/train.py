@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -264,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local_rank", type=int, default=0, help="set by the DeepSpeed launcher")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
+    # torch.distributed's deprecation notices about its own collectives say nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     cfg = config_from_json(args.config)
     run = RunPaths(root=str(Path(args.config).parent))
     train(cfg, run, Path(args.model_dir), Path(args.prepared_dir))
