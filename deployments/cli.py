@@ -5,8 +5,10 @@
     vss demo-data DIR --samples N              write N real samples (H.264 mp4, 16 kHz wav)
     vss validate PATH [--json]                 check a dataset, sample by sample
     vss config --profile P [KEY=VALUE ...]     print the resolved config and DeepSpeed JSON
+    vss plan --profile P [--gpus N ...] [--json] [KEY=VALUE ...]   will the run fit? (memory plan)
     vss run --profile P [KEY=VALUE ...]        run the `vss` flow
     vss serve                                  serve the Prefect deployments
+    vss infer --adapter DIR --sample S --out W speak for one sample with base + LoRA adapter
 
 It lives beside the deployments (not in vss_core) because `run` and `serve` start Prefect, and
 vss_core never imports prefect. Prefect is imported only by the commands that need it.
@@ -77,14 +79,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
-        print(report.table())
-        for warning in report.warnings:
-            print(f"warning: {warning}")
+        print(report.table())  # the table ends with the report's warnings
     try:
         data.select_samples(report, cfg.data.on_invalid)
     except VSSError as exc:
-        if not args.json:
-            print(f"\n{exc}", file=sys.stderr)
+        # stderr in both modes: with --json, stdout stays one JSON document.
+        print(f"\n{exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -93,6 +93,37 @@ def cmd_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     print(json.dumps({"config": cfg.model_dump(mode="json"), "deepspeed": config.deepspeed_config(cfg)}, indent=2))
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from vss_core import hardware, plan
+
+    cfg = _load(args)
+    given = {k: getattr(args, k) for k in ("gpus", "gpu_memory_gb", "ram_gb", "disk_gb", "nvme_gb", "nodes")}
+    if all(v is None for v in given.values()):
+        report = hardware.probe(cfg.training.output_dir)
+        machine = hardware.machine_from_report(report, cfg.hardware)
+        where = f"this machine ({len(report.gpus)} GPU(s), {report.ram_available_gb:.0f} GiB RAM available, " \
+                f"{report.disk_free_gb:.0f} GiB free at {report.disk_path})"
+    else:
+        gpus = args.gpus if args.gpus is not None else cfg.hardware.gpus_per_node
+        machine = plan.Machine(
+            gpus_per_node=gpus, gpu_memory_gib=args.gpu_memory_gb, ram_gib=args.ram_gb, disk_gib=args.disk_gb,
+            nvme_gib=args.nvme_gb, nodes=args.nodes or cfg.hardware.nodes, source="given",
+        )
+        if args.gpus is not None or args.nodes is not None:  # plan the run on the hardware given
+            over = [f"hardware.gpus_per_node={gpus}", f"hardware.nodes={machine.nodes}"]
+            if machine.nodes > 1 and not cfg.hardware.hostfile:
+                over.append("hardware.hostfile=hostfile")
+            cfg = config.load_config(args.profile, [*args.overrides, *over])
+        where = "the hardware given (" + ", ".join(f"{k}={v}" for k, v in given.items() if v is not None) + ")"
+    result = hardware.plan_run(cfg, machine)
+    if args.json:
+        print(json.dumps({**plan.to_json(result), "profile": cfg.profile, "machine": machine.model_dump()}, indent=2))
+    else:
+        print(f"Plan for profile {cfg.profile!r} on {where}:\n")
+        print(result.table())
+    return 0 if result.fits else 1
 
 
 def _ensure_demo_assets() -> None:
@@ -137,6 +168,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_demo_assets:
         _ensure_demo_assets()
     serve_deployments()
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from vss_core import infer
+
+    report = infer.run_inference(
+        Path(args.adapter),
+        Path(args.sample),
+        Path(args.out),
+        model_dir=Path(args.model) if args.model else None,
+        max_seconds=args.max_seconds,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        device=args.device,
+    )
+    end = "the model ended its speech" if report.stopped_at_eos else "cut at --max-seconds"
+    print(f"{report.out}: {report.seconds:.2f} s at {report.sample_rate} Hz, {report.frames} frames ({end})")
     return 0
 
 
@@ -185,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.set_defaults(func=cmd_config)
 
+    p = sub.add_parser("plan", help="plan memory per GPU, RAM, NVMe and disk: does the run fit? (exit 1 if not)",
+                       epilog="Without hardware flags it plans for this machine. Sizes in GiB (1024^3 bytes), "
+                       "as nvidia-smi, free -h and df -h report.\n\n" + OVERRIDES_HELP, formatter_class=raw)
+    with_config(p)
+    p.add_argument("--gpus", type=int, help="GPUs per node (default: the profile's hardware.gpus_per_node)")
+    p.add_argument("--gpu-memory-gb", type=float, help="memory of each GPU, GiB (an H100 80GB: 79.6; a B200: 179)")
+    p.add_argument("--ram-gb", type=float, help="RAM per node, GiB")
+    p.add_argument("--disk-gb", type=float, help="free disk for weights, prepared data and checkpoints, GiB")
+    p.add_argument("--nvme-gb", type=float, help="NVMe space for offload, GiB (default: shares --disk-gb)")
+    p.add_argument("--nodes", type=int, help="nodes (default: the profile's hardware.nodes)")
+    p.add_argument("--json", action="store_true", help="print a JSON object whose top-level 'fits' is the verdict")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("run", help="run the vss flow", epilog=OVERRIDES_HELP, formatter_class=raw)
     with_config(p)
     p.set_defaults(func=cmd_run)
@@ -193,6 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-demo-assets", action="store_true",
                    help="do not write the tiny model and demo data that vss/demo-cpu uses")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("infer", help="generate speech for one sample with the base model + a trained LoRA adapter")
+    p.add_argument("--adapter", required=True, help="adapter folder (RUN/adapter: adapter_config.json, "
+                   "adapter_model.safetensors)")
+    p.add_argument("--sample", required=True, help="sample folder holding in.mp4 and in.wav, e.g. data/train/01")
+    p.add_argument("--out", required=True, help="WAV to write (mono, the codec's rate: 16 kHz)")
+    p.add_argument("--model", help="base checkpoint directory; default: model.source in the run's config.json "
+                   "(the folder above --adapter)")
+    p.add_argument("--max-seconds", type=float, help="longest speech to generate; default: the run's "
+                   "data.audio_seconds")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest codes (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.set_defaults(func=cmd_infer)
     return parser
 
 

@@ -28,14 +28,17 @@ def _retry_network(task, old_state, new_state) -> bool:
 
 
 @task(name="preflight", cache_policy=NO_CACHE)
-def preflight(cfg: HardwareConfig, disk_path: str, profile: str) -> hardware.PreflightReport:
-    report = hardware.preflight(cfg, disk_path, profile)
+def preflight(cfg: HardwareConfig, disk_path: str, profile: str, run: VSSConfig | None = None) -> hardware.PreflightReport:
+    """Probe the machine and, given the run's config, plan its memory; raises (no retry) before any
+    download when the run cannot fit, with the plan and what would fit."""
+    report = hardware.preflight(cfg, disk_path, profile, run)
     logger = get_run_logger()
     for warning in report.warnings:
         logger.warning(warning)
-    create_markdown_artifact(key="vss-preflight", markdown=report.hardware.table(), description="Machine vs profile")
-    logger.info("Preflight OK: %d GPU(s), %.1f GB RAM available, %.1f GB free disk",
-                len(report.hardware.gpus), report.hardware.ram_available_gb, report.hardware.disk_free_gb)
+    create_markdown_artifact(key="vss-preflight", markdown=report.table(), description="Machine and memory plan")
+    logger.info("Preflight OK: %d GPU(s), %.1f GiB RAM available, %.1f GiB free disk%s",
+                len(report.hardware.gpus), report.hardware.ram_available_gb, report.hardware.disk_free_gb,
+                "; the run fits" if report.plan else "")
     return report
 
 
@@ -55,7 +58,14 @@ def validate_dataset(cfg: DataConfig) -> data.DatasetReport:
       cache_policy=NO_CACHE)
 def download_weights(cfg: ModelConfig) -> hub.WeightsReport:
     report = hub.download_weights(cfg, load_settings())
-    get_run_logger().info("Weights: %s (%s)", report.path, "downloaded" if report.downloaded else "local, used in place")
+    if report.downloaded:
+        get_run_logger().info(
+            "Weights: %s (commit %s; %d files, %d bytes downloaded, %d cached, %d resumed, %d fetched again)",
+            report.path, report.revision, report.files, report.bytes_downloaded, report.bytes_cached,
+            report.bytes_resumed, report.bytes_refetched,
+        )
+    else:
+        get_run_logger().info("Weights: %s (local, used in place)", report.path)
     return report
 
 

@@ -58,9 +58,17 @@ class ModelConfig(_Section):
         description="Hub repo id of the base model, or a local directory in the checkpoint layout (used in place).",
     )
     revision: str = Field("main", min_length=1, description="Hub revision (branch, tag or commit) to download.")
-    cache_dir: str | None = Field(None, description="Download cache; default: huggingface_hub's (HF_HOME).")
+    cache_dir: str | None = Field(None, description="Download cache; default: huggingface_hub's (HF_HUB_CACHE, HF_HOME/hub).")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Dtype the model is trained in.")
     trust_remote_code: bool = Field(False, description="Allow code shipped with the checkpoint to run. Off by default.")
+    verify: Literal["size", "full"] = Field(
+        "size",
+        description=(
+            "Integrity check of downloaded files: 'size' compares sizes with the Hub's metadata (cheap); "
+            "'full' also hashes every file (sha256 of LFS files, git id of the others). A damaged file is fetched again."
+        ),
+    )
+    download_workers: int = Field(8, ge=1, le=64, description="Files downloaded in parallel from the Hub.")
 
 
 class LoraConfig(_Section):
@@ -70,7 +78,7 @@ class LoraConfig(_Section):
     targets: list[str] = Field(
         default_factory=lambda: ["attention"],
         min_length=1,
-        description="LoRA target sets (attention, dense_mlp, projectors, audio_heads) or module-name suffixes.",
+        description="LoRA target sets (attention, dense_mlp, projectors, audio_heads, experts) or module-name suffixes.",
     )
 
 
@@ -83,15 +91,67 @@ class DataConfig(_Section):
     video_fps: float = Field(2.0, gt=0, le=60, description="Rate frames are sampled at, before the frame cap.")
     audio_seconds: float = Field(30.0, gt=0, le=600, description="Maximum seconds of in.wav and out.wav used.")
     sample_rate: int = Field(16000, ge=8000, le=48000, description="Audio rate the model wants (Hz).")
-    workers: int = Field(0, ge=0, le=512, description="Preparation worker processes; 0 = one per CPU core.")
+    workers: int = Field(
+        0, ge=0, le=512, description="Validation threads and preparation worker processes; 0 = one per CPU core."
+    )
+    min_seconds: float = Field(
+        0.0, ge=0, le=3600,
+        description="Shortest in.mp4/in.wav/out.wav accepted (s); a shorter one makes the sample invalid. "
+        "0: only what decoding needs (one video frame, one 25 ms fbank window).",
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, le=36000,
+        description="Longest in.mp4/in.wav/out.wav accepted as is (s); unset: data.audio_seconds. "
+        "What happens to a longer one is data.on_too_long.",
+    )
+    on_too_long: Literal["crop", "error"] = Field(
+        "crop",
+        description="A file longer than data.max_seconds: 'crop' warns and uses its first max_seconds; "
+        "'error' makes the sample invalid.",
+    )
+    require_non_silent: bool = Field(
+        True, description="in.wav and out.wav must be louder than data.silence_dbfs (RMS); a silent one is invalid."
+    )
+    silence_dbfs: float = Field(
+        -60.0, ge=-120, le=0, description="RMS level (dBFS) at or below which a WAV counts as silent."
+    )
+    fingerprint: Literal["stat", "content"] = Field(
+        "stat",
+        description="Dataset fingerprint: 'stat' (sample names, file sizes, mtimes) or 'content' (also the "
+        "sha256 of every file, which reads every byte).",
+    )
+    validation_cache: str | None = Field(
+        "~/.cache/vss/validation",
+        description="Directory of the validation cache (one JSON file per dataset root) so unchanged samples "
+        "are not probed again; '~' is expanded; null disables it.",
+    )
 
     @model_validator(mode="after")
-    def _even_frames(self) -> DataConfig:
+    def _cross_field_rules(self) -> DataConfig:
         if self.video_frames % 2:
             raise ValueError(
                 f"data.video_frames={self.video_frames} must be even (the vision encoder patches 2 frames at a time)"
             )
+        if self.max_seconds is not None and self.min_seconds >= self.max_seconds:
+            raise ValueError(
+                f"data.min_seconds={self.min_seconds} must be below data.max_seconds={self.max_seconds}"
+            )
+        if self.max_seconds is None and self.min_seconds >= self.audio_seconds:
+            raise ValueError(
+                f"data.min_seconds={self.min_seconds} must be below data.audio_seconds={self.audio_seconds} "
+                "(the longest audio used), or set data.max_seconds"
+            )
         return self
+
+    @property
+    def crop_seconds(self) -> float:
+        """Seconds of each sample that preparation uses: data.audio_seconds, or less if data.max_seconds is less."""
+        return min(self.audio_seconds, self.max_seconds) if self.max_seconds is not None else self.audio_seconds
+
+    @property
+    def limit_seconds(self) -> float:
+        """The duration above which a file counts as too long (data.max_seconds, else data.audio_seconds)."""
+        return self.max_seconds if self.max_seconds is not None else self.audio_seconds
 
 
 class TrainingConfig(_Section):
@@ -149,6 +209,12 @@ class UploadConfig(_Section):
         None, description="Hub repo for the adapter, e.g. 'you/longcat-flash-omni-vss-lora'. Unset: skip upload."
     )
     private: bool = Field(True, description="Create the Hub repo private.")
+    commit_message: str = Field(
+        "Upload LoRA adapter (vss)", min_length=1, description="Commit message of the adapter upload."
+    )
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="Attempts per Hub call on transient errors (5xx, dropped connections), with backoff."
+    )
 
 
 class VSSConfig(_Section):

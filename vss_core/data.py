@@ -2,12 +2,19 @@
 
 The user's contract: `<root>/<sample>/{in.mp4, in.wav, out.wav}`.
 
-- `validate_dataset(cfg)` opens every file for real (PyAV decodes the first video frame, soundfile
-  reads each WAV) and reports every problem of every sample; it never raises for a bad sample.
+- `validate_dataset(cfg)` checks every sample and reports every problem of every sample; it never
+  raises for a bad sample. Each file must be a regular, non-empty file inside the root (a symlink
+  leading outside is refused). The video is opened with PyAV, its first frame decoded and its last
+  second decoded after a seek (a truncated file stops short of its declared duration); each WAV is
+  decoded whole (rate, channels, duration, RMS level, non-finite samples) and its RIFF header
+  compared with the file's size. Durations are checked against data.min_seconds/max_seconds and,
+  where asked, the levels against data.silence_dbfs. What a probe found is cached per sample, keyed
+  by the files' size/mtime/inode (or content hashes), so re-validating an unchanged dataset only
+  stats its files.
 - `select_samples(report, on_invalid)` turns that report into the samples to train on, or one error
   listing every bad sample.
-- `prepare_dataset(...)` turns each sample into the tensors the model eats (sampled, resized,
-  normalised frames; CMVN-normalised fbank; codec tokens of the target speech), one `.pt` file per
+- `prepare_dataset(...)` turns each sample into the tensors the model eats (frames sampled by seeking,
+  resized, normalised; CMVN-normalised fbank; codec tokens of the target speech), one `.pt` file per
   sample plus a manifest, cached by a key over the sample's files and every setting that shapes them.
 - `load_prepared(dir)` reads them back (weights_only).
 """
@@ -20,15 +27,17 @@ import json
 import math
 import multiprocessing
 import os
+import stat
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from vss_core import codec as codec_lib
 from vss_core.config import DataConfig
@@ -37,8 +46,13 @@ from vss_core.errors import ConfigError, DatasetError, ModelError, bullet_list
 SAMPLE_FILES = ("in.mp4", "in.wav", "out.wav")
 MANIFEST = "manifest.json"
 # Bump when the content of prepared files changes, so old caches are not reused.
-PREPARE_FORMAT = 1
+PREPARE_FORMAT = 2
+# Bump when what a probe reads or reports changes, so old validation caches are not reused.
+PROBE_FORMAT = 1
 MIN_FBANK_SECONDS = 0.025  # one 25 ms fbank window
+# A file this much longer than the limit is "too long"; container durations are rounded to a frame.
+DURATION_TOLERANCE_S = 0.05
+FLOOR_DBFS = -120.0  # the level reported for digital silence (JSON has no -inf)
 _DEMO_FIX = "generate a demo dataset with `vss demo-data DIR`, or point data.root at a directory of sample folders"
 
 
@@ -46,7 +60,7 @@ _DEMO_FIX = "generate a demo dataset with `vss demo-data DIR`, or point data.roo
 
 
 class VideoInfo(BaseModel):
-    frames: int
+    frames: int = Field(description="Frames the container declares (or duration x fps when it declares none).")
     fps: float
     width: int
     height: int
@@ -58,12 +72,14 @@ class AudioInfo(BaseModel):
     sample_rate: int
     channels: int
     duration_s: float
+    rms_dbfs: float = Field(FLOOR_DBFS, description="RMS level of the whole file over all channels (dBFS).")
 
 
 class SampleReport(BaseModel):
     name: str
     path: str
     problems: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="Not fatal, e.g. a file cropped to data.max_seconds.")
     video: VideoInfo | None = None
     in_audio: AudioInfo | None = None
     out_audio: AudioInfo | None = None
@@ -78,6 +94,10 @@ class DatasetReport(BaseModel):
     samples: list[SampleReport]
     warnings: list[str] = Field(default_factory=list)
     fingerprint: str
+    fingerprint_mode: Literal["stat", "content"] = "stat"
+    on_invalid: Literal["fail", "skip"] = Field("fail", description="The data.on_invalid policy validated under.")
+    reused: list[str] = Field(default_factory=list, description="Samples whose probe came from the validation cache.")
+    cache_path: str | None = Field(None, description="The validation cache file used, if any.")
 
     @property
     def valid(self) -> list[SampleReport]:
@@ -86,6 +106,12 @@ class DatasetReport(BaseModel):
     @property
     def invalid(self) -> list[SampleReport]:
         return [s for s in self.samples if not s.ok]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def skipped(self) -> list[str]:
+        """Invalid samples left out of training under data.on_invalid=skip (empty under 'fail')."""
+        return [s.name for s in self.invalid] if self.on_invalid == "skip" else []
 
     def table(self) -> str:
         """A markdown table of the samples, one row each, for a person to read at a glance."""
@@ -103,10 +129,14 @@ class DatasetReport(BaseModel):
                 f"{v.width}x{v.height}" if v else "-",
                 f"{s.in_audio.duration_s:.2f}" if s.in_audio else "-",
                 f"{s.out_audio.duration_s:.2f}" if s.out_audio else "-",
-                "; ".join(s.problems) or "",
+                "; ".join([*s.problems, *(f"warning: {w}" for w in s.warnings)]),
             ]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         summary = f"{len(self.valid)} of {len(self.samples)} samples valid in {self.root}"
+        if self.skipped:
+            summary += f"; skipped (data.on_invalid=skip): {_summarise(self.skipped, 20)}"
+        elif self.invalid:
+            summary += "; data.on_invalid=fail stops the run until they are fixed"
         lines = [summary, "", *rows]
         if self.warnings:
             lines += ["", *(f"warning: {w}" for w in self.warnings)]
@@ -122,7 +152,7 @@ class PreparedDataset(BaseModel):
     reused: list[str] = Field(default_factory=list, description="Samples whose cached .pt was reused.")
 
 
-# --- validation -----------------------------------------------------------------------------------
+# --- probing one file -----------------------------------------------------------------------------
 
 
 def _error_text(exc: BaseException) -> str:
@@ -130,8 +160,57 @@ def _error_text(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def _mp4_truncation(path: Path) -> str | None:
+    """Walk an MP4/MOV file's top-level boxes: one that runs past the end of the file, or no index
+    (moov) at all, means the file was cut off or never finished. Other containers: None.
+
+    FFmpeg reports such a file only as "Invalid data found", which does not tell the user why.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8 or head[4:8] != b"ftyp":
+            return None
+        pos, seen = 0, []
+        while pos + 8 <= size:
+            f.seek(pos)
+            box_len, box_type = struct.unpack(">I4s", f.read(8))
+            if box_len == 1:
+                extended = f.read(8)
+                if len(extended) < 8:
+                    break
+                (box_len,) = struct.unpack(">Q", extended)
+            elif box_len == 0:
+                box_len = size - pos  # "to the end of the file"
+            name = box_type.decode("latin-1")
+            seen.append(name)
+            if box_len < 8:
+                return f"in.mp4 is corrupt: box '{name}' at byte {pos} declares {box_len} bytes"
+            if pos + box_len > size:
+                return (
+                    f"in.mp4 is truncated: its '{name}' box declares {box_len} bytes from byte {pos} but the file "
+                    f"ends after {size - pos}"
+                )
+            pos += box_len
+    if "moov" not in seen:
+        return "in.mp4 is truncated or unfinished: it has no index (moov box); the writer did not finish it"
+    return None
+
+
 def _probe_video(path: Path) -> tuple[VideoInfo | None, list[str]]:
-    """Open in.mp4 with PyAV, decode its first frame and read its stream facts."""
+    """Open in.mp4 with PyAV: read the stream's facts, decode its first frame, then seek to its last
+    second and decode to the end, so a file cut short of its declared duration is caught cheaply."""
+    try:
+        boxes = _mp4_truncation(path)
+    except (OSError, struct.error):
+        boxes = None  # not readable as boxes: FFmpeg has the last word
+    info, problems = _probe_video_stream(path)
+    if boxes and not any("truncated" in p for p in problems):
+        problems = [boxes, *(p for p in problems if "cannot be opened" not in p)]
+    return info, problems
+
+
+def _probe_video_stream(path: Path) -> tuple[VideoInfo | None, list[str]]:
     try:
         container = av.open(str(path))
     except Exception as exc:  # noqa: BLE001 - any failure to open is a property of the file, reported
@@ -144,10 +223,11 @@ def _probe_video(path: Path) -> tuple[VideoInfo | None, list[str]]:
                     f"in.mp4 has no video stream (format {container.format.name}, streams: {', '.join(kinds)})"
                 ]
             stream = container.streams.video[0]
+            tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
+            if stream.duration is not None and tb is not None:
+                duration = float(stream.duration * tb)
             elif container.duration is not None:
                 duration = container.duration / av.time_base
             else:
@@ -171,64 +251,298 @@ def _probe_video(path: Path) -> tuple[VideoInfo | None, list[str]]:
             )
             if duration <= 0 and fps <= 0:
                 return info, ["in.mp4 has neither a duration nor a frame rate: cannot place frames in time"]
+            if duration > 0 and tb is not None:
+                problem = _check_video_end(container, stream, first, duration, fps)
+                if problem:
+                    return info, [problem]
             return info, []
     except Exception as exc:  # noqa: BLE001
         return None, [f"in.mp4 cannot be read ({_error_text(exc)})"]
 
 
-def _probe_wav(path: Path, label: str) -> tuple[AudioInfo | None, list[str]]:
-    """Read a WAV with soundfile: rate, channels, duration, and that every sample is finite."""
+def _check_video_end(container: Any, stream: Any, first: Any, duration: float, fps: float) -> str | None:
+    """Seek to the last second and decode to the end: the last frame must be near the declared end."""
+    tb = stream.time_base
+    start = float(first.time) if first.time is not None else 0.0
+    frame_s = 1.0 / fps if fps > 0 else 0.1
+    expected_last = start + duration - frame_s  # the last frame starts one frame before the end
+    if expected_last <= start + frame_s:
+        return None  # a one- or two-frame clip: the first frame decoding is the whole check
+    seek_to = max(start, expected_last - 1.0)
+    container.seek(int(seek_to / tb), stream=stream, backward=True, any_frame=False)
+    last_t = None
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError/RuntimeError/TypeError
-        return None, [f"{label} cannot be read as audio ({_error_text(exc)})"]
-    info = AudioInfo(sample_rate=int(rate), channels=int(data.shape[1]), duration_s=data.shape[0] / rate)
+        for frame in container.decode(stream):
+            if frame.time is not None:
+                last_t = float(frame.time)
+    except Exception as exc:  # noqa: BLE001
+        reached = f"; frames decode up to {last_t:.2f} s" if last_t is not None else ""
+        return (
+            f"in.mp4 is truncated or corrupt: decoding its last second (from {seek_to:.2f} s of a declared "
+            f"{duration:.2f} s) fails ({_error_text(exc)}){reached}"
+        )
+    if last_t is None:
+        return f"in.mp4 is truncated: no frame decodes after {seek_to:.2f} s of a declared {duration:.2f} s"
+    if last_t < expected_last - max(2 * frame_s, 0.1):
+        return (
+            f"in.mp4 is truncated: the container declares {duration:.2f} s but frames decode only up to "
+            f"{last_t + frame_s:.2f} s"
+        )
+    return None
+
+
+def _riff_truncation(path: Path, label: str) -> str | None:
+    """Compare a RIFF/WAVE file's declared data size with the bytes the file holds.
+
+    libsndfile quietly reads what is there, so a cut-off WAV would otherwise pass as a shorter one.
+    Not a RIFF WAVE file (soundfile reads other formats), or a streamed header (size 0 or 0xFFFFFFFF):
+    nothing to compare, None.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_len = struct.unpack(endian + "4sI", f.read(8))
+            if chunk_id == b"data":
+                if chunk_len in (0, 0xFFFFFFFF):
+                    return None
+                held = size - pos - 8
+                if held < chunk_len:
+                    return (
+                        f"{label} is truncated: its header declares {chunk_len} bytes of audio "
+                        f"but the file holds {held} ({held / chunk_len:.0%})"
+                    )
+                return None
+            pos += 8 + chunk_len + (chunk_len & 1)
+    return None
+
+
+def _probe_wav(path: Path, label: str) -> tuple[AudioInfo | None, list[str]]:
+    """Decode a WAV whole with soundfile: rate, channels, duration, RMS level, every sample finite."""
     problems = []
-    if data.shape[0] == 0:
+    try:
+        truncated = _riff_truncation(path, label)
+    except OSError as exc:
+        return None, [f"{label} cannot be read ({_error_text(exc)})"]
+    if truncated:
+        problems.append(truncated)
+    frames, sumsq, bad = 0, 0.0, 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            rate, channels, declared = f.samplerate, f.channels, f.frames
+            for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                frames += block.shape[0]
+                finite = np.isfinite(block)
+                if not finite.all():
+                    bad += int((~finite).sum())
+                    block = np.where(finite, block, 0.0)
+                sumsq += float(np.square(block, dtype=np.float64).sum())
+    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError/RuntimeError/TypeError
+        return None, [f"{label} cannot be decoded as audio ({_error_text(exc)})"]
+    if frames < declared and not truncated:
+        problems.append(f"{label} is truncated: {frames} of its declared {declared} frames decode")
+    rms = math.sqrt(sumsq / (frames * channels)) if frames else 0.0
+    dbfs = max(FLOOR_DBFS, 20 * math.log10(rms)) if rms > 0 else FLOOR_DBFS
+    info = AudioInfo(
+        sample_rate=int(rate), channels=int(channels), duration_s=frames / rate, rms_dbfs=round(dbfs, 2)
+    )
+    if frames == 0:
         problems.append(f"{label} has no audio samples")
     elif label == "in.wav" and info.duration_s < MIN_FBANK_SECONDS:
         problems.append(f"{label} is {info.duration_s * 1000:.1f} ms long; needs at least 25 ms (one fbank window)")
-    if not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
+    if bad:
         problems.append(f"{label} contains {bad} NaN/Inf samples")
     return info, problems
 
 
-def _check_sample(sample_dir: Path) -> SampleReport:
-    report = SampleReport(name=sample_dir.name, path=str(sample_dir))
-    present = {}
-    for fname in SAMPLE_FILES:
+# --- validating one sample ------------------------------------------------------------------------
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or str(path).startswith(str(root).rstrip(os.sep) + os.sep)
+
+
+def _locate(
+    sample_dir: Path, root: Path, files: tuple[str, ...] = SAMPLE_FILES
+) -> tuple[dict[str, Path], list[str], list[tuple[str, Any]]]:
+    """Stat-level checks of one sample: which files can be probed, the problems, and the stat key rows.
+
+    Links are followed only when they stay inside `root` (resolved); a plain file in a plain folder
+    under the root is inside by construction, so only links cost a path resolution.
+    """
+    present: dict[str, Path] = {}
+    problems: list[str] = []
+    rows: list[tuple[str, Any]] = []
+    if sample_dir.is_symlink():
+        real_dir = sample_dir.resolve()
+        if not _inside(real_dir, root):
+            problems.append(
+                f"the sample folder is a link to {real_dir}, outside the dataset root {root}: "
+                "copy the files into the root instead of linking them"
+            )
+            return present, problems, [("dir", str(real_dir))]
+    for fname in files:
         f = sample_dir / fname
-        if not f.exists():
-            report.problems.append(f"{fname} is missing")
-        elif not f.is_file():
-            report.problems.append(f"{fname} is not a regular file")
-        elif f.stat().st_size == 0:
-            report.problems.append(f"{fname} is empty (0 bytes)")
+        try:
+            st = os.lstat(f)
+        except FileNotFoundError:
+            problems.append(f"{fname} is missing")
+            rows.append((fname, "missing"))
+            continue
+        except OSError as exc:
+            problems.append(f"{fname} cannot be read ({_error_text(exc)})")
+            rows.append((fname, "unreadable"))
+            continue
+        real = f
+        if stat.S_ISLNK(st.st_mode):
+            real = f.resolve()
+            if not _inside(real, root):
+                problems.append(
+                    f"{fname} is a link to {real}, outside the dataset root {root}: "
+                    "copy the file into the sample folder instead of linking it"
+                )
+                rows.append((fname, "outside"))
+                continue
+            try:
+                st = real.stat()
+            except OSError as exc:
+                problems.append(f"{fname} is a link that leads nowhere ({_error_text(exc)})")
+                rows.append((fname, "broken link"))
+                continue
+        rows.append((fname, st.st_size, st.st_mtime_ns, st.st_ino))
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{fname} is not a regular file")
+        elif st.st_size == 0:
+            problems.append(f"{fname} is empty (0 bytes)")
         else:
-            present[fname] = f
+            present[fname] = real
+    return present, problems, rows
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _probe(present: dict[str, Path]) -> dict[str, Any]:
+    """What decoding the present files finds: their facts and their own problems (cacheable)."""
+    out: dict[str, Any] = {"problems": [], "video": None, "in_audio": None, "out_audio": None}
     if "in.mp4" in present:
-        report.video, problems = _probe_video(present["in.mp4"])
-        report.problems += problems
-    if "in.wav" in present:
-        report.in_audio, problems = _probe_wav(present["in.wav"], "in.wav")
-        report.problems += problems
-    if "out.wav" in present:
-        report.out_audio, problems = _probe_wav(present["out.wav"], "out.wav")
-        report.problems += problems
+        video, problems = _probe_video(present["in.mp4"])
+        out["video"] = video.model_dump() if video else None
+        out["problems"] += problems
+    for fname, key in (("in.wav", "in_audio"), ("out.wav", "out_audio")):
+        if fname in present:
+            audio, problems = _probe_wav(present[fname], fname)
+            out[key] = audio.model_dump() if audio else None
+            out["problems"] += problems
+    return out
+
+
+def _apply_limits(report: SampleReport, cfg: DataConfig) -> None:
+    """The configured rules over the probed facts: durations and loudness (cheap, never cached)."""
+    durations = [
+        (label, info.duration_s)
+        for label, info in (("in.mp4", report.video), ("in.wav", report.in_audio), ("out.wav", report.out_audio))
+        if info is not None and info.duration_s > 0
+    ]
+    limit = cfg.limit_seconds
+    key = "data.max_seconds" if cfg.max_seconds is not None else "data.audio_seconds"
+    for label, seconds in durations:
+        if seconds < cfg.min_seconds:
+            report.problems.append(
+                f"{label} is {seconds:.2f} s, shorter than data.min_seconds={cfg.min_seconds:g}"
+            )
+    long = [(label, seconds) for label, seconds in durations if seconds > limit + DURATION_TOLERANCE_S]
+    if long:
+        what = ", ".join(f"{label} {seconds:.2f} s" for label, seconds in long)
+        if cfg.on_too_long == "error":
+            report.problems.append(
+                f"too long for {key}={limit:g} ({what}); cut the files or set data.on_too_long=crop"
+            )
+        else:
+            report.warnings.append(f"longer than {key}={limit:g} ({what}): only the first {limit:g} s is used")
+    if cfg.require_non_silent:
+        for label, info in (("in.wav", report.in_audio), ("out.wav", report.out_audio)):
+            if info is not None and info.duration_s > 0 and info.rms_dbfs <= cfg.silence_dbfs:
+                report.problems.append(
+                    f"{label} is silent (RMS {info.rms_dbfs:.1f} dBFS <= data.silence_dbfs={cfg.silence_dbfs:g}); "
+                    "record it again, or set data.require_non_silent=false"
+                )
+
+
+def _sample_key(sample_dir: Path, root: Path, cfg: DataConfig) -> tuple[dict[str, Path], list[str], list[Any], str]:
+    """Stat-level checks of one sample and its cache key (with content hashes where asked)."""
+    present, problems, rows = _locate(sample_dir, root)
+    if cfg.fingerprint == "content":
+        rows = [(*row, _sha256_file(present[row[0]])) if row[0] in present else row for row in rows]
+    key = _sha256_json({"probe": PROBE_FORMAT, "present": sorted(present), "rows": rows})
+    return present, problems, rows, key
+
+
+def _fingerprint(mode: str, samples: list[tuple[str, list[Any]]]) -> str:
+    """sha256 over sample names and each file's size and mtime (and sha256 in content mode).
+
+    The inode in the stat rows is left out: it guards the cache against a file swapped in with the
+    same size and mtime, but a dataset copied elsewhere is the same dataset.
+    """
+    rows = [[name, [row[:3] + row[4:] if len(row) >= 4 else row for row in stat_rows]] for name, stat_rows in samples]
+    return _sha256_json({"mode": mode, "samples": rows})
+
+
+def _sample_report(sample_dir: Path, problems: list[str], probe: dict[str, Any], cfg: DataConfig) -> SampleReport:
+    """A sample's report from its stat problems and its probe, with the configured rules applied.
+
+    Raises:
+        ValueError, KeyError, TypeError: the probe is malformed (a damaged cache entry).
+    """
+    report = SampleReport(name=sample_dir.name, path=str(sample_dir), problems=list(problems))
+    report.problems += [str(p) for p in probe["problems"]]
+    report.video = VideoInfo.model_validate(probe["video"]) if probe["video"] else None
+    report.in_audio = AudioInfo.model_validate(probe["in_audio"]) if probe["in_audio"] else None
+    report.out_audio = AudioInfo.model_validate(probe["out_audio"]) if probe["out_audio"] else None
+    _apply_limits(report, cfg)
     return report
 
 
-def _file_stats(sample_dir: Path, prefix: str) -> list[tuple[str, int, int]]:
-    stats = []
-    for fname in SAMPLE_FILES:
-        f = sample_dir / fname
-        try:
-            st = f.stat()
-            stats.append((f"{prefix}{fname}", st.st_size, st.st_mtime_ns))
-        except OSError:
-            stats.append((f"{prefix}{fname}", -1, -1))
-    return stats
+# --- the cache ------------------------------------------------------------------------------------
+
+
+def _cache_file(cfg: DataConfig, root: Path, cache_dir: Path | None) -> Path | None:
+    if cache_dir is None:
+        if cfg.validation_cache is None:
+            return None
+        cache_dir = Path(cfg.validation_cache).expanduser()
+    # One file per root and fingerprint mode: the two modes key samples differently.
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"{digest}-{cfg.fingerprint}.json"
+
+
+def _read_cache(path: Path | None, root: Path) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: everything is probed and the file rewritten
+    if not isinstance(raw, dict) or raw.get("format") != PROBE_FORMAT or raw.get("root") != str(root):
+        return {}
+    samples = raw.get("samples")
+    return samples if isinstance(samples, dict) else {}
+
+
+def _write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(obj)}")
+    tmp.write_text(json.dumps(obj, indent=indent))
+    os.replace(tmp, path)
 
 
 def _sha256_json(obj: Any) -> str:
@@ -240,35 +554,109 @@ def _summarise(names: list[str], limit: int = 8) -> str:
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-def validate_dataset(cfg: DataConfig) -> DatasetReport:
+# --- the dataset ----------------------------------------------------------------------------------
+
+
+def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetReport:
     """Check every sample under cfg.root and report each one's problems (never raises for a sample).
+
+    Probes run on cfg.workers threads (0 = one per CPU core). A sample whose files have the same
+    size, mtime and inode (or, with data.fingerprint=content, the same sha256) as in the validation
+    cache is not decoded again; the duration and silence rules are re-applied to its cached facts.
+    The cache lives in `cache_dir` when given, else in data.validation_cache; it is never written
+    into the dataset, and a cache that cannot be written costs only a warning.
 
     Raises:
         DatasetError: the root does not exist, is not a directory, or holds no sample folders.
     """
-    root = Path(cfg.root)
-    if not root.exists():
-        raise DatasetError(f"data.root={cfg.root!r}: {root.resolve()} does not exist. Fix: {_DEMO_FIX}.")
-    if not root.is_dir():
-        raise DatasetError(f"data.root={cfg.root!r}: {root.resolve()} is not a directory. Fix: {_DEMO_FIX}.")
-    entries = sorted(root.iterdir(), key=lambda p: p.name)
+    given = Path(cfg.root)
+    if not given.exists():
+        raise DatasetError(f"data.root={cfg.root!r}: {given.absolute()} does not exist. Fix: {_DEMO_FIX}.")
+    if not given.is_dir():
+        raise DatasetError(f"data.root={cfg.root!r}: {given.absolute()} is not a directory. Fix: {_DEMO_FIX}.")
+    root = given.resolve()
+    entries = sorted(given.iterdir(), key=lambda p: p.name)
     sample_dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
-    extras = [p.name for p in entries if p not in sample_dirs]
     if not sample_dirs:
         raise DatasetError(
-            f"data.root={cfg.root!r}: {root.resolve()} holds no sample folders "
+            f"data.root={cfg.root!r}: {root} holds no sample folders "
             f"(<root>/<sample>/{{{','.join(SAMPLE_FILES)}}}). Fix: {_DEMO_FIX}."
         )
-    samples = []
-    stats: list[tuple[str, int, int]] = []
+    cache_path = _cache_file(cfg, root, cache_dir)
+    cached = _read_cache(cache_path, root)
+
+    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(sample_dirs)))
+    # Threads, not processes: hashing, PyAV and libsndfile work outside the GIL, and threads start
+    # free. Stat-only keys are cheaper than handing work to a thread, so they are taken in line.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        keyed = (
+            list(pool.map(lambda d: _sample_key(d, root, cfg), sample_dirs))
+            if cfg.fingerprint == "content"
+            else [_sample_key(d, root, cfg) for d in sample_dirs]
+        )
+        probes: dict[str, dict[str, Any]] = {}
+        for sample_dir, (_, _, _, key) in zip(sample_dirs, keyed):
+            entry = cached.get(sample_dir.name)
+            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("probe"), dict):
+                probes[sample_dir.name] = entry["probe"]
+        reused = set(probes)
+        misses = [(d, k[0]) for d, k in zip(sample_dirs, keyed) if d.name not in reused]
+        for (sample_dir, _), probe in zip(misses, pool.map(lambda m: _probe(m[1]), misses)):
+            probes[sample_dir.name] = probe
+
+        samples = []
+        for sample_dir, (present, problems, _, _) in zip(sample_dirs, keyed):
+            try:
+                samples.append(_sample_report(sample_dir, problems, probes[sample_dir.name], cfg))
+            except (ValueError, KeyError, TypeError):  # a damaged cache entry: probe the sample again
+                reused.discard(sample_dir.name)
+                probes[sample_dir.name] = _probe(present)
+                samples.append(_sample_report(sample_dir, problems, probes[sample_dir.name], cfg))
+
+    sample_names = {p.name for p in sample_dirs}
+    extras = [p.name for p in entries if p.name not in sample_names]
     for sample_dir in sample_dirs:
-        samples.append(_check_sample(sample_dir))
-        stats += _file_stats(sample_dir, f"{sample_dir.name}/")
-        extras += [f"{sample_dir.name}/{p.name}" for p in sorted(sample_dir.iterdir()) if p.name not in SAMPLE_FILES]
+        try:
+            extras += [f"{sample_dir.name}/{p.name}" for p in sorted(sample_dir.iterdir()) if p.name not in SAMPLE_FILES]
+        except OSError:
+            pass  # an unreadable folder already shows as missing files
     warnings = []
     if extras:
         warnings.append(f"ignored {len(extras)} extra entries in {root}: {_summarise(extras)}")
-    return DatasetReport(root=str(root), samples=samples, warnings=warnings, fingerprint=_sha256_json(sorted(stats)))
+    cropped = [s.name for s in samples if s.ok and s.warnings]
+    if cropped:
+        key = "data.max_seconds" if cfg.max_seconds is not None else "data.audio_seconds"
+        warnings.append(
+            f"{len(cropped)} samples are longer than {key}={cfg.limit_seconds:g} s and will be cropped to it: "
+            f"{_summarise(cropped)}"
+        )
+    if cache_path is not None:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(
+                cache_path,
+                {
+                    "format": PROBE_FORMAT,
+                    "root": str(root),
+                    "samples": {d.name: {"key": k[3], "probe": probes[d.name]} for d, k in zip(sample_dirs, keyed)},
+                },
+                indent=None,
+            )
+        except OSError as exc:
+            warnings.append(
+                f"the validation cache {cache_path} cannot be written ({_error_text(exc)}): the next validation "
+                "probes every sample again; set data.validation_cache to a writable directory, or null"
+            )
+    return DatasetReport(
+        root=str(root),
+        samples=samples,
+        warnings=warnings,
+        fingerprint=_fingerprint(cfg.fingerprint, [(d.name, k[2]) for d, k in zip(sample_dirs, keyed)]),
+        fingerprint_mode=cfg.fingerprint,
+        on_invalid=cfg.on_invalid,
+        reused=[d.name for d in sample_dirs if d.name in reused],
+        cache_path=str(cache_path) if cache_path is not None else None,
+    )
 
 
 def select_samples(report: DatasetReport, on_invalid: str) -> list[SampleReport]:
@@ -366,7 +754,7 @@ def _model_preprocessing(model_dir: Path, cfg: DataConfig) -> dict[str, Any]:
     settings.update(
         video_frames=cfg.video_frames,
         video_fps=cfg.video_fps,
-        audio_seconds=cfg.audio_seconds,
+        crop_seconds=cfg.crop_seconds,
         sample_rate=cfg.sample_rate,
     )
     return settings
@@ -385,10 +773,17 @@ def _frame_to_tensor(frame: av.VideoFrame, size: int, mean: torch.Tensor, std: t
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
-def _read_frames(path: Path, times: list[float], size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """The frame shown at each timestamp: seek near each one instead of decoding the whole clip."""
+def _read_frames(
+    path: Path, times: list[float], size: int, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """The frame shown at each timestamp, and how many frames were decoded to get them.
+
+    Seeks near each timestamp instead of decoding the whole clip, and stops after the last one:
+    only the frames between a keyframe and a wanted frame are decoded.
+    """
     seek_gap = 2.0  # seconds: closer targets are reached by decoding on, farther ones by seeking
     out: list[torch.Tensor] = []
+    decoded = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         tb = stream.time_base
@@ -410,6 +805,7 @@ def _read_frames(path: Path, times: list[float], size: int, mean: torch.Tensor, 
                     exhausted = True
                     break
                 current = nxt
+                decoded += 1
                 current_t = float(nxt.time) if nxt.time is not None else current_t + (1 / rate if rate else 0.0)
             if current is not None:
                 out.append(_frame_to_tensor(current, size, mean, std))
@@ -417,7 +813,7 @@ def _read_frames(path: Path, times: list[float], size: int, mean: torch.Tensor, 
                 out.append(out[-1])  # past the end: repeat the last frame
     if not out:
         raise DatasetError(f"{path}: no video frame could be decoded")
-    return torch.stack(out)
+    return torch.stack(out), decoded
 
 
 def _read_mono(path: Path, rate: int, seconds: float) -> torch.Tensor:
@@ -430,16 +826,22 @@ def _read_mono(path: Path, rate: int, seconds: float) -> torch.Tensor:
     return wave[: int(seconds * rate)].contiguous()
 
 
-def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
-    """Prepare one sample into job['out'] atomically (in this process or a worker)."""
-    s = job["settings"]
-    sample_dir = Path(job["path"])
+def _video_duration(video: VideoInfo | None, crop_seconds: float) -> float:
+    """The span frames are sampled from: the clip, or its first crop_seconds (0: unknown)."""
+    duration = video.duration_s if video else 0.0
+    if duration <= 0 and video and video.fps > 0:
+        duration = video.frames / video.fps
+    return min(duration, crop_seconds) if duration > 0 else 0.0
+
+
+def _prepare_inputs(sample_dir: Path, s: dict[str, Any], duration_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frames, fbank) of one sample's in.mp4 and in.wav under the preprocessing settings `s`."""
     mean = torch.tensor(s["image_mean"], dtype=torch.float32)
     std = torch.tensor(s["image_std"], dtype=torch.float32)
-    times = _frame_times(s["video_frames"], s["video_fps"], job["duration_s"])
-    frames = _read_frames(sample_dir / "in.mp4", times, s["image_size"], mean, std)
+    times = _frame_times(s["video_frames"], s["video_fps"], duration_s)
+    frames, _ = _read_frames(sample_dir / "in.mp4", times, s["image_size"], mean, std)
 
-    wave = _read_mono(sample_dir / "in.wav", s["sample_rate"], s["audio_seconds"])
+    wave = _read_mono(sample_dir / "in.wav", s["sample_rate"], s["crop_seconds"])
     fbank = torchaudio.compliance.kaldi.fbank(
         wave.unsqueeze(0) * 32768,
         num_mel_bins=s["num_mel_bins"],
@@ -448,9 +850,17 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     cmvn_mean = torch.tensor(s["cmvn_mean"], dtype=torch.float32)
     cmvn_istd = torch.tensor(s["cmvn_istd"], dtype=torch.float32)
     fbank = ((fbank - cmvn_mean) * cmvn_istd).to(torch.float32)
+    return frames, fbank
+
+
+def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+    """Prepare one sample into job['out'] atomically (in this process or a worker)."""
+    s = job["settings"]
+    sample_dir = Path(job["path"])
+    frames, fbank = _prepare_inputs(sample_dir, s, job["duration_s"])
 
     speech_codec = codec_lib.load_codec(Path(job["model_dir"]))
-    target = _read_mono(sample_dir / "out.wav", speech_codec.sample_rate, s["audio_seconds"])
+    target = _read_mono(sample_dir / "out.wav", speech_codec.sample_rate, s["crop_seconds"])
     codes = speech_codec.encode(target).to(torch.int64)
 
     out = Path(job["out"])
@@ -459,6 +869,38 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     os.replace(tmp, out)
     shapes = {"frames": frames.shape[0], "fbank_frames": fbank.shape[0], "code_frames": codes.shape[0]}
     return job["name"], job["key"], shapes
+
+
+def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[str, torch.Tensor]:
+    """One sample's model inputs, prepared exactly as `prepare_dataset` prepares them (for inference).
+
+    Only in.mp4 and in.wav are read; out.wav is neither needed nor read. Returns `frames` float32
+    [F, 3, S, S] and `fbank` float32 [T, num_mel_bins], as in a prepared sample file.
+
+    Raises:
+        DatasetError: the sample folder is missing, or its in.mp4 / in.wav is missing or unreadable
+            (all problems listed).
+        ModelError: the checkpoint's vision/audio preprocessing config is missing or invalid.
+    """
+    sample_dir = Path(sample_dir)
+    if not sample_dir.is_dir():
+        raise DatasetError(
+            f"sample {sample_dir}: not a directory; point at one sample folder holding in.mp4 and in.wav "
+            f"(e.g. data/train/01). To get one, {_DEMO_FIX}"
+        )
+    # No dataset root here: the folder may live anywhere, so every link target counts as inside.
+    present, problems, _ = _locate(sample_dir, Path(sample_dir.resolve().anchor), files=("in.mp4", "in.wav"))
+    probe = _probe(present)
+    problems += probe["problems"]
+    if problems:
+        raise DatasetError(
+            f"sample {sample_dir} cannot be used:\n{bullet_list(problems)}\n"
+            "Add or fix the files (a sample folder holds in.mp4 and in.wav)."
+        )
+    settings = _model_preprocessing(Path(model_dir), cfg)
+    video = VideoInfo.model_validate(probe["video"])
+    frames, fbank = _prepare_inputs(sample_dir, settings, _video_duration(video, cfg.crop_seconds))
+    return {"frames": frames.contiguous(), "fbank": fbank.contiguous()}
 
 
 def _worker_init() -> None:
@@ -487,10 +929,16 @@ def _cached(path: Path, entry: dict[str, Any] | None, key: str) -> dict[str, int
     return {"frames": item["frames"].shape[0], "fbank_frames": item["fbank"].shape[0], "code_frames": item["codes"].shape[0]}
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def _file_stats(sample_dir: Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of each sample file, following links: what a prepared file is keyed on."""
+    stats = []
+    for fname in SAMPLE_FILES:
+        try:
+            st = (sample_dir / fname).stat()
+            stats.append((fname, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((fname, -1, -1))
+    return stats
 
 
 def prepare_dataset(samples: list[SampleReport], cfg: DataConfig, model_dir: Path, out_dir: Path) -> PreparedDataset:
@@ -521,16 +969,14 @@ def prepare_dataset(samples: list[SampleReport], cfg: DataConfig, model_dir: Pat
 
     jobs, reused, results = [], [], {}
     for s in good:
-        key = _sha256_json({"files": _file_stats(Path(s.path), ""), "settings": settings_key})
+        key = _sha256_json({"files": _file_stats(Path(s.path)), "settings": settings_key})
         out = out_dir / f"{s.name}.pt"
         shapes = _cached(out, old_entries.get(s.name), key)
         if shapes is not None:
             reused.append(s.name)
             results[s.name] = (key, shapes)
             continue
-        duration = s.video.duration_s if s.video else 0.0
-        if duration <= 0 and s.video and s.video.fps > 0:
-            duration = s.video.frames / s.video.fps
+        duration = _video_duration(s.video, cfg.crop_seconds)
         jobs.append(
             {
                 "name": s.name,

@@ -3,9 +3,10 @@
 `write_demo_dataset(root, samples)` writes `root/<01..N>/{in.mp4,in.wav,out.wav}`:
 
 - in.mp4: a real H.264 (libx264, yuv420p) clip, 96x80 at 10 fps, coloured shapes moving across a
-  background; colours, sizes and paths differ per sample.
+  background; colours, sizes and paths differ per sample. `video_codec`, `size` and `fps` change
+  that (e.g. mpeg4 or libvpx-vp9, to exercise conversion).
 - in.wav: 16 kHz mono int16 "speech": harmonic tones with a gliding pitch, shaped into syllables,
-  with a little noise.
+  with a little noise. `in_rate` and `in_channels` change its rate and channel count.
 - out.wav: the target, a deterministic function of in.wav and the video: the same syllables played
   backwards in time, at a pitch raised by a ratio read from the colour of the video's first shape.
   A model can learn the mapping; nothing about it is random beyond the seed.
@@ -62,9 +63,23 @@ def h264_encoder() -> str:
 
 
 def write_demo_dataset(
-    root: Path, samples: int, seed: int = 0, seconds: float = 3.0, overwrite: bool = False
+    root: Path,
+    samples: int,
+    seed: int = 0,
+    seconds: float = 3.0,
+    overwrite: bool = False,
+    *,
+    video_codec: str | None = None,
+    size: tuple[int, int] = (WIDTH, HEIGHT),
+    fps: int = FPS,
+    in_rate: int = SAMPLE_RATE,
+    in_channels: int = 1,
 ) -> list[Path]:
     """Write a generated dataset of `samples` samples under `root` and return the sample folders.
+
+    The defaults write what DESIGN.md's model wants as is (H.264 96x80 at 10 fps, 16 kHz mono);
+    the keyword arguments write other codecs, resolutions, rates and channel counts, which vss
+    must convert rather than reject. out.wav is always 16 kHz mono.
 
     Each sample is written to a temporary folder inside `root` and renamed into place, so a crash
     never leaves a half-written sample. With `overwrite=True`, sample folders of the same names are
@@ -80,6 +95,12 @@ def write_demo_dataset(
         problems.append(f"samples={samples}: need at least 1")
     if not seconds > 0 or not math.isfinite(seconds):
         problems.append(f"seconds={seconds}: must be a positive number of seconds")
+    if size[0] < 16 or size[1] < 16 or size[0] % 2 or size[1] % 2:
+        problems.append(f"size={size}: width and height must be even and at least 16 (yuv420p)")
+    if not 1 <= fps <= 120:
+        problems.append(f"fps={fps}: must be 1..120")
+    if not 8000 <= in_rate <= 192_000 or not 1 <= in_channels <= 8:
+        problems.append(f"in_rate={in_rate}, in_channels={in_channels}: need 8000..192000 Hz and 1..8 channels")
     if root.exists() and not root.is_dir():
         problems.append(f"{root} exists and is not a directory: choose another path")
     elif root.is_dir() and any(root.iterdir()) and not overwrite:
@@ -90,7 +111,7 @@ def write_demo_dataset(
     if problems:
         raise DatasetError("cannot write the demo dataset:\n" + "\n".join(f"  - {p}" for p in problems))
 
-    encoder = h264_encoder()
+    encoder = video_codec or h264_encoder()
     root.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(samples)))
     written = []
@@ -101,9 +122,9 @@ def write_demo_dataset(
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             tmp.chmod(0o755)  # mkdtemp makes it 0700; the sample folder should read like any other
-            _write_video(tmp / "in.mp4", shapes, seconds, rng, encoder)
+            _write_video(tmp / "in.mp4", shapes, seconds, rng, encoder, size, fps)
             speech_in, speech_out = _speech_pair(rng, seconds, shapes[0].colour)
-            sf.write(tmp / "in.wav", speech_in, SAMPLE_RATE, subtype="PCM_16")
+            sf.write(tmp / "in.wav", _convert(speech_in, in_rate, in_channels), in_rate, subtype="PCM_16")
             sf.write(tmp / "out.wav", speech_out, SAMPLE_RATE, subtype="PCM_16")
             final = root / name
             if final.exists():
@@ -143,12 +164,17 @@ def _bounce(p: float, limit: float) -> float:
     return period - p if p > limit else p
 
 
-def _render(shapes: list[_Shape], background: np.ndarray, t: float) -> np.ndarray:
-    img = np.broadcast_to(background, (HEIGHT, WIDTH, 3)).copy()
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+def _render(
+    shapes: list[_Shape], background: np.ndarray, t: float, size: tuple[int, int] = (WIDTH, HEIGHT)
+) -> np.ndarray:
+    width, height = size
+    scale = min(width / WIDTH, height / HEIGHT)  # shapes are laid out for 96x80 and scaled with the frame
+    img = np.broadcast_to(background, (height, width, 3)).copy()
+    yy, xx = np.mgrid[0:height, 0:width]
     for s in shapes:
-        cx, cy = _bounce(s.x0 + s.vx * t, WIDTH), _bounce(s.y0 + s.vy * t, HEIGHT)
-        half = s.size / 2
+        cx = _bounce(s.x0 + s.vx * t, WIDTH) * (width / WIDTH)
+        cy = _bounce(s.y0 + s.vy * t, HEIGHT) * (height / HEIGHT)
+        half = s.size * scale / 2
         if s.kind == "rect":
             mask = (np.abs(xx - cx) <= half) & (np.abs(yy - cy) <= half)
         else:
@@ -157,18 +183,27 @@ def _render(shapes: list[_Shape], background: np.ndarray, t: float) -> np.ndarra
     return img
 
 
-def _write_video(path: Path, shapes: list[_Shape], seconds: float, rng: np.random.Generator, encoder: str) -> None:
+def _write_video(
+    path: Path,
+    shapes: list[_Shape],
+    seconds: float,
+    rng: np.random.Generator,
+    encoder: str,
+    size: tuple[int, int] = (WIDTH, HEIGHT),
+    fps: int = FPS,
+) -> None:
     background = rng.integers(0, 60, size=3).astype(np.uint8)
-    n_frames = max(1, round(seconds * FPS))
+    n_frames = max(1, round(seconds * fps))
+    # The container follows the file name (in.mp4 -> MP4); MP4 holds H.264, MPEG-4 part 2 and VP9 alike.
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(encoder, rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream = container.add_stream(encoder, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         # One keyframe a second keeps seeking cheap; libx264's default GOP is 250 frames.
-        stream.codec_context.gop_size = FPS
+        stream.codec_context.gop_size = fps
         # One encoder thread: libx264's frame threading makes the bitstream vary run to run.
         stream.codec_context.thread_count = 1
         for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(_render(shapes, background, i / FPS), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(_render(shapes, background, i / fps, size), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -176,6 +211,16 @@ def _write_video(path: Path, shapes: list[_Shape], seconds: float, rng: np.rando
 
 
 # --- audio ------------------------------------------------------------------------------------
+
+
+def _convert(wave: np.ndarray, rate: int, channels: int) -> np.ndarray:
+    """The 16 kHz mono wave at another rate (linear interpolation) and channel count (quieter copies)."""
+    if rate != SAMPLE_RATE:
+        n = max(1, round(len(wave) * rate / SAMPLE_RATE))
+        wave = np.interp(np.arange(n) * SAMPLE_RATE / rate, np.arange(len(wave)), wave).astype(np.float32)
+    if channels == 1:
+        return wave
+    return np.stack([wave * (1.0 - 0.1 * c) for c in range(channels)], axis=1).astype(np.float32)
 
 
 def _syllable_envelope(rng: np.random.Generator, n: int) -> np.ndarray:

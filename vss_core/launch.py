@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -40,14 +41,30 @@ def _deepspeed_bin() -> str:
     return str(here) if here.exists() else (shutil.which("deepspeed") or "deepspeed")
 
 
-def build_command(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) -> list[str]:
-    """The launcher command line. Multi-node goes through DeepSpeed's own hostfile mechanism."""
+def free_port() -> int:
+    """A TCP port free on this machine now (two runs on one box must not share 29500)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_command(
+    cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path, master_port: int | None = None
+) -> list[str]:
+    """The launcher command line. Multi-node goes through DeepSpeed's own hostfile mechanism.
+
+    A single-node run gets a free rendezvous port, so concurrent runs on one machine don't collide
+    on DeepSpeed's default 29500; multi-node runs keep the launcher's default unless one is given.
+    """
     hw = cfg.hardware
     cmd = [_deepspeed_bin()]
     if hw.hostfile:
         cmd += ["--hostfile", hw.hostfile, "--num_nodes", str(hw.nodes), "--num_gpus", str(hw.gpus_per_node)]
     else:
         cmd += ["--num_gpus", str(hw.gpus_per_node)]
+        master_port = master_port or free_port()
+    if master_port:
+        cmd += ["--master_port", str(master_port)]
     cmd += [
         "--module",
         "vss_core.train",

@@ -45,6 +45,11 @@ ALIASES: dict[str, tuple[str, str]] = {
     "audio_encoder": ("audio_projector", "the SFT recipe keeps the audio encoder frozen and adapts its projector"),
     "audio_decoder": ("audio_heads", "the speech decoder side of the model is its 4 output heads"),
 }
+# set name -> anchored regex over full PARAMETER names: the fused 3-D expert weights, which peft
+# adapts through `target_parameters` (a Linear-module LoRA cannot wrap them).
+PARAMETER_SETS: dict[str, str] = {
+    "experts": r"llm\.model\.layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)",
+}
 _EXTRA_SETS = {"audio_projector": r"audio_projector\.\d+", "vision_projector": r"vision_projector\.\d+"}
 
 # Module types peft's LoRA can wrap.
@@ -59,6 +64,8 @@ def _matches(model: nn.Module, pattern: str) -> list[str]:
 def resolve_targets(model: nn.Module, targets: list[str]) -> tuple[list[str], list[str]]:
     """Resolve lora.targets to full module names (sorted, unique) plus warnings.
 
+    Parameter sets (PARAMETER_SETS, e.g. 'experts') are skipped here: see `resolve_parameter_targets`.
+
     Raises:
         ConfigError: a target matches no module LoRA can wrap (all such targets at once).
     """
@@ -66,6 +73,8 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> tuple[list[str], li
     warnings: list[str] = []
     problems: list[str] = []
     for target in targets:
+        if target in PARAMETER_SETS:
+            continue
         if target in TARGET_SETS:
             pattern = TARGET_SETS[target]
         elif target in ALIASES:
@@ -105,8 +114,25 @@ def _no_match(model: nn.Module, target: str, pattern: str) -> str:
     )
     return (
         f"lora.targets: {target!r} matches no module in this model{where}. "
-        f"Valid sets: {', '.join(TARGET_SETS)}; example module names: {', '.join(examples)}"
+        f"Valid sets: {', '.join([*TARGET_SETS, *PARAMETER_SETS])}; example module names: {', '.join(examples)}"
     )
+
+
+def resolve_parameter_targets(model: nn.Module, targets: list[str]) -> list[str]:
+    """Full names of the parameters the parameter sets in lora.targets select (sorted).
+
+    Raises:
+        ConfigError: a parameter set matches no parameter in this model.
+    """
+    names: list[str] = []
+    for target in targets:
+        if target in PARAMETER_SETS:
+            rx = re.compile(PARAMETER_SETS[target])
+            found = [n for n, _ in model.named_parameters() if rx.fullmatch(n)]
+            if not found:
+                raise ConfigError(f"lora.targets: {target!r} matches no parameter in this model (pattern {rx.pattern})")
+            names += found
+    return sorted(set(names))
 
 
 def build_lora_config(model: nn.Module, cfg: LoraConfig) -> tuple[peft.LoraConfig, list[str]]:
@@ -116,11 +142,13 @@ def build_lora_config(model: nn.Module, cfg: LoraConfig) -> tuple[peft.LoraConfi
         ConfigError: a target matches no module.
     """
     names, warnings = resolve_targets(model, cfg.targets)
+    parameters = resolve_parameter_targets(model, cfg.targets)
     config = peft.LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=names,
+        target_parameters=parameters or None,
         bias="none",
     )
     return config, warnings

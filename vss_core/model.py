@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from transformers.utils import ModelOutput
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import LongcatFlashConfig, LongcatFlashForCausalLM
 from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashMoE
@@ -543,7 +543,8 @@ def _load_pt(path: Path, problems: list[str]) -> dict[str, torch.Tensor] | None:
         problems.append(f"{path}: file missing (a checkpoint directory holds {_LAYOUT})")
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read when copied into the model, not all at once
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
         problems.append(f"{path}: cannot be read as a weights-only torch file ({type(exc).__name__}: {exc})")
         return None
@@ -553,8 +554,24 @@ def _load_pt(path: Path, problems: list[str]) -> dict[str, torch.Tensor] | None:
     return state
 
 
-def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> OmniModel:
+def _shapes(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Meta tensors with the shapes of a (lazy) state dict, for `_check_state`."""
+    return {k: torch.empty(tuple(v), device="meta") for k, v in state.items()}
+
+
+def load_omni(
+    model_dir: Path,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    zero_config: dict[str, Any] | None = None,
+) -> OmniModel:
     """Build OmniModel from the checkpoint's configs and load every weight strictly.
+
+    Weights are read lazily (safetensors `safe_open`, `.pt` files memory-mapped with
+    `weights_only=True`) and checked against a meta-device build before anything is allocated. With
+    `zero_config` (a DeepSpeed config with ZeRO stage 3) the model is built under `deepspeed.zero.Init`,
+    so each rank holds only its partition, and each module's weights are copied in by rank 0 inside
+    `GatheredParameters` — no rank ever holds a full copy of the model.
 
     `trust_remote_code` is accepted for the config's sake but unused: the LLM is transformers' native
     `LongcatFlashForCausalLM` and the modality parts are vss code, so no checkpoint code ever runs.
@@ -563,6 +580,8 @@ def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, trust_remote_
         ModelError: a file is missing or unreadable, a config key is missing, or a weight is missing,
             unexpected or of the wrong shape (all problems listed at once).
     """
+    from safetensors import safe_open
+
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: not a directory; model.source must point at a checkpoint holding {_LAYOUT}")
@@ -582,26 +601,33 @@ def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, trust_remote_
     if problems:
         raise ModelError(f"checkpoint {model_dir} is incomplete:\n{bullet_list(problems)}")
 
-    model = OmniModel(_llm_config(llm_raw), vision_cfg, audio_cfg)
-    expected = model.state_dict()
+    llm_config = _llm_config(llm_raw)
+    with torch.device("meta"):
+        expected = OmniModel(llm_config, vision_cfg, audio_cfg).state_dict()
 
-    llm_state: dict[str, torch.Tensor] = {}
+    # full model key -> where to read it: ("st", shard, key) or ("pt", loaded dict, key)
+    sources: dict[str, tuple[str, Any, str]] = {}
+    llm_shapes: dict[str, Any] = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as f:
+            for k in f.keys():
+                if k in llm_shapes:
+                    problems.append(f"{shard}: weight {k} also appears in another shard")
+                llm_shapes[k] = f.get_slice(k).get_shape()
+                sources[f"llm.{k}"] = ("st", shard, k)
     llm_expected = {
         k[len("llm.") :]: v for k, v in expected.items() if k.startswith("llm.") and k != f"llm.{_EMBED_KEY}"
     }
-    for shard in shards:
-        part = load_file(str(shard))
-        problems += [f"{shard}: weight {k} also appears in another shard" for k in part if k in llm_state]
-        llm_state.update(part)
     where = shards[0] if len(shards) == 1 else model_dir / "*.safetensors"
-    _check_state(where, llm_state, llm_expected, problems)
+    _check_state(where, _shapes(llm_shapes), llm_expected, problems)
 
-    loaded: dict[str, dict[str, torch.Tensor]] = {}
     for rel, name in _PT_FILES.items():
         state = _load_pt(model_dir / rel, problems)
-        if state is not None:
-            _check_state(model_dir / rel, state, model.get_submodule(name).state_dict(), problems)
-            loaded[name] = state
+        if state is None:
+            continue
+        sub_expected = {k[len(name) + 1 :]: v for k, v in expected.items() if k.startswith(name + ".")}
+        _check_state(model_dir / rel, state, sub_expected, problems)
+        sources.update({f"{name}.{k}": ("pt", state, k) for k in state})
 
     n_mel = audio_cfg.num_mel_bins
     for key in ("mean", "istd"):
@@ -610,14 +636,53 @@ def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, trust_remote_
     if problems:
         raise ModelError(f"checkpoint {model_dir} does not match its configs:\n{bullet_list(problems)}")
 
-    model.llm.load_state_dict(
-        llm_state | {_EMBED_KEY: loaded["llm.model.embed_tokens"]["weight"]},
-        strict=True,
-    )
-    for name, state in loaded.items():
-        if name != "llm.model.embed_tokens":
-            model.get_submodule(name).load_state_dict(state, strict=True)
-    return model.to(dtype)
+    if zero_config is not None:
+        import deepspeed
+
+        with deepspeed.zero.Init(config_dict_or_path=zero_config, dtype=dtype):
+            model = OmniModel(llm_config, vision_cfg, audio_cfg)
+    else:
+        model = OmniModel(llm_config, vision_cfg, audio_cfg).to(dtype)
+    _copy_weights(model, sources, partitioned=zero_config is not None)
+    return model
+
+
+def _copy_weights(model: nn.Module, sources: dict[str, tuple[str, Any, str]], partitioned: bool) -> None:
+    """Copy every parameter and persistent buffer from its source, module by module."""
+    import contextlib
+
+    from safetensors import safe_open
+
+    handles: dict[Path, Any] = {}
+
+    def read(key: str) -> torch.Tensor:
+        kind, where, name = sources[key]
+        if kind == "pt":
+            return where[name]
+        if where not in handles:
+            handles[where] = safe_open(str(where), framework="pt")
+        return handles[where].get_tensor(name)
+
+    if partitioned:
+        import deepspeed
+        import deepspeed.comm as dist
+
+        writer = dist.get_rank() == 0
+    with torch.no_grad():
+        for prefix, module in model.named_modules():
+            params = [(n, p) for n, p in module.named_parameters(prefix=prefix, recurse=False)]
+            gather = (
+                deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0)
+                if partitioned and params
+                else contextlib.nullcontext()
+            )
+            with gather:
+                if not partitioned or writer:
+                    for name, p in params:
+                        p.data.copy_(read(name).to(p.dtype))
+            for name, b in module.named_buffers(prefix=prefix, recurse=False):
+                if name in sources:
+                    b.data.copy_(read(name).to(b.dtype))
 
 
 # --- helpers for training / planning ------------------------------------------------------------

@@ -6,6 +6,15 @@
 Set up (distributed, model, LoRA, ZeRO-3 engine), train (resuming from the latest complete
 checkpoint), save the adapter atomically, clean up. Writes into the run directory next to
 config.json: train_summary.json, metrics.jsonl, tensorboard/, checkpoints/step-N/, adapter/.
+
+Why a short loop over the DeepSpeed engine and not transformers' Trainer: (1) resume must trust only
+complete checkpoints — Trainer's `get_last_checkpoint` takes the highest `checkpoint-N` folder whether
+or not its save finished, while here a checkpoint is saved under a temp tag and renamed with a
+COMPLETE marker; (2) the model is a composed `nn.Module` (vision + audio adaptors around the LLM),
+not a `PreTrainedModel`, and is built under `zero.Init` by vss's own partitioned loader; (3) on the
+CPU accelerator the loop needs nothing from accelerate's device handling. The loop is the engine's
+own forward/backward/step with gradient accumulation, clipping and the warmup+cosine schedule
+configured through DeepSpeed, and the outputs users of the Trainer know (training_args.bin included).
 """
 
 from __future__ import annotations
@@ -101,8 +110,71 @@ def save_checkpoint(engine, root: Path, step: int, keep: int) -> Path:
 # --- adapter --------------------------------------------------------------------------------------
 
 
-def save_adapter(engine, peft_model, out_dir: Path) -> None:
-    """Gather the LoRA weights from their ZeRO-3 partitions and write the adapter atomically (rank 0)."""
+def training_arguments(cfg: VSSConfig, run: RunPaths, total_steps: int):
+    """The run's settings as transformers `TrainingArguments`, saved as training_args.bin (the file users
+    of the transformers Trainer know); vss trains with its own loop, see the module docstring."""
+    from transformers import TrainingArguments
+
+    tr = cfg.training
+    return TrainingArguments(
+        output_dir=run.root,
+        learning_rate=tr.learning_rate,
+        num_train_epochs=tr.epochs,
+        max_steps=total_steps,
+        per_device_train_batch_size=tr.micro_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        warmup_steps=tr.warmup_steps,
+        lr_scheduler_type="cosine",
+        weight_decay=tr.weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        max_grad_norm=tr.gradient_clipping,
+        logging_steps=tr.log_every_n_steps,
+        save_steps=tr.save_every_n_steps,
+        save_total_limit=tr.checkpoints_to_keep,
+        seed=tr.seed,
+        bf16=cfg.model.dtype == "bfloat16",
+        use_cpu=cfg.hardware.accelerator == "cpu",
+        gradient_checkpointing=cfg.deepspeed.activation_checkpointing,
+        report_to=[],
+    )
+
+
+def model_card(cfg: VSSConfig, summary: dict) -> str:
+    """README.md of the adapter: what it is, the config it was trained with, its final metrics."""
+    metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "adapter")
+    return f"""---
+library_name: peft
+base_model: {cfg.model.source}
+tags: [vss, lora, longcat-flash-omni, video-speech-to-speech]
+---
+
+# LoRA adapter for {cfg.model.source} (video + speech in, speech out)
+
+Trained by vss with profile `{cfg.profile}`: LoRA r={cfg.lora.rank}, alpha={cfg.lora.alpha} on
+{", ".join(cfg.lora.targets)}, DeepSpeed ZeRO-3, {summary.get("world_size")} rank(s).
+
+## Final metrics
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Use
+
+    vss infer --adapter <this folder> --sample data/train/01 --out out.wav
+
+## Config
+
+```json
+{cfg.model_dump_json(indent=2)}
+```
+"""
+
+
+def save_adapter(engine, peft_model, out_dir: Path, cfg: VSSConfig, run: RunPaths, summary: dict) -> None:
+    """Gather the LoRA weights from their ZeRO-3 partitions and write the adapter folder atomically
+    (rank 0): adapter_config.json, adapter_model.safetensors, training_args.bin, README.md."""
     import deepspeed
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -119,8 +191,19 @@ def save_adapter(engine, peft_model, out_dir: Path) -> None:
     tmp.mkdir(parents=True)
     save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     peft_model.peft_config["default"].save_pretrained(str(tmp))
+    torch.save(training_arguments(cfg, run, summary["steps"]), tmp / "training_args.bin")
+    (tmp / "README.md").write_text(model_card(cfg, summary))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
+
+
+@torch.no_grad()
+def evaluate(engine, sample: dict, weights: list[float]) -> float:
+    """Loss of one sample with the trained weights (every rank runs it: ZeRO-3 gathers collectively)."""
+    engine.eval()
+    out = engine(**omni.collate([sample]), codebook_weights=weights)
+    engine.train()
+    return out.loss.item()
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -148,9 +231,11 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     random.seed(cfg.training.seed)
 
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
-    base = omni.load_omni(model_dir, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    ds_config = deepspeed_config(cfg)
+    # Built under zero.Init: each rank holds its partition only, never a full copy of the model.
+    base = omni.load_omni(model_dir, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code, zero_config=ds_config)
     if cfg.deepspeed.activation_checkpointing:
-        base.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_model = lora.apply_lora(base, cfg.lora)
     # ZeRO-3 must gather the whole MoE block at once, or ranks that route differently hang.
     set_z3_leaf_modules(peft_model, omni.zero3_leaf_classes())
@@ -176,7 +261,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     optimizer = _optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tr.warmup_steps, total_steps))
     engine, _, _, _ = deepspeed.initialize(
-        model=peft_model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
+        model=peft_model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
 
     ckpt_root = Path(run.checkpoints)
@@ -237,17 +322,19 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             if rank == 0:
                 log.info("Saved checkpoint %s", path)
 
-    save_adapter(engine, peft_model, Path(run.adapter))
     summary = {
         "steps": total_steps,
         "resumed_from_step": start_step,
         "first_loss": first_loss,
         "final_loss": last_loss,
+        # the first sample's loss with the final weights, for checking the saved adapter reproduces it
+        "eval_loss_sample0": evaluate(engine, samples[0], weights),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "world_size": world,
         "adapter": run.adapter,
     }
+    save_adapter(engine, peft_model, Path(run.adapter), cfg, run, summary)
     if rank == 0:
         write_json_atomic(Path(run.root) / "train_summary.json", summary)
         writer.close()

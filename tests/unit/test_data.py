@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -48,8 +50,28 @@ def model_dir(tmp_path):
 
 
 def _cfg(root, **kw):
-    base = {"root": str(root), "video_frames": 8, "video_fps": 2.0, "audio_seconds": 10.0, "workers": 1}
+    # The validation cache goes beside the dataset in tmp_path, never into the user's home.
+    base = {
+        "root": str(root), "video_frames": 8, "video_fps": 2.0, "audio_seconds": 10.0, "workers": 1,
+        "validation_cache": str(root.parent / "validation-cache"),
+    }
     return DataConfig(**(base | kw))
+
+
+def _faststart_copy(src, dst):
+    """Remux an mp4 with its index (moov) first, as streaming-friendly files are: such a file still
+    opens when its tail is cut off, so only decoding to the end can tell it is truncated."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        stream = inp.streams.video[0]
+        ostream = out.add_stream_from_template(stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                packet.stream = ostream
+                out.mux(packet)
+
+
+def _problems(report):
+    return {s.name: " ".join(s.problems) for s in report.samples}
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -64,9 +86,15 @@ def test_good_dataset_validates(dataset):
     assert s.video.model_dump() == {
         "frames": 20, "fps": 10.0, "width": 96, "height": 80, "duration_s": 2.0, "codec": "h264"
     }
-    assert s.in_audio.model_dump() == {"sample_rate": 16000, "channels": 1, "duration_s": 2.0}
-    assert s.out_audio.duration_s == 2.0
-    assert len(report.fingerprint) == 64
+    audio = s.in_audio.model_dump()
+    assert audio.pop("rms_dbfs") == pytest.approx(-20, abs=6)  # the demo speech peaks at -6 dBFS
+    assert audio == {"sample_rate": 16000, "channels": 1, "duration_s": 2.0}
+    assert s.out_audio.duration_s == 2.0 and s.out_audio.rms_dbfs > -40
+    assert len(report.fingerprint) == 64 and report.fingerprint_mode == "stat"
+    assert report.skipped == [] and report.reused == []
+    # The cache is kept out of the dataset: nothing new appears under the root.
+    assert report.cache_path and not report.cache_path.startswith(str(dataset))
+    assert sorted(p.name for p in dataset.iterdir()) == ["01", "02", "03"]
     table = report.table()
     assert "| 02 | yes | 20 | 10 | 96x80 | 2.00 | 2.00 |  |" in table
     assert "3 of 3 samples valid" in table
@@ -74,38 +102,107 @@ def test_good_dataset_validates(dataset):
 
 def test_every_bad_sample_is_named_with_its_reason(tmp_path):
     root = tmp_path / "train"
-    demo.write_demo_dataset(root, samples=7, seconds=1.0)
+    demo.write_demo_dataset(root, samples=13, seconds=2.0)
+    outside = tmp_path / "elsewhere"
+    demo.write_demo_dataset(outside, samples=1, seconds=2.0)
+
     (root / "01" / "out.wav").unlink()
     (root / "02" / "in.wav").write_bytes(b"")
     mp4 = (root / "03" / "in.mp4").read_bytes()
-    (root / "03" / "in.mp4").write_bytes(mp4[: len(mp4) // 2])
+    (root / "03" / "in.mp4").write_bytes(mp4[: len(mp4) // 2])  # index at the end: cut off with the tail
     (root / "04" / "in.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
-    nan_wave = np.zeros(16000, dtype=np.float32)
+    nan_wave = np.full(16000, 0.1, dtype=np.float32)
     nan_wave[100:110] = np.nan
     sf.write(root / "05" / "out.wav", nan_wave, 16000, subtype="FLOAT")
     shutil.copy(root / "06" / "in.wav", root / "06" / "in.mp4")
+    (root / "07" / "in.wav").unlink()
+    (root / "07" / "in.wav").symlink_to(outside / "01" / "in.wav")
+    _faststart_copy(root / "08" / "in.mp4", tmp_path / "fast.mp4")
+    fast = (tmp_path / "fast.mp4").read_bytes()
+    (root / "08" / "in.mp4").write_bytes(fast[: int(len(fast) * 0.6)])  # index first: opens, ends early
+    wav = (root / "09" / "in.wav").read_bytes()
+    (root / "09" / "in.wav").write_bytes(wav[: len(wav) // 2])
+    sf.write(root / "10" / "out.wav", np.zeros(32000, dtype=np.float32), 16000, subtype="PCM_16")
+    shutil.rmtree(root / "11")
+    (root / "11").symlink_to(outside / "01", target_is_directory=True)
+    (root / "12" / "out.wav").rename(root / "12" / "target.wav")
+    (root / "12" / "out.wav").symlink_to("target.wav")  # a link that stays inside the root is fine
 
     report = data.validate_dataset(_cfg(root))
-    problems = {s.name: " ".join(s.problems) for s in report.samples}
+    problems = _problems(report)
     assert "out.wav is missing" in problems["01"]
     assert "in.wav is empty" in problems["02"]
-    assert "in.mp4 cannot be opened" in problems["03"]
+    assert "in.mp4 is truncated: its 'mdat' box declares" in problems["03"]
     assert "in.mp4 cannot be opened" in problems["04"]
     assert "out.wav contains 10 NaN/Inf samples" in problems["05"]
     assert "in.mp4 has no video stream" in problems["06"] and "audio" in problems["06"]
-    assert problems["07"] == ""
-    assert [s.name for s in report.invalid] == ["01", "02", "03", "04", "05", "06"]
+    assert "in.wav is a link to" in problems["07"] and "outside the dataset root" in problems["07"]
+    assert "in.mp4 is truncated" in problems["08"]
+    assert "in.wav is truncated" in problems["09"] and "50%" in problems["09"]
+    assert "out.wav is silent" in problems["10"] and "data.require_non_silent=false" in problems["10"]
+    assert "sample folder is a link to" in problems["11"] and "outside the dataset root" in problems["11"]
+    assert problems["12"] == "" and problems["13"] == ""
+    bad = ["01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11"]
+    assert [s.name for s in report.invalid] == bad
     assert "**no**" in report.table()
+    # Each sample's problems are its own: one reason each, not a cascade.
+    assert all(len(report.samples[i].problems) == 1 for i in range(11))
 
     with pytest.raises(DatasetError) as err:
         data.select_samples(report, "fail")
     msg = str(err.value)
-    for name in ["01", "02", "03", "04", "05", "06"]:
+    for name in bad:
         assert f"  - {name}: " in msg
-    assert "  - 07" not in msg
+    assert "  - 12" not in msg and "  - 13" not in msg
     assert msg.endswith("Fix the files or set data.on_invalid=skip")
 
-    assert [s.name for s in data.select_samples(report, "skip")] == ["07"]
+    assert [s.name for s in data.select_samples(report, "skip")] == ["12", "13"]
+
+
+def test_skip_lists_the_skipped_samples_in_the_report(dataset):
+    (dataset / "02" / "out.wav").unlink()
+    fail = data.validate_dataset(_cfg(dataset))
+    assert fail.on_invalid == "fail" and fail.skipped == []
+    assert "data.on_invalid=fail stops the run" in fail.table()
+    report = data.validate_dataset(_cfg(dataset, on_invalid="skip"))
+    assert report.skipped == ["02"]
+    assert report.table().startswith("2 of 3 samples valid") and "skipped (data.on_invalid=skip): 02" in report.table()
+    assert json.loads(report.model_dump_json())["skipped"] == ["02"]
+    assert [s.name for s in data.select_samples(report, "skip")] == ["01", "03"]
+
+
+def test_too_long_is_an_error_or_a_warning_and_a_crop(dataset, model_dir, tmp_path):
+    # The clips are 2 s; the limit is data.max_seconds, else data.audio_seconds.
+    strict = data.validate_dataset(_cfg(dataset, max_seconds=1.5, on_too_long="error"))
+    assert strict.valid == []
+    for text in _problems(strict).values():
+        assert "too long for data.max_seconds=1.5" in text and "in.wav 2.00 s" in text and "in.mp4 2.00 s" in text
+        assert "data.on_too_long=crop" in text
+
+    cfg = _cfg(dataset, max_seconds=1.5)  # on_too_long=crop is the default
+    report = data.validate_dataset(cfg)
+    assert len(report.valid) == 3
+    assert all("only the first 1.5 s is used" in s.warnings[0] for s in report.samples)
+    assert len(report.warnings) == 1
+    assert "3 samples are longer than data.max_seconds=1.5 s and will be cropped" in report.warnings[0]
+    assert "warning: longer than data.max_seconds=1.5" in report.table()
+    data.prepare_dataset(report.samples[:1], cfg, model_dir, tmp_path / "prep")
+    (item,) = data.load_prepared(tmp_path / "prep")
+    # 1.5 s: kaldi fbank (25 ms windows every 10 ms) -> 148 frames; codec: ceil(24000/960) = 25.
+    assert item["fbank"].shape == (148, 80) and item["codes"].shape == (25, 4)
+
+    by_audio_seconds = data.validate_dataset(_cfg(dataset, audio_seconds=1.0))
+    assert "data.audio_seconds=1" in by_audio_seconds.warnings[0]
+    assert data.validate_dataset(_cfg(dataset, max_seconds=2.5, on_too_long="error")).invalid == []
+
+
+def test_min_seconds_and_silence_rules(dataset):
+    short = data.validate_dataset(_cfg(dataset, min_seconds=2.5))
+    assert all("in.wav is 2.00 s, shorter than data.min_seconds=2.5" in t for t in _problems(short).values())
+    sf.write(dataset / "01" / "in.wav", np.full(32000, 1e-4, dtype=np.float32), 16000, subtype="FLOAT")  # -80 dBFS
+    assert "in.wav is silent (RMS -80.0 dBFS" in _problems(data.validate_dataset(_cfg(dataset)))["01"]
+    assert data.validate_dataset(_cfg(dataset, require_non_silent=False)).invalid == []
+    assert data.validate_dataset(_cfg(dataset, silence_dbfs=-90)).invalid == []
 
 
 def test_skip_with_no_valid_sample_raises(dataset):
@@ -258,3 +355,165 @@ def test_incomplete_model_dir_names_every_problem(dataset, model_dir, tmp_path):
 def test_load_prepared_without_manifest_raises(tmp_path):
     with pytest.raises(DatasetError, match="manifest.json does not exist"):
         data.load_prepared(tmp_path)
+
+
+# --- the validation cache and the fingerprint -----------------------------------------------------
+
+
+def _count_probes(monkeypatch):
+    """Count real probes (decoding a sample's files); the probe itself still runs."""
+    calls = []
+    real = data._probe
+
+    def counting(present):
+        calls.append(sorted(present))
+        return real(present)
+
+    monkeypatch.setattr(data, "_probe", counting)
+    return calls
+
+
+def test_unchanged_samples_are_not_probed_again(dataset, monkeypatch):
+    calls = _count_probes(monkeypatch)
+    cfg = _cfg(dataset)
+    first = data.validate_dataset(cfg)
+    assert len(calls) == 3 and first.reused == []
+
+    again = data.validate_dataset(cfg)
+    assert len(calls) == 3, "an unchanged dataset was decoded again"
+    assert again.reused == ["01", "02", "03"]
+    assert again.model_dump(exclude={"reused"}) == first.model_dump(exclude={"reused"})
+
+    # The rules are applied to the cached facts: a new limit needs no decoding.
+    strict = data.validate_dataset(_cfg(dataset, max_seconds=1.0, on_too_long="error"))
+    assert len(calls) == 3 and len(strict.invalid) == 3
+
+    # A changed file is probed again, and only its sample.
+    wav = dataset / "02" / "out.wav"
+    sf.write(wav, np.zeros(32000, dtype=np.float32), 16000, subtype="PCM_16")
+    changed = data.validate_dataset(cfg)
+    assert len(calls) == 4 and changed.reused == ["01", "03"]
+    assert "out.wav is silent" in _problems(changed)["02"]
+
+    # A damaged cache file only costs a full probe.
+    Path(changed.cache_path).write_text("{not json")
+    assert data.validate_dataset(cfg).reused == [] and len(calls) == 7
+
+    # No cache: every validation probes.
+    data.validate_dataset(_cfg(dataset, validation_cache=None))
+    assert len(calls) == 10
+
+
+def test_unwritable_cache_is_a_warning_not_an_error(dataset, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    report = data.validate_dataset(_cfg(dataset, validation_cache=str(blocker / "cache")))
+    assert len(report.valid) == 3
+    assert len(report.warnings) == 1 and "validation cache" in report.warnings[0] and "cannot be written" in report.warnings[0]
+
+
+def test_content_fingerprint_sees_what_stat_cannot(dataset, monkeypatch):
+    calls = _count_probes(monkeypatch)
+    stat_fp = data.validate_dataset(_cfg(dataset)).fingerprint
+    content = data.validate_dataset(_cfg(dataset, fingerprint="content"))
+    assert content.fingerprint_mode == "content" and content.fingerprint != stat_fp
+    assert data.validate_dataset(_cfg(dataset, fingerprint="content")).reused == ["01", "02", "03"]
+    probes = len(calls)
+
+    # Same size, same mtime, same inode, different bytes: only content hashes notice.
+    wav = dataset / "03" / "in.wav"
+    st = wav.stat()
+    raw = bytearray(wav.read_bytes())
+    raw[-2000:] = bytes(2000)
+    with open(wav, "r+b") as f:
+        f.write(raw)
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert data.validate_dataset(_cfg(dataset)).fingerprint == stat_fp
+    changed = data.validate_dataset(_cfg(dataset, fingerprint="content"))
+    assert changed.fingerprint != content.fingerprint
+    assert changed.reused == ["01", "02"] and len(calls) == probes + 1
+
+
+# --- preparation reads only what it needs, and converts what differs -------------------------------
+
+
+def _all_frames_at(path, times, size):
+    """The baseline: decode every frame, then pick the one shown at each time (as _read_frames does)."""
+    mean = std = torch.tensor([0.5, 0.5, 0.5])
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    picked = []
+    for t in times:
+        later = [f for f in frames if f.time >= t - 0.05 / 2]
+        picked.append(data._frame_to_tensor(later[0] if later else frames[-1], size, mean, std))
+    return torch.stack(picked), len(frames)
+
+
+def test_frames_are_reached_by_seeking_not_by_decoding_everything(tmp_path):
+    (d,) = demo.write_demo_dataset(tmp_path / "long", samples=1, seconds=20.0, fps=20)  # 400 frames, GOP 20
+    mean = std = torch.tensor([0.5, 0.5, 0.5])
+    for times in ([0.0, 5.0, 10.0, 15.0], [2.0, 2.5, 3.0, 3.5], [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]):
+        frames, decoded = data._read_frames(d / "in.mp4", times, SIZE, mean, std)
+        expected, total = _all_frames_at(d / "in.mp4", times, SIZE)
+        assert torch.equal(frames, expected)
+        assert total == 400
+        # At most one GOP (20 frames) per wanted frame, and never past the last one.
+        assert decoded <= 20 * len(times) and decoded <= 80
+
+
+def test_other_rates_channels_codecs_and_sizes_are_converted(tmp_path, model_dir):
+    reference = tmp_path / "ref"
+    demo.write_demo_dataset(reference, samples=1, seconds=2.0, seed=3)
+    variants = {
+        "mpeg4": {"video_codec": "mpeg4", "size": (64, 48), "in_rate": 44100, "in_channels": 2},
+        "vp9": {"video_codec": "libvpx-vp9", "size": (160, 128), "fps": 25, "in_rate": 22050},
+    }
+    ref_cfg = _cfg(reference)
+    data.prepare_dataset(data.validate_dataset(ref_cfg).samples, ref_cfg, model_dir, tmp_path / "prep-ref")
+    (ref,) = data.load_prepared(tmp_path / "prep-ref")
+    for name, kwargs in variants.items():
+        root = tmp_path / name
+        demo.write_demo_dataset(root, samples=1, seconds=2.0, seed=3, **kwargs)
+        cfg = _cfg(root)
+        report = data.validate_dataset(cfg)
+        assert report.invalid == [], report.table()
+        (s,) = report.samples
+        assert s.video.codec == {"mpeg4": "mpeg4", "vp9": "vp9"}[name]
+        assert (s.video.width, s.video.height) == kwargs["size"]
+        assert (s.in_audio.sample_rate, s.in_audio.channels) == (kwargs["in_rate"], kwargs.get("in_channels", 1))
+        data.prepare_dataset(report.samples, cfg, model_dir, tmp_path / f"prep-{name}")
+        (item,) = data.load_prepared(tmp_path / f"prep-{name}")
+        assert item["frames"].shape == ref["frames"].shape == (8, 3, SIZE, SIZE)
+        assert item["fbank"].shape == ref["fbank"].shape == (198, 80)
+        assert torch.equal(item["codes"], ref["codes"])  # out.wav is the same 16 kHz mono file
+        # The same pictures and the same speech, converted: close to the reference, not equal.
+        assert (item["frames"] - ref["frames"]).abs().mean() < 0.08
+        corr = torch.corrcoef(torch.stack([item["fbank"].flatten(), ref["fbank"].flatten()]))[0, 1]
+        assert corr > 0.95
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def test_vss_validate_json_prints_the_full_report_and_exits_by_policy(dataset, tmp_path, capsys):
+    from deployments import cli
+
+    cache = f"data.validation_cache={tmp_path / 'cli-cache'}"
+    assert cli.main(["validate", str(dataset), cache, "--json"]) == 0
+    out = capsys.readouterr().out
+    report = data.DatasetReport.model_validate_json(out)
+    assert [s.name for s in report.samples] == ["01", "02", "03"] and report.samples[0].video.codec == "h264"
+
+    (dataset / "02" / "in.wav").write_bytes(b"")
+    assert cli.main(["validate", str(dataset), cache, "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["samples"][1]["problems"] == ["in.wav is empty (0 bytes)"]
+    assert "02: in.wav is empty" in captured.err
+    assert cli.main(["validate", str(dataset), cache, "data.on_invalid=skip", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == ["02"]
+    for d in ("01", "03"):
+        (dataset / d / "in.wav").write_bytes(b"")
+    assert cli.main(["validate", str(dataset), cache, "data.on_invalid=skip", "--json"]) == 1
+    capsys.readouterr()
+    assert cli.main(["validate", str(tmp_path / "nowhere"), cache, "--json"]) == 2
+    assert "does not exist" in capsys.readouterr().err

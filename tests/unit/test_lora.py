@@ -136,3 +136,21 @@ def test_adapter_save_writes_config_and_weights(tiny: omni.OmniModel, batch: dic
         expected = peft_model(**batch).loss
         reloaded = peft.PeftModel.from_pretrained(omni.build_tiny_model(0), tmp_path)
         assert torch.allclose(reloaded(**batch).loss, expected)
+
+
+def test_experts_set_targets_the_fused_expert_parameters():
+    from vss_core import lora as lora_mod
+    from vss_core import model as omni
+    from vss_core.config import LoraConfig
+
+    m = omni.build_tiny_model()
+    cfg, _ = lora_mod.build_lora_config(m, LoraConfig(rank=4, alpha=8, dropout=0.0, targets=["experts"]))
+    assert sorted(cfg.target_parameters) == [
+        "llm.model.layers.0.mlp.experts.down_proj",
+        "llm.model.layers.0.mlp.experts.gate_up_proj",
+    ]
+    assert not cfg.target_modules
+    pm = lora_mod.apply_lora(m, LoraConfig(rank=4, alpha=8, dropout=0.0, targets=["attention", "experts"]))
+    trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
+    assert any("experts" in n and "lora_A" in n for n in trainable)
+    assert any("q_a_proj.lora_A" in n for n in trainable)

@@ -53,12 +53,14 @@ def test_launcher_command_single_and_multi_node(tmp_path):
     run = RunPaths(root=str(tmp_path))
     cmd = launch.build_command(load_config("conservative-2xb200"), run, Path("/m"), Path("/p"))
     assert cmd[0].endswith("deepspeed") and cmd[1:3] == ["--num_gpus", "2"]
-    assert cmd[3:5] == ["--module", "vss_core.train"] and cmd[-4:] == ["--model-dir", "/m", "--prepared-dir", "/p"]
+    assert cmd[3] == "--master_port" and int(cmd[4]) > 0  # a free port, not the shared default 29500
+    assert cmd[5:7] == ["--module", "vss_core.train"] and cmd[-4:] == ["--model-dir", "/m", "--prepared-dir", "/p"]
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node1 slots=8\nnode2 slots=8\n")
     cfg = load_config("standard-8xh100", [f"hardware.hostfile={hostfile}", "hardware.nodes=2"])
     cmd = launch.build_command(cfg, run, Path("/m"), Path("/p"))
     assert cmd[1:7] == ["--hostfile", str(hostfile), "--num_nodes", "2", "--num_gpus", "8"]
+    assert "--master_port" not in cmd  # all nodes must agree: the launcher's default
     env = launch.training_env(load_config("cpu-demo"), base={})
     assert env["DS_ACCELERATOR"] == "cpu" and "TORCH_EXTENSIONS_DIR" in env
     assert "DS_ACCELERATOR" not in launch.training_env(cfg, base={})

@@ -1,0 +1,93 @@
+"""Download throughput and the cost of a kill mid-file, vss vs plain huggingface_hub, on a loopback Hub.
+
+    .venv/bin/python bench/bench_hub.py [--size-mb 256] [--kill-at 0.5]
+
+Serves one large LFS file (plus a small config) from tests/hubserver on 127.0.0.1, then:
+  1. throughput of a full download: vss download_weights vs huggingface_hub.snapshot_download;
+  2. a download SIGKILLed once the server has sent `kill-at` of the large file, then run again:
+     bytes re-fetched (sent twice) as a fraction of the file, vss resume vs plain snapshot_download.
+The server never advertises Xet, so both take the plain HTTP path (Xet cannot be served here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import huggingface_hub as hf  # noqa: E402
+
+from tests.hubserver import HubServer  # noqa: E402
+from tests.hubserver.kill import download_and_kill  # noqa: E402
+from vss_core import hub  # noqa: E402
+from vss_core.config import ModelConfig  # noqa: E402
+from vss_core.settings import Settings  # noqa: E402
+
+REPO = "bench/big"
+BIG = "model-00001-of-00001.safetensors"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=256, help="size of the large file (MiB)")
+    parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the large file sent before the kill")
+    args = parser.parse_args()
+    size = args.size_mb << 20
+    data = (hashlib.sha256(b"bench").digest() * (size // 32 + 1))[:size]
+
+    with HubServer() as srv, tempfile.TemporaryDirectory() as tmp:
+        _add(srv, data)
+        settings = Settings(hf_endpoint=srv.url)
+        print(f"loopback Hub at {srv.url}; file {BIG}: {size / 2**20:.0f} MiB")
+
+        for name, run in (
+            ("vss download_weights", lambda c: hub.download_weights(ModelConfig(source=REPO, cache_dir=str(c)), settings)),
+            ("huggingface_hub.snapshot_download", lambda c: hf.snapshot_download(
+                REPO, cache_dir=c, endpoint=srv.url, token=False, allow_patterns=hub.ALLOW_PATTERNS)),
+        ):
+            cache = Path(tempfile.mkdtemp(dir=tmp))
+            t = time.perf_counter()
+            run(cache)
+            dt = time.perf_counter() - t
+            print(f"throughput  {name:36s} {size / dt / 2**20:8.1f} MiB/s ({dt:.2f} s)")
+
+        pause_at = int(size * args.kill_at) + 12_345  # off any chunk boundary, like a real kill
+        results = {}
+        for mode in ("vss", "plain"):
+            cache = Path(tempfile.mkdtemp(dir=tmp))
+            srv.reset_counters()
+            before = download_and_kill(srv, mode, REPO, cache, BIG, pause_at)
+            srv.reset_counters()
+            if mode == "vss":
+                hub.download_weights(ModelConfig(source=REPO, cache_dir=str(cache)), settings)
+            else:
+                hf.snapshot_download(REPO, cache_dir=cache, endpoint=srv.url, token=False,
+                                     allow_patterns=hub.ALLOW_PATTERNS)
+            after = srv.served_bytes(REPO, BIG)
+            refetched = before + after - size
+            orphans = sum(p.stat().st_size for p in cache.rglob("*.incomplete"))
+            results[mode] = refetched
+            print(f"kill at {before / size:.0%}  {mode:5s}: re-fetched {refetched:>11,d} B = {refetched / size:.4f} of "
+                  f"the file; partial files left behind: {orphans:,d} B")
+        if results["vss"]:
+            print(f"re-fetched after a kill, plain / vss: {results['plain'] / results['vss']:,.0f}x")
+        print("(both sides share this machine's CPUs; the Python server bounds the throughput figures)")
+
+
+def _add(srv: HubServer, data: bytes) -> None:
+    from tests.hubserver.server import Blob
+
+    # The large file plus stand-ins for the rest of the checkpoint layout vss checks after a download.
+    files = {BIG: Blob.from_bytes(data, lfs=True)}
+    files.update({p: Blob.from_bytes(b"{}", lfs=p.endswith(".pt")) for p in hub.REQUIRED_FILES})
+    srv.create_repo(REPO)
+    srv.commit(REPO, files)
+
+
+if __name__ == "__main__":
+    main()

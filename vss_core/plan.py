@@ -1,0 +1,757 @@
+"""Will a run fit? A memory planner for LongCat-Flash-Omni + LoRA under DeepSpeed ZeRO-3.
+
+Pure functions: the model's shape (from `transformers.LongcatFlashConfig`, whose no-argument form
+carries the real model's values, or from a local checkpoint's config.json), the LoRA targets, the
+DeepSpeed settings, the world and the batch shape go in; figures per GPU, per node's CPU RAM, NVMe
+and disk come out, component by component, with a verdict and the changes that would make a run
+that does not fit, fit (each re-planned). The only I/O is reading a checkpoint's config files when
+asked (`read_model_shape`). Sizes are bytes inside, GiB (1024**3, as nvidia-smi, free -h and df -h
+report) in every report.
+
+Why not DeepSpeed's own estimator: it assumes every parameter is trainable (~15 TB of optimizer
+state here) and knows nothing of ZeRO-3 gathering a mixture-of-experts block whole.
+
+How ZeRO-3 spends GPU memory on this model (DeepSpeed 0.19.8):
+- The MoE block is a ZeRO-3 leaf (`set_z3_leaf_modules`): its routed experts (19.3B params,
+  38.7 GB bf16 on the real model) are gathered on every rank at once, whatever
+  stage3_max_live_parameters says.
+- A leaf of several parameters is gathered by `_all_gather_coalesced` into one flat buffer, then
+  `AllGatherCoalescedHandle.wait` copies each parameter out of it (`torch.cat`) while the flat buffer
+  is still held: the peak is twice the leaf. `zero_optimization.stage3_allgather_sequential: true`
+  gathers parameter by parameter into its own buffer and avoids the second copy.
+- transformers 5.23's `LongcatFlashExperts` allocates `gate_up_proj` for routed *and* zero
+  experts (MODEL_FACTS.md); `ModelShape.allocated_zero_experts` plans that module as it is, the
+  default plans the correctly sized one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from vss_core.errors import ConfigError, bullet_list
+
+GiB = 1024**3
+DS_DEFAULT_PREFETCH = 5e7  # stage3_prefetch_bucket_size
+DS_DEFAULT_REDUCE = 5e8  # reduce_bucket_size
+DS_DEFAULT_PARAM_BUFFER_SIZE = 1e8  # offload_param.buffer_size (elements)
+DS_DEFAULT_PARAM_BUFFER_COUNT = 5
+DS_DEFAULT_OPT_BUFFER_COUNT = 4
+DS_DEFAULT_SUB_GROUP = 1e9
+AUDIO_TOKEN_S = 0.080  # one audio-in token per 80 ms (8 spliced 10 ms fbank frames)
+SPEECH_STEP_S = 0.060  # one speech-out step (4 codes) per 60 ms
+
+# The real checkpoint's modality parts, from the tech report (MODEL_FACTS.md), used when no local
+# vision/config.json or audio/config.json is read. The vision input size is an assumption.
+REAL_VISION = {"params": 637e6, "hidden_size": 1280, "image_size": 448, "patch_size": 14,
+               "temporal_patch_size": 2, "spatial_merge_size": 2}
+REAL_AUDIO = {"params": 600e6, "encoder_dim": 1024, "codebook_rows": [8224, 8224, 8224, 8224]}
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+class ModelShape(BaseModel):
+    """The sizes the planner needs, read from the model's configs."""
+
+    source: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int  # decoder layers (each: 2 attention sublayers, 2 dense MLPs, 1 MoE)
+    num_attention_heads: int
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    ffn_hidden_size: int
+    n_routed_experts: int
+    zero_expert_num: int
+    expert_ffn_hidden_size: int
+    moe_topk: int
+    attention_bias: bool = False
+    tie_word_embeddings: bool = False
+    allocated_zero_experts: bool = False  # plan transformers 5.23's oversized gate_up_proj
+    vision_params: int
+    vision_hidden_size: int
+    vision_tokens_per_group: int  # LLM tokens per temporal group of frames, after pixel-unshuffle
+    vision_patches_per_group: int  # ViT tokens per group, before the merge
+    temporal_patch_size: int
+    vision_modules: list[tuple[str, int, int]] = []  # (name, in, out) of vision encoder Linears, when known
+    audio_params: int
+    audio_encoder_dim: int
+    audio_modules: list[tuple[str, int, int]] = []
+    codebook_rows: list[int]
+    notes: list[str] = []
+
+
+def shape_from_llm_config(llm: Any, source: str, vision: Mapping[str, Any] | None = None,
+                          audio: Mapping[str, Any] | None = None) -> ModelShape:
+    """ModelShape from a `LongcatFlashConfig` (or anything with its attributes) and the modality
+    configs (vss's vision/config.json and audio/config.json keys); without them, the real model's."""
+    notes: list[str] = []
+    if vision is None:
+        v = REAL_VISION
+        vparams, vhidden, vmods = int(v["params"]), v["hidden_size"], []
+        notes.append(f"vision encoder {v['params'] / 1e6:.0f}M params (tech report); input {v['image_size']}px assumed")
+        grid = v["image_size"] // v["patch_size"]
+        merge, tps = v["spatial_merge_size"], v["temporal_patch_size"]
+    else:
+        p, t, hv = vision["patch_size"], vision["temporal_patch_size"], vision["hidden_size"]
+        grid, merge, tps = vision["image_size"] // p, vision["spatial_merge_size"], t
+        ffn, layers, cin = vision["intermediate_size"], vision["num_layers"], vision.get("in_channels", 3)
+        vhidden = hv
+        vmods = []
+        for i in range(layers):
+            vmods += [(f"vision_model.blocks.{i}.qkv", hv, 3 * hv), (f"vision_model.blocks.{i}.proj", hv, hv),
+                      (f"vision_model.blocks.{i}.fc1", hv, ffn), (f"vision_model.blocks.{i}.fc2", ffn, hv)]
+        vparams = (cin * t * p * p * hv + hv + grid * grid * hv + 2 * hv
+                   + sum(i * o + o for _, i, o in vmods) + layers * 4 * hv)
+    if audio is None:
+        aparams, adim, amods, rows = int(REAL_AUDIO["params"]), REAL_AUDIO["encoder_dim"], [], REAL_AUDIO["codebook_rows"]
+        notes.append(f"audio encoder {REAL_AUDIO['params'] / 1e6:.0f}M params (tech report)")
+    else:
+        adim, affn, k = audio["encoder_dim"], audio["encoder_ffn_dim"], audio["memory_kernel_size"]
+        rows = [n + audio["num_special_ids"] for n in audio["codebook_sizes"]]
+        amods = [("audio_encoder.input_proj", audio["num_mel_bins"] * audio["splice"], adim)]
+        for i in range(audio["encoder_layers"]):
+            amods += [(f"audio_encoder.layers.{i}.fc1", adim, affn), (f"audio_encoder.layers.{i}.fc2", affn, adim)]
+        layers = audio["encoder_layers"]
+        linear = sum(i * o + o for _, i, o in amods) - layers * adim  # fc2 has no bias
+        aparams = linear + layers * (2 * adim + adim * k) + 2 * adim  # + norms, depthwise memory, final norm
+    return ModelShape(
+        source=source,
+        vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, num_layers=llm.num_layers,
+        num_attention_heads=llm.num_attention_heads, q_lora_rank=llm.q_lora_rank, kv_lora_rank=llm.kv_lora_rank,
+        qk_nope_head_dim=llm.qk_nope_head_dim, qk_rope_head_dim=llm.qk_rope_head_dim, v_head_dim=llm.v_head_dim,
+        ffn_hidden_size=llm.ffn_hidden_size, n_routed_experts=llm.n_routed_experts,
+        zero_expert_num=llm.zero_expert_num or 0, expert_ffn_hidden_size=llm.expert_ffn_hidden_size,
+        moe_topk=llm.moe_topk, attention_bias=bool(getattr(llm, "attention_bias", False)),
+        tie_word_embeddings=bool(getattr(llm, "tie_word_embeddings", False)),
+        vision_params=vparams, vision_hidden_size=vhidden,
+        vision_tokens_per_group=(grid // merge) ** 2, vision_patches_per_group=grid * grid, temporal_patch_size=tps,
+        vision_modules=vmods, audio_params=aparams, audio_encoder_dim=adim, audio_modules=amods,
+        codebook_rows=list(rows), notes=notes,
+    )
+
+
+def real_model_shape() -> ModelShape:
+    """The real LongCat-Flash-Omni: `LongcatFlashConfig()` with no arguments carries its values."""
+    from transformers import LongcatFlashConfig
+
+    return shape_from_llm_config(LongcatFlashConfig(), "LongcatFlashConfig() (the real LongCat-Flash-Omni)")
+
+
+def read_model_shape(model_dir: str | Path) -> ModelShape:
+    """ModelShape from a local checkpoint: config.json, vision/config.json, audio/config.json.
+
+    Raises:
+        ConfigError: a config file is missing or unreadable (all such files listed).
+    """
+    from transformers import LongcatFlashConfig
+
+    model_dir = Path(model_dir)
+    raw: dict[str, dict[str, Any]] = {}
+    problems = []
+    for rel in ("config.json", "vision/config.json", "audio/config.json"):
+        try:
+            raw[rel] = json.loads((model_dir / rel).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            problems.append(f"{model_dir / rel}: {exc}")
+    if problems:
+        raise ConfigError(
+            f"model.source: cannot read the checkpoint's configs to plan memory:\n{bullet_list(problems)}\n"
+            "Point model.source at a checkpoint directory (`vss tiny-model DIR` writes one) or at a Hub repo id."
+        )
+    skip = {"architectures", "model_type", "auto_map", "transformers_version"}
+    llm = LongcatFlashConfig(**{k: v for k, v in raw["config.json"].items() if k not in skip})
+    return shape_from_llm_config(llm, str(model_dir), raw["vision/config.json"], raw["audio/config.json"])
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int  # everything the model allocates
+    llm: int
+    moe_leaf: int  # one layer's MoE block (experts + router): what ZeRO-3 gathers at once
+    experts_per_layer: int
+    largest_param: int  # numel of the largest single parameter (gate_up_proj)
+    vision: int
+    audio: int
+    omni_extras: int  # projectors, speech embeddings and heads
+
+
+def count_params(s: ModelShape) -> ParamCounts:
+    """Parameters of OmniModel, by part, computed from the shapes (no model is built)."""
+    h, qk = s.hidden_size, s.qk_nope_head_dim + s.qk_rope_head_dim
+    b = int(s.attention_bias)
+    attn = (h * s.q_lora_rank + b * s.q_lora_rank + s.q_lora_rank
+            + s.q_lora_rank * s.num_attention_heads * qk
+            + h * (s.kv_lora_rank + s.qk_rope_head_dim) + b * (s.kv_lora_rank + s.qk_rope_head_dim) + s.kv_lora_rank
+            + s.kv_lora_rank * s.num_attention_heads * (s.qk_nope_head_dim + s.v_head_dim)
+            + s.num_attention_heads * s.v_head_dim * h + b * h)
+    dense = 3 * h * s.ffn_hidden_size
+    gate_up_experts = s.n_routed_experts + (s.zero_expert_num if s.allocated_zero_experts else 0)
+    gate_up = gate_up_experts * 2 * s.expert_ffn_hidden_size * h
+    experts = gate_up + s.n_routed_experts * h * s.expert_ffn_hidden_size
+    router = h * (s.n_routed_experts + s.zero_expert_num)
+    layer = 2 * attn + 2 * dense + experts + router + 4 * h
+    embed = s.vocab_size * h
+    llm = s.num_layers * layer + embed + h + (0 if s.tie_word_embeddings else embed)
+    vproj = s.vision_hidden_size * 4 * h + h + h * h + h
+    aproj = s.audio_encoder_dim * h + h + h * h + h
+    speech = 2 * sum(rows * h for rows in s.codebook_rows)  # 4 embeddings + 4 heads
+    extras = vproj + aproj + speech
+    return ParamCounts(
+        total=llm + s.vision_params + s.audio_params + extras, llm=llm, moe_leaf=experts + router,
+        experts_per_layer=experts, largest_param=max(gate_up, embed), vision=s.vision_params, audio=s.audio_params,
+        omni_extras=extras,
+    )
+
+
+def linear_modules(s: ModelShape) -> list[tuple[str, int, int]]:
+    """(full name, in, out) of every module LoRA can wrap in OmniModel (names as in vss_core.model)."""
+    h, heads = s.hidden_size, s.num_attention_heads
+    mods: list[tuple[str, int, int]] = [("llm.model.embed_tokens", s.vocab_size, h), ("llm.lm_head", h, s.vocab_size)]
+    for i in range(s.num_layers):
+        p = f"llm.model.layers.{i}"
+        for j in (0, 1):
+            mods += [
+                (f"{p}.self_attn.{j}.q_a_proj", h, s.q_lora_rank),
+                (f"{p}.self_attn.{j}.q_b_proj", s.q_lora_rank, heads * (s.qk_nope_head_dim + s.qk_rope_head_dim)),
+                (f"{p}.self_attn.{j}.kv_a_proj_with_mqa", h, s.kv_lora_rank + s.qk_rope_head_dim),
+                (f"{p}.self_attn.{j}.kv_b_proj", s.kv_lora_rank, heads * (s.qk_nope_head_dim + s.v_head_dim)),
+                (f"{p}.self_attn.{j}.o_proj", heads * s.v_head_dim, h),
+                (f"{p}.mlps.{j}.gate_proj", h, s.ffn_hidden_size),
+                (f"{p}.mlps.{j}.up_proj", h, s.ffn_hidden_size),
+                (f"{p}.mlps.{j}.down_proj", s.ffn_hidden_size, h),
+            ]
+        mods.append((f"{p}.mlp.router.classifier", h, s.n_routed_experts + s.zero_expert_num))
+    mods += [("vision_projector.0", s.vision_hidden_size * 4, h), ("vision_projector.2", h, h),
+             ("audio_projector.0", s.audio_encoder_dim, h), ("audio_projector.2", h, h)]
+    mods += [(f"audio_embeddings.{k}", r, h) for k, r in enumerate(s.codebook_rows)]
+    mods += [(f"audio_heads.{k}", h, r) for k, r in enumerate(s.codebook_rows)]
+    return mods + s.vision_modules + s.audio_modules
+
+
+EXPERTS_TARGET = "experts"  # planner-known set: LoRA on the fused expert parameters (peft target_parameters)
+
+
+@dataclass(frozen=True)
+class LoraCount:
+    params: int  # trainable LoRA parameters in all
+    per_target: dict[str, int]
+    in_moe_leaf_per_layer: int  # LoRA parameters inside one MoE leaf (gathered with it)
+
+
+def count_lora(s: ModelShape, targets: list[str], rank: int) -> LoraCount:
+    """LoRA parameters for `lora.targets` at `rank`, resolved with vss_core.lora's sets and aliases.
+
+    `experts` (LoRA on every routed expert through peft's target_parameters: r x (in + out) per expert
+    and fused parameter) is counted too, so its cost shows before it is trained.
+
+    Raises:
+        ConfigError: a target matches no module (all such targets at once).
+    """
+    from vss_core import lora
+
+    mods = linear_modules(s)
+    per_target: dict[str, int] = {}
+    seen: set[str] = set()
+    problems = []
+    leaf = 0
+    for target in targets:
+        if target == EXPERTS_TARGET:
+            e, f, h = s.n_routed_experts + (s.zero_expert_num if s.allocated_zero_experts else 0), \
+                s.expert_ffn_hidden_size, s.hidden_size
+            per_layer = rank * e * (h + 2 * f) + rank * s.n_routed_experts * (f + h)
+            per_target[target] = per_layer * s.num_layers
+            leaf = per_layer
+            continue
+        if target in lora.TARGET_SETS:
+            pattern = lora.TARGET_SETS[target]
+        elif target in lora.ALIASES:
+            name = lora.ALIASES[target][0]
+            pattern = lora.TARGET_SETS.get(name) or lora._EXTRA_SETS[name]
+        else:
+            pattern = rf"(.*\.)?{re.escape(target)}"
+        rx = re.compile(pattern)
+        found = [(n, i, o) for n, i, o in mods if rx.fullmatch(n) and n not in seen]
+        if not any(rx.fullmatch(n) for n, _, _ in mods):
+            problems.append(f"lora.targets: {target!r} matches no module of this model")
+            continue
+        seen.update(n for n, _, _ in found)
+        per_target[target] = sum(rank * (i + o) for _, i, o in found)
+    if problems:
+        raise ConfigError(
+            bullet_list(problems) + f"\nValid sets: {', '.join([*lora.TARGET_SETS, EXPERTS_TARGET])}, "
+            "or a module-name suffix such as q_a_proj"
+        )
+    return LoraCount(params=sum(per_target.values()), per_target=per_target, in_moe_leaf_per_layer=leaf)
+
+
+def sequence_tokens(s: ModelShape, frames: int, audio_seconds: float) -> int:
+    """LLM tokens of one sample (see vss_core.model): BOS, per temporal group a timestamp and its
+    vision tokens, one audio token per 80 ms of in.wav, SPEECH_START, one step per 60 ms of out.wav."""
+    groups = math.ceil(frames / s.temporal_patch_size)
+    return (1 + groups * (1 + s.vision_tokens_per_group) + math.ceil(audio_seconds / AUDIO_TOKEN_S) + 1
+            + math.ceil(audio_seconds / SPEECH_STEP_S))
+
+
+# --- inputs and machine --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """What the planner cannot read from a config; every figure that uses one says so."""
+
+    cuda_context_gib: float = 3.0  # CUDA context + NCCL communicator buffers per GPU
+    fragmentation: float = 0.10  # PyTorch caching-allocator margin on the GPU peak
+    process_ram_gib_cuda: float = 6.0  # host RAM of one training process (torch, CUDA libs, DeepSpeed, data)
+    process_ram_gib_cpu: float = 1.5  # same, CPU accelerator (tiny model)
+    ram_reserve: float = 0.05  # RAM kept free for the OS and page cache
+    attention_scores: bool = True  # eager attention materializes heads x T x T scores (sdpa/flash do not)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything a plan depends on (build it with `inputs_from_config`)."""
+
+    shape: ModelShape
+    lora_targets: tuple[str, ...]
+    lora_rank: int
+    dtype_bytes: int  # 2 for bfloat16, 4 for float32
+    accelerator: Literal["cuda", "cpu"]
+    gpus_per_node: int
+    nodes: int
+    zero_stage: int = 3
+    offload_param: str = "cpu"
+    offload_optimizer: str = "cpu"
+    max_live_parameters: float = 1e9
+    prefetch_bucket_size: float | None = None
+    reduce_bucket_size: float | None = None
+    param_buffer_count: int | None = None
+    optimizer_buffer_count: int | None = None
+    sub_group_size: float | None = None
+    allgather_sequential: bool = False
+    activation_checkpointing: bool = True
+    micro_batch_size: int = 1
+    video_frames: int = 16
+    audio_seconds: float = 30.0
+    checkpoints_to_keep: int = 3
+    num_samples: int = 0  # known samples (0: not counted yet); prepared data is planned per sample
+    image_size_px: int = 448  # frame side the data stage resizes to (prepared-data size)
+    download_bytes: int | None = None  # from Hub file metadata; None: estimated from the param count
+    cached_bytes: int = 0  # already in the download cache
+    local_model: bool = False  # model.source is a local directory: used in place, nothing to download
+    nvme_shares_disk: bool = True
+    assumptions: Assumptions = field(default_factory=Assumptions)
+
+    @property
+    def world(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+def inputs_from_config(cfg: Any, shape: ModelShape, **changes: Any) -> PlanInputs:
+    """PlanInputs from a VSSConfig (sections hardware, lora, deepspeed, data, training, model)."""
+    ds = cfg.deepspeed
+    ins = PlanInputs(
+        shape=shape, lora_targets=tuple(cfg.lora.targets), lora_rank=cfg.lora.rank,
+        dtype_bytes=2 if cfg.model.dtype == "bfloat16" else 4, accelerator=cfg.hardware.accelerator,
+        gpus_per_node=cfg.hardware.gpus_per_node, nodes=cfg.hardware.nodes, zero_stage=ds.zero_stage,
+        offload_param=ds.offload_param, offload_optimizer=ds.offload_optimizer,
+        max_live_parameters=ds.max_live_parameters, prefetch_bucket_size=ds.prefetch_bucket_size,
+        reduce_bucket_size=ds.reduce_bucket_size, param_buffer_count=ds.param_buffer_count,
+        optimizer_buffer_count=ds.optimizer_buffer_count, sub_group_size=ds.sub_group_size,
+        allgather_sequential=bool(getattr(ds, "allgather_sequential", False)),
+        activation_checkpointing=ds.activation_checkpointing, micro_batch_size=cfg.training.micro_batch_size,
+        video_frames=cfg.data.video_frames, audio_seconds=cfg.data.audio_seconds,
+        checkpoints_to_keep=cfg.training.checkpoints_to_keep, local_model=is_local_source(cfg.model.source),
+    )
+    return dataclasses.replace(ins, **changes)
+
+
+def is_local_source(source: str) -> bool:
+    """model.source names a local directory (the rule vss_core.hub applies)."""
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+
+
+class Machine(BaseModel):
+    """What one node has (GiB). None: not given, that resource is reported but not judged."""
+
+    gpus_per_node: int
+    gpu_memory_gib: float | None  # the smallest card's total
+    gpu_free_gib: float | None = None  # the smallest card's free memory, when probed
+    ram_gib: float | None
+    disk_gib: float | None
+    nvme_gib: float | None = None  # None: the NVMe path shares `disk_gib`
+    nodes: int = 1
+    swap_used_gib: float = 0.0
+    source: str = "given"  # "given" (hypothetical) or "probed"
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+class Item(BaseModel):
+    component: str
+    gib: float
+    note: str = ""
+
+
+class Resource(BaseModel):
+    name: str  # "GPU (per rank)", "CPU RAM (per node)", "NVMe (per node)", "disk"
+    items: list[Item]
+    need_gib: float
+    have_gib: float | None
+    fits: bool | None  # None: not judged (capacity not given)
+    margin_gib: float | None
+
+
+class Suggestion(BaseModel):
+    change: str
+    overrides: list[str]
+    needs: list[str] = []  # what the change needs that vss cannot set today
+    plan: Plan
+
+
+class Plan(BaseModel):
+    fits: bool
+    resources: list[Resource]
+    suggestions: list[Suggestion] = []
+    nothing_fits: bool = False  # no single or paired change re-plans as fitting
+    warnings: list[str] = []
+    facts: dict[str, Any]  # derived figures: params, MoE leaf, tokens, ...
+    assumptions: list[str]
+
+    def resource(self, name: str) -> Resource:
+        return next(r for r in self.resources if r.name.startswith(name))
+
+    def table(self) -> str:
+        """Markdown a person reads at a glance: verdict, per-resource need/have, components, fixes."""
+        out = [f"**Verdict: {'FITS' if self.fits else 'DOES NOT FIT'}** (GiB = 1024^3 bytes, as nvidia-smi reports)",
+               "", "| resource | need | have | margin | fits |", "|---|---|---|---|---|"]
+        for r in self.resources:
+            have = "not given" if r.have_gib is None else f"{r.have_gib:,.1f}"
+            margin = "-" if r.margin_gib is None else f"{r.margin_gib:+,.1f}"
+            fits = {True: "yes", False: "**NO**", None: "not judged"}[r.fits]
+            out.append(f"| {r.name} | {r.need_gib:,.1f} | {have} | {margin} | {fits} |")
+        for r in self.resources:
+            out += ["", f"{r.name}:", "", "| component | GiB | note |", "|---|---|---|"]
+            out += [f"| {i.component} | {i.gib:,.2f} | {i.note} |" for i in r.items if i.gib > 0 or i.note]
+        f = self.facts
+        out += ["", "Model: " + f"{f['total_params'] / 1e9:,.2f}B params ({f['weights_gib']:,.1f} GiB), "
+                f"MoE leaf {f['moe_leaf_params'] / 1e9:,.2f}B params ({f['moe_leaf_gib']:,.1f} GiB), "
+                f"LoRA {f['lora_params'] / 1e6:,.1f}M trainable, {f['tokens_per_sample']:,} tokens per sample."]
+        if self.suggestions:
+            out += ["", "What would make it fit (each re-planned):", ""]
+            for s in self.suggestions:
+                extra = f" — needs: {'; '.join(s.needs)}" if s.needs else ""
+                over = " ".join(s.overrides)
+                worst = ", ".join(f"{r.name} {r.need_gib:,.1f}/{r.have_gib:,.1f}" for r in s.plan.resources
+                                  if r.have_gib is not None)
+                out.append(f"- {s.change}: `{over}` -> fits ({worst}){extra}")
+        elif self.nothing_fits:
+            out += ["", "No single change, nor any pair of changes vss knows, makes this run fit this machine."]
+        if self.warnings:
+            out += ["", *[f"warning: {w}" for w in self.warnings]]
+        out += ["", "Assumptions: " + "; ".join(self.assumptions)]
+        return "\n".join(out)
+
+
+def _gib(n: float) -> float:
+    return n / GiB
+
+
+def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
+    """Plan a run on `machine`: figures per resource, verdict, and (when it does not fit and
+    `suggest`) the changes that make it fit, each re-planned."""
+    s, a, b = ins.shape, ins.assumptions, ins.dtype_bytes
+    pc = count_params(s)
+    lc = count_lora(s, list(ins.lora_targets), ins.lora_rank)
+    world, ranks = ins.world, ins.gpus_per_node
+    node_share = ranks / world
+    weights = (pc.total + lc.params) * b
+    leaf = (pc.moe_leaf + lc.in_moe_leaf_per_layer) * b
+    largest = pc.largest_param * b
+    tokens = sequence_tokens(s, ins.video_frames, ins.audio_seconds)
+    t = tokens * ins.micro_batch_size
+    h = s.hidden_size
+    trainable = lc.params
+    cuda = ins.accelerator == "cuda"
+    zero3 = ins.zero_stage == 3
+    notes: list[str] = [*s.notes]
+
+    # -- per rank on the device (GPU memory, or RAM for the CPU accelerator)
+    dev: list[Item] = []
+    if cuda:
+        dev.append(Item(component="CUDA context + NCCL", gib=a.cuda_context_gib, note="assumed"))
+    if not zero3:
+        dev.append(Item(component="frozen weights (whole copy, ZeRO-2 does not partition them)", gib=_gib(weights)))
+    elif ins.offload_param == "none":
+        dev.append(Item(component="weight partitions (1/world each)", gib=_gib(weights / world)))
+    if zero3:
+        gathers = 1 if ins.allgather_sequential else 2
+        how = ("stage3_allgather_sequential" if ins.allgather_sequential else
+               "coalesced all-gather holds the flat buffer and the per-parameter copies: 2x the leaf")
+        dev.append(Item(component="MoE leaf gathered whole (one layer's experts + router)",
+                        gib=_gib(leaf * gathers), note=how))
+        live = ins.max_live_parameters * b
+        prefetch = (ins.prefetch_bucket_size or DS_DEFAULT_PREFETCH) * b
+        dev.append(Item(component="other live parameters (stage3_max_live_parameters)", gib=_gib(live)))
+        dev.append(Item(component="prefetch bucket", gib=_gib(prefetch)))
+        if ins.allgather_sequential:  # the coalesced path frees this before the copies that make its 2x peak
+            dev.append(Item(component="largest parameter's partition staged for its gather",
+                            gib=_gib(largest / world)))
+    reduce = min(ins.reduce_bucket_size or DS_DEFAULT_REDUCE, trainable) * b
+    dev.append(Item(component="gradient reduce buckets (x2)", gib=_gib(2 * reduce)))
+    if ins.offload_optimizer == "none":
+        dev.append(Item(component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param, 1/world)",
+                        gib=_gib(16 * trainable / world)))
+    act = (s.num_layers if ins.activation_checkpointing else 0) * t * h * b
+    dev.append(Item(component=f"checkpointed layer inputs ({s.num_layers} x {t:,} tokens x {h})", gib=_gib(act)))
+    qk = s.qk_nope_head_dim + s.qk_rope_head_dim
+    heads = s.num_attention_heads
+    attn_tok = (2 * h + 2 * s.q_lora_rank + heads * qk * 2 + 2 * (s.kv_lora_rank + s.qk_rope_head_dim)
+                + heads * (s.qk_nope_head_dim + s.v_head_dim) + 2 * heads * s.v_head_dim + h)
+    dense_tok = 4 * s.ffn_hidden_size + 2 * h
+    moe_tok = 8 * (s.n_routed_experts + s.zero_expert_num) // b + s.moe_topk * (3 * h + 4 * s.expert_ffn_hidden_size)
+    layer_tok = 2 * attn_tok + 2 * dense_tok + moe_tok
+    scores = 2 * heads * t * t * 2 if a.attention_scores else 0
+    work = 2 * (t * layer_tok * b + scores)  # forward tensors + their gradients during the backward
+    if not ins.activation_checkpointing:
+        work = work * s.num_layers
+    dev.append(Item(component="one layer's recompute + backward working set", gib=_gib(work),
+                    note="eager attention scores included" if a.attention_scores else ""))
+    steps = math.ceil(ins.audio_seconds / SPEECH_STEP_S) + 1
+    heads_logits = 2 * sum(s.codebook_rows) * steps * ins.micro_batch_size * 4
+    vis_tok = math.ceil(ins.video_frames / s.temporal_patch_size) * s.vision_patches_per_group * ins.micro_batch_size
+    enc = vis_tok * s.vision_hidden_size * 8 * b
+    dev.append(Item(component="speech-head logits + frozen encoders' transient", gib=_gib(heads_logits + enc)))
+    if cuda:
+        subtotal = sum(i.gib for i in dev)
+        dev.append(Item(component=f"allocator fragmentation ({a.fragmentation:.0%})", gib=subtotal * a.fragmentation,
+                        note="assumed"))
+    dev_need = sum(i.gib for i in dev)
+
+    # -- CPU RAM per node
+    ram: list[Item] = []
+    if zero3 and ins.offload_param == "cpu":
+        what = "whole copy (one node)" if ins.nodes == 1 else f"this node's {ranks}/{world} share"
+        ram.append(Item(component=f"weight partitions, offloaded ({what})", gib=_gib(weights * node_share),
+                        note="pinned" if cuda else ""))
+    if zero3 and ins.offload_param == "nvme":
+        numel = max(DS_DEFAULT_PARAM_BUFFER_SIZE, math.ceil(pc.largest_param / world))
+        count = ins.param_buffer_count or DS_DEFAULT_PARAM_BUFFER_COUNT
+        ram.append(Item(component=f"NVMe param swap buffers ({ranks} ranks x {count} x {numel:.3g} elements)",
+                        gib=_gib(ranks * count * numel * b),
+                        note="offload_param.buffer_size must be >= the largest parameter partition"))
+    if ins.offload_optimizer == "cpu":
+        ram.append(Item(component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param)",
+                        gib=_gib(16 * trainable * node_share)))
+    if ins.offload_optimizer == "nvme":
+        sub = min(ins.sub_group_size or DS_DEFAULT_SUB_GROUP, max(1, trainable // world))
+        count = ins.optimizer_buffer_count or DS_DEFAULT_OPT_BUFFER_COUNT
+        ram.append(Item(component="NVMe optimizer swap buffers", gib=_gib(ranks * count * sub * 4)))
+    proc = a.process_ram_gib_cuda if cuda else a.process_ram_gib_cpu
+    ram.append(Item(component=f"training processes ({ranks} x {proc:g} GiB)", gib=ranks * proc, note="assumed"))
+    load_module = pc.experts_per_layer * b
+    ram.append(Item(component="checkpoint load: one module's weights read by rank 0", gib=_gib(load_module)))
+    if not cuda:
+        ram.append(Item(component=f"{ranks} CPU ranks' device memory (the GPU column above, on the CPU)",
+                        gib=ranks * dev_need))
+    ram_need = sum(i.gib for i in ram) / (1 - a.ram_reserve)
+    ram.append(Item(component=f"kept free for the OS ({a.ram_reserve:.0%})", gib=ram_need * a.ram_reserve))
+
+    # -- NVMe per node
+    nvme: list[Item] = []
+    if zero3 and ins.offload_param == "nvme":
+        nvme.append(Item(component="weight partitions swapped to NVMe", gib=_gib(weights * node_share)))
+    if ins.offload_optimizer == "nvme":
+        nvme.append(Item(component="optimizer states swapped to NVMe", gib=_gib(16 * trainable * node_share)))
+    nvme_need = sum(i.gib for i in nvme)
+
+    # -- disk (where weights, prepared data and checkpoints go)
+    disk: list[Item] = []
+    if ins.local_model:
+        disk.append(Item(component="model weights", gib=0.0, note="local model.source, used in place"))
+    else:
+        est = ins.download_bytes is None
+        total = (pc.total * 2) if est else ins.download_bytes
+        disk.append(Item(component="weights download" + (" (estimated: params x 2 B)" if est else " (Hub metadata)"),
+                         gib=_gib(max(0, total - ins.cached_bytes)),
+                         note=f"{_gib(ins.cached_bytes):,.1f} GiB already cached" if ins.cached_bytes else ""))
+    per_sample = ins.video_frames * 3 * ins.image_size_px ** 2 * 4 + ins.audio_seconds * 100 * 80 * 4
+    disk.append(Item(component=f"prepared data ({ins.num_samples} samples x {_gib(per_sample) * 1024:,.1f} MiB)",
+                     gib=_gib(per_sample * ins.num_samples), note="" if ins.num_samples else "samples not counted"))
+    ckpt = trainable * (b + 16)
+    disk.append(Item(component=f"checkpoints ({ins.checkpoints_to_keep} kept + 1 being written)",
+                     gib=_gib(ckpt * (ins.checkpoints_to_keep + 1)), note="LoRA + fp32 optimizer states"))
+    disk.append(Item(component="adapter", gib=_gib(trainable * b)))
+    if nvme and ins.nvme_shares_disk and machine.nvme_gib is None:
+        disk += [Item(component=f"NVMe offload: {i.component}", gib=i.gib, note="nvme_path on the same disk")
+                 for i in nvme]
+    disk_need = sum(i.gib for i in disk)
+
+    def judged(name: str, items: list[Item], need: float, have: float | None) -> Resource:
+        fits = None if have is None else need <= have
+        return Resource(name=name, items=items, need_gib=need, have_gib=have, fits=fits,
+                        margin_gib=None if have is None else have - need)
+
+    resources = []
+    if cuda:
+        gpu_have = machine.gpu_memory_gib if machine.gpus_per_node >= ranks else 0.0
+        resources.append(judged("GPU memory (per rank)", dev, dev_need, gpu_have))
+        if machine.gpus_per_node < ranks:
+            notes.append(f"the machine has {machine.gpus_per_node} GPU(s) per node, the run needs {ranks}")
+    resources.append(judged("CPU RAM (per node)", ram, ram_need, machine.ram_gib))
+    if nvme and not (ins.nvme_shares_disk and machine.nvme_gib is None):
+        resources.append(judged("NVMe (per node)", nvme, nvme_need, machine.nvme_gib))
+    resources.append(judged("disk", disk, disk_need, machine.disk_gib))
+
+    warnings = []
+    if machine.swap_used_gib > 0.5:
+        warnings.append(f"{machine.swap_used_gib:.1f} GiB of swap already in use: a run that swaps crawls "
+                        "(the documents: if it swaps, stop). Free RAM first.")
+    if cuda and machine.gpu_free_gib is not None and machine.gpu_memory_gib is not None \
+            and machine.gpu_free_gib < dev_need <= machine.gpu_memory_gib:
+        warnings.append(f"a GPU has only {machine.gpu_free_gib:.1f} GiB free (another process holds memory); "
+                        f"the run needs {dev_need:.1f} GiB per rank")
+
+    result = Plan(
+        fits=all(r.fits is not False for r in resources),
+        resources=resources,
+        warnings=warnings,
+        facts={
+            "total_params": pc.total, "llm_params": pc.llm, "weights_gib": _gib(weights),
+            "moe_leaf_params": pc.moe_leaf + lc.in_moe_leaf_per_layer, "moe_leaf_gib": _gib(leaf),
+            "largest_param": pc.largest_param, "largest_param_gib": _gib(largest),
+            "lora_params": lc.params, "lora_per_target": lc.per_target, "tokens_per_sample": tokens,
+            "world_size": world, "nodes": ins.nodes, "model": s.source,
+            "allocated_zero_experts": s.allocated_zero_experts,
+        },
+        assumptions=[
+            *notes,
+            f"CUDA context {a.cuda_context_gib:g} GiB/GPU, fragmentation {a.fragmentation:.0%}, "
+            f"{a.process_ram_gib_cuda if cuda else a.process_ram_gib_cpu:g} GiB RAM per process",
+            "partition_activations shards activations across model-parallel ranks only: vss has none, no saving",
+            "GiB = 1024^3 bytes, as nvidia-smi, free -h and df -h report",
+        ],
+    )
+    if suggest and not result.fits:
+        result.suggestions, result.nothing_fits = suggestions(ins, machine, result)
+    return result
+
+
+# --- suggestions ---------------------------------------------------------------------------------
+
+
+def _candidates(ins: PlanInputs, machine: Machine, failing: set[str]) -> list[tuple[str, list[str], list[str], dict]]:
+    """(change, overrides, needs, PlanInputs changes) worth re-planning, cheapest first."""
+    out: list[tuple[str, list[str], list[str], dict]] = []
+    if ins.zero_stage == 3 and not ins.allgather_sequential:
+        out.append(("gather the MoE leaf parameter by parameter (no 2x coalesced copy)",
+                    ["deepspeed.allgather_sequential=true"],
+                    ["a vss key that emits zero_optimization.stage3_allgather_sequential=true (not in vss yet)"],
+                    {"allgather_sequential": True}))
+    if ins.offload_param == "none":
+        out.append(("offload parameters to CPU RAM", ["deepspeed.offload_param=cpu"], [], {"offload_param": "cpu"}))
+    if ins.offload_optimizer == "none":
+        out.append(("offload optimizer states to CPU RAM", ["deepspeed.offload_optimizer=cpu"], [],
+                    {"offload_optimizer": "cpu"}))
+    if ins.offload_param != "nvme" and ins.accelerator == "cuda":
+        out.append(("offload parameters to NVMe", ["deepspeed.offload_param=nvme", "deepspeed.nvme_path=/local_nvme"],
+                    ["offload_param.buffer_size >= the largest parameter partition (not set by vss yet)"],
+                    {"offload_param": "nvme"}))
+    for k in range(ins.nodes + 1, ins.nodes + 8):
+        out.append((f"{k} nodes like this one", [f"hardware.nodes={k}", "hardware.hostfile=hostfile"], [],
+                    {"nodes": k, "_nodes": k}))
+    for live in (5e8, 3e8, 1e8):
+        if live < ins.max_live_parameters:
+            out.append((f"lower live parameters to {live:.0e}",
+                        [f"deepspeed.max_live_parameters={live:.0e}", f"deepspeed.max_reuse_distance={live:.0e}"],
+                        [], {"max_live_parameters": live}))
+    frames, secs = ins.video_frames, ins.audio_seconds
+    while frames > 2 or secs > 2:
+        frames, secs = max(2, frames // 2 // 2 * 2 or 2), max(2.0, secs / 2)
+        out.append((f"{frames} frames and {secs:g} s of audio",
+                    [f"data.video_frames={frames}", f"data.audio_seconds={secs:g}"], [],
+                    {"video_frames": frames, "audio_seconds": secs}))
+    if set(ins.lora_targets) != {"attention"}:
+        out.append(("LoRA on attention only", ["lora.targets=[attention]"], [], {"lora_targets": ("attention",)}))
+    return out
+
+
+def _apply(ins: PlanInputs, machine: Machine, changes: dict) -> tuple[PlanInputs, Machine]:
+    changes = dict(changes)
+    nodes = changes.pop("_nodes", None)
+    if nodes:
+        machine = machine.model_copy(update={"nodes": nodes})
+    return dataclasses.replace(ins, **changes), machine
+
+
+def suggestions(ins: PlanInputs, machine: Machine, base: Plan) -> tuple[list[Suggestion], bool]:
+    """Changes that re-plan as fitting: single changes first; pairs only when no single change fits.
+    Of the node counts and frame/audio cuts, only the smallest change that fits is kept."""
+    failing = {r.name for r in base.resources if r.fits is False}
+    cands = _candidates(ins, machine, failing)
+    found: list[Suggestion] = []
+
+    def kind(c: tuple) -> str:
+        return c[0].split()[1] if "nodes" in c[0] else ("batch" if "frames" in c[0] else c[0])
+
+    kinds_done: set[str] = set()
+    for c in cands:
+        if kind(c) in kinds_done:
+            continue
+        new_ins, new_m = _apply(ins, machine, c[3])
+        p = plan(new_ins, new_m, suggest=False)
+        if p.fits:
+            found.append(Suggestion(change=c[0], overrides=c[1], needs=c[2], plan=p))
+            kinds_done.add(kind(c))
+    if found:
+        return found, False
+    for i, c1 in enumerate(cands):
+        for c2 in cands[i + 1:]:
+            if kind(c1) == kind(c2) or kind(c1) in kinds_done or kind(c2) in kinds_done:
+                continue
+            if set(c1[3]) & set(c2[3]):
+                continue
+            new_ins, new_m = _apply(ins, machine, {**c1[3], **c2[3]})
+            p = plan(new_ins, new_m, suggest=False)
+            if p.fits:
+                found.append(Suggestion(change=f"{c1[0]} + {c2[0]}", overrides=c1[1] + c2[1], needs=c1[2] + c2[2],
+                                        plan=p))
+                kinds_done.add(kind(c2))
+    return found, not found
+
+
+Suggestion.model_rebuild()
+Plan.model_rebuild()
+
+
+def to_json(p: Plan) -> dict[str, Any]:
+    """The plan as a JSON-ready object: top-level `fits`, per-resource figures beside it."""
+    def res(r: Resource) -> dict[str, Any]:
+        return {"need_gib": round(r.need_gib, 3), "have_gib": r.have_gib, "fits": r.fits,
+                "margin_gib": None if r.margin_gib is None else round(r.margin_gib, 3),
+                "components": {i.component: round(i.gib, 3) for i in r.items}}
+
+    return {
+        "fits": p.fits,
+        "resources": {r.name: res(r) for r in p.resources},
+        "facts": p.facts,
+        "suggestions": [{"change": s.change, "overrides": s.overrides, "needs": s.needs, "fits": s.plan.fits,
+                         "resources": {r.name: res(r) for r in s.plan.resources}} for s in p.suggestions],
+        "nothing_fits": p.nothing_fits,
+        "warnings": p.warnings,
+        "assumptions": p.assumptions,
+        "units": "GiB (1024^3 bytes)",
+    }
