@@ -34,7 +34,7 @@ def vss(profile: str = "cpu-demo", overrides: dict[str, Any] | None = None) -> r
     run = runs.create_run(cfg)
     result = runs.RunResult(run_dir=run.root, profile=cfg.profile)
 
-    pre = stages.preflight(cfg.hardware, cfg.training.output_dir, cfg.profile)
+    pre = stages.preflight(cfg.hardware, cfg.training.output_dir, cfg.profile, run=cfg)
     result.add("preflight", "ok", f"{len(pre.hardware.gpus)} GPU(s); {len(pre.warnings)} warning(s)")
     dataset = stages.validate_dataset(cfg.data)
     result.add("validate data", "ok", f"{len(dataset.valid)} valid, {len(dataset.invalid)} invalid samples")

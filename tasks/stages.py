@@ -50,7 +50,11 @@ def validate_dataset(cfg: DataConfig) -> data.DatasetReport:
         logger.warning(warning)
     create_markdown_artifact(key="vss-dataset", markdown=report.table(), description="Dataset validation")
     data.select_samples(report, cfg.on_invalid)  # raises on policy 'fail' with invalid samples
-    logger.info("Dataset %s: %d valid, %d invalid samples", cfg.root, len(report.valid), len(report.invalid))
+    if report.skipped:
+        logger.warning("Skipping %d invalid samples (data.on_invalid=skip): %s", len(report.skipped),
+                       ", ".join(report.skipped))
+    logger.info("Dataset %s: %d valid, %d invalid samples (%d unchanged, not probed again)", cfg.root,
+                len(report.valid), len(report.invalid), len(report.reused))
     return report
 
 

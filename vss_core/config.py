@@ -185,7 +185,15 @@ class DeepSpeedConfig(_Section):
     pin_memory: bool = Field(True, description="Pin offloaded CPU buffers (faster transfers; needs a GPU).")
     optimizer_buffer_count: int | None = Field(None, ge=1, le=64, description="offload_optimizer.buffer_count.")
     param_buffer_count: int | None = Field(None, ge=1, le=64, description="offload_param.buffer_count.")
+    param_buffer_size: float | None = Field(
+        None, gt=0, description="offload_param.buffer_size (elements); for nvme it must hold the largest parameter partition."
+    )
     sub_group_size: float | None = Field(None, gt=0, description="zero_optimization.sub_group_size.")
+    allgather_sequential: bool = Field(
+        False,
+        description="stage3_allgather_sequential: gather a ZeRO-3 leaf parameter by parameter instead of into one "
+        "coalesced buffer (halves the peak of the MoE leaf on the GPU, slower).",
+    )
     max_live_parameters: float = Field(1e9, gt=0, description="stage3_max_live_parameters.")
     max_reuse_distance: float = Field(1e9, gt=0, description="stage3_max_reuse_distance.")
     prefetch_bucket_size: float | None = Field(
@@ -355,12 +363,14 @@ def config_from_json(path: str | Path) -> VSSConfig:
 # --- DeepSpeed ------------------------------------------------------------------------------
 
 
-def _offload(device: str, cfg: DeepSpeedConfig, buffer_count: int | None) -> dict[str, Any]:
+def _offload(device: str, cfg: DeepSpeedConfig, buffer_count: int | None, buffer_size: float | None = None) -> dict[str, Any]:
     section: dict[str, Any] = {"device": device, "pin_memory": cfg.pin_memory}
     if device == "nvme":
         section["nvme_path"] = cfg.nvme_path
     if buffer_count is not None:
         section["buffer_count"] = buffer_count
+    if buffer_size is not None:
+        section["buffer_size"] = int(buffer_size)
     return section
 
 
@@ -383,9 +393,11 @@ def deepspeed_config(cfg: VSSConfig) -> dict[str, Any]:
     if ds.offload_optimizer != "none":
         zero["offload_optimizer"] = _offload(ds.offload_optimizer, ds, ds.optimizer_buffer_count)
     if ds.offload_param != "none":
-        zero["offload_param"] = _offload(ds.offload_param, ds, ds.param_buffer_count)
+        zero["offload_param"] = _offload(ds.offload_param, ds, ds.param_buffer_count, ds.param_buffer_size)
     if ds.sub_group_size is not None:
         zero["sub_group_size"] = int(ds.sub_group_size)
+    if ds.allgather_sequential:
+        zero["stage3_allgather_sequential"] = True
     if ds.prefetch_bucket_size is not None:
         zero["stage3_prefetch_bucket_size"] = int(ds.prefetch_bucket_size)
     if ds.reduce_bucket_size is not None:

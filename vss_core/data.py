@@ -944,6 +944,9 @@ def _file_stats(sample_dir: Path) -> list[tuple[str, int, int]]:
 def prepare_dataset(samples: list[SampleReport], cfg: DataConfig, model_dir: Path, out_dir: Path) -> PreparedDataset:
     """Turn samples into model inputs: `out_dir/<sample>.pt` (frames, fbank, codes) and manifest.json.
 
+    Frames are sampled at data.video_fps (data.video_frames of them) from the first
+    seconds of the clip, reached by seeking; in.wav and out.wav are converted to 16 kHz
+    mono and cropped to the same span (data.audio_seconds, or data.max_seconds if smaller).
     A sample whose file already exists with the same key (its files' size/mtime, the data settings
     and the checkpoint's preprocessing config) is reused. Invalid samples are skipped and named.
     Work is spread over cfg.workers processes (0 = one per CPU core).

@@ -658,8 +658,7 @@ def _candidates(ins: PlanInputs, machine: Machine, failing: set[str]) -> list[tu
     out: list[tuple[str, list[str], list[str], dict]] = []
     if ins.zero_stage == 3 and not ins.allgather_sequential:
         out.append(("gather the MoE leaf parameter by parameter (no 2x coalesced copy)",
-                    ["deepspeed.allgather_sequential=true"],
-                    ["a vss key that emits zero_optimization.stage3_allgather_sequential=true (not in vss yet)"],
+                    ["deepspeed.allgather_sequential=true"], [],
                     {"allgather_sequential": True}))
     if ins.offload_param == "none":
         out.append(("offload parameters to CPU RAM", ["deepspeed.offload_param=cpu"], [], {"offload_param": "cpu"}))
@@ -667,8 +666,10 @@ def _candidates(ins: PlanInputs, machine: Machine, failing: set[str]) -> list[tu
         out.append(("offload optimizer states to CPU RAM", ["deepspeed.offload_optimizer=cpu"], [],
                     {"offload_optimizer": "cpu"}))
     if ins.offload_param != "nvme" and ins.accelerator == "cuda":
-        out.append(("offload parameters to NVMe", ["deepspeed.offload_param=nvme", "deepspeed.nvme_path=/local_nvme"],
-                    ["offload_param.buffer_size >= the largest parameter partition (not set by vss yet)"],
+        buffer = max(DS_DEFAULT_PARAM_BUFFER_SIZE, math.ceil(count_params(ins.shape).largest_param / ins.world))
+        out.append(("offload parameters to NVMe",
+                    ["deepspeed.offload_param=nvme", "deepspeed.nvme_path=/local_nvme",
+                     f"deepspeed.param_buffer_size={buffer:.3e}"], [],
                     {"offload_param": "nvme"}))
     for k in range(ins.nodes + 1, ins.nodes + 8):
         out.append((f"{k} nodes like this one", [f"hardware.nodes={k}", "hardware.hostfile=hostfile"], [],
