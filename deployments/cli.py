@@ -141,8 +141,7 @@ def _run_flow(profile: str, overrides: list[str]) -> int:
     from flows.vss import vss
 
     cfg = config.load_config(profile, overrides)  # fail fast, before Prefect starts
-    parsed = dict((".".join(k), v) for k, v in map(config.parse_override, overrides))
-    result = vss(profile=profile, overrides=parsed)
+    result = vss(profile=profile, overrides=config.VSSOverrides.model_validate(config.nested_overrides(overrides)))
     print(f"\nvss run finished ({cfg.profile}): {result.run_dir}")
     width = max(len(s.stage) for s in result.stages)
     for s in result.stages:
@@ -167,7 +166,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not args.no_demo_assets:
         _ensure_demo_assets()
-    serve_deployments()
+    serve_deployments(watch_interval_s=args.watch_interval, backstop_cron=args.backstop_cron,
+                      debounce_s=args.debounce)
+    return 0
+
+
+def cmd_notify_data_updated(args: argparse.Namespace) -> int:
+    from tasks.events import emit_data_updated
+
+    root = str(Path(config.load_config(args.profile, [*args.overrides, *(
+        [f"data.root={args.root}"] if args.root else [])]).data.root).absolute())
+    event = emit_data_updated(root)
+    if event is None:
+        print("error: the event was not sent: no Prefect API is configured (set PREFECT_API_URL)", file=sys.stderr)
+        return 2
+    print(f"Emitted vss.data.updated for {root} (event {event.id})")
     return 0
 
 
@@ -252,10 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("serve", help="serve the Prefect deployments vss/train-2xb200, vss/train-8xh100, vss/demo-cpu")
+    p = sub.add_parser("serve", help="serve the Prefect deployments vss/train-2xb200, vss/train-8xh100, "
+                       "vss/demo-cpu and vss/watch-data")
     p.add_argument("--no-demo-assets", action="store_true",
                    help="do not write the tiny model and demo data that vss/demo-cpu uses")
+    p.add_argument("--watch-interval", type=float, default=300.0, metavar="SECONDS",
+                   help="how often vss/watch-data fingerprints the dataset (default 300)")
+    p.add_argument("--debounce", type=float, default=300.0, metavar="SECONDS",
+                   help="data updates within this window start one training run, after the window (default 300)")
+    p.add_argument("--backstop-cron", default=None, metavar="CRON",
+                   help="also run the train deployments on this cron schedule, e.g. '0 3 * * *' (default: none)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("notify-data-updated", help="emit vss.data.updated so the train deployments re-run "
+                       "(for your own data jobs)")
+    p.add_argument("--root", default=None, help="dataset root (default: the profile's data.root)")
+    with_config(p, default="cpu-demo")
+    p.set_defaults(func=cmd_notify_data_updated)
 
     p = sub.add_parser("infer", help="generate speech for one sample with the base model + a trained LoRA adapter")
     p.add_argument("--adapter", required=True, help="adapter folder (RUN/adapter: adapter_config.json, "

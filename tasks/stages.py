@@ -6,16 +6,44 @@ Retries only where they help: the network stages. Config errors and invalid data
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
-from vss_core import data, hardware, hub, launch
+from tasks import events
+from vss_core import data, hardware, hub, launch, runs
 from vss_core.config import DataConfig, HardwareConfig, ModelConfig, UploadConfig, VSSConfig
 from vss_core.runs import RunPaths
-from vss_core.settings import load_settings
+from vss_core.settings import Settings, load_settings
+
+HF_TOKEN_BLOCK = "vss-hf-token"  # a Prefect Secret block holding the Hub token, used when HF_TOKEN is unset
+
+
+def settings() -> Settings:
+    """vss settings from the environment; the Hub token may come from the Prefect Secret block
+    'vss-hf-token' instead. The token stays a SecretStr: never a parameter, never logged."""
+    found = load_settings()
+    if found.hf_token is None:
+        from prefect.blocks.system import Secret
+
+        try:
+            token = Secret.load(HF_TOKEN_BLOCK).get()
+        except ValueError:  # no such block
+            token = None
+        if token:
+            found = found.model_copy(update={"hf_token": SecretStr(token),
+                                             "hf_token_source": f"Prefect Secret block {HF_TOKEN_BLOCK!r}"})
+    return found
 
 
 def _retry_network(task, old_state, new_state) -> bool:
@@ -31,7 +59,8 @@ def _retry_network(task, old_state, new_state) -> bool:
 def preflight(cfg: HardwareConfig, disk_path: str, profile: str, run: VSSConfig | None = None) -> hardware.PreflightReport:
     """Probe the machine and, given the run's config, plan its memory; raises (no retry) before any
     download when the run cannot fit, with the plan and what would fit."""
-    report = hardware.preflight(cfg, disk_path, profile, run)
+    remote = functools.partial(hub.model_configs, settings=settings())  # configs + sizes only, no weights
+    report = hardware.preflight(cfg, disk_path, profile, run, remote)
     logger = get_run_logger()
     for warning in report.warnings:
         logger.warning(warning)
@@ -61,7 +90,7 @@ def validate_dataset(cfg: DataConfig) -> data.DatasetReport:
 @task(name="download_weights", retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=_retry_network,
       cache_policy=NO_CACHE)
 def download_weights(cfg: ModelConfig) -> hub.WeightsReport:
-    report = hub.download_weights(cfg, load_settings())
+    report = hub.download_weights(cfg, settings())
     if report.downloaded:
         get_run_logger().info(
             "Weights: %s (commit %s; %d files, %d bytes downloaded, %d cached, %d resumed, %d fetched again)",
@@ -81,15 +110,54 @@ def prepare_dataset(report: data.DatasetReport, cfg: DataConfig, model_dir: str,
     return prepared
 
 
+class _TrainingMonitor:
+    """Turns the training process's metrics and resource samples into Prefect logs and artifacts:
+    a progress bar and the loss so far (a table, re-published at most every `every_s` seconds)."""
+
+    def __init__(self, logger, every_s: float = 10.0) -> None:
+        self.logger, self.every_s = logger, every_s
+        self.progress_id = create_progress_artifact(progress=0.0, key="vss-training-progress",
+                                                    description="Training steps done (%)")
+        self.losses: list[dict] = []
+        self.published = 0.0
+
+    def metrics(self, records: list[dict]) -> None:
+        self.losses += [{"step": r["step"], "loss": round(r["loss"], 4), "lr": r["lr"]} for r in records]
+        last = records[-1]
+        update_progress_artifact(self.progress_id, 100.0 * last["step"] / last["total_steps"])
+        if time.time() - self.published >= self.every_s or last["step"] == last["total_steps"]:
+            self.published = time.time()
+            create_table_artifact(key="vss-loss", table=self.losses, description="Training loss so far")
+
+    def resources(self, sample) -> None:
+        self.logger.info(sample.line())
+
+
+@task(name="open_run", cache_policy=NO_CACHE)
+def open_run(cfg: VSSConfig, weights: hub.WeightsReport, dataset: data.DatasetReport,
+             prepared: data.PreparedDataset) -> tuple[RunPaths, VSSConfig]:
+    key = runs.training_key(cfg, weights.revision or weights.path, dataset.fingerprint, prepared.settings_key)
+    run, effective = runs.open_run(cfg, key)
+    get_run_logger().info("Run directory %s (training key %s)", run.root, key)
+    return run, effective
+
+
 @task(name="run_training", retries=1, retry_condition_fn=_retry_network, cache_policy=NO_CACHE)
 def run_training(cfg: VSSConfig, run: RunPaths, model_dir: str, prepared_dir: str) -> launch.TrainingReport:
     logger = get_run_logger()
-    report = launch.run_training(cfg, run, Path(model_dir), Path(prepared_dir), on_line=logger.info)
+    monitor = _TrainingMonitor(logger)
+    report = launch.run_training(cfg, run, Path(model_dir), Path(prepared_dir), on_line=logger.info,
+                                 on_metrics=monitor.metrics, on_resources=monitor.resources)
+    if report.reused:
+        logger.info("This run's adapter already exists (same data and config): nothing to train. %s", report.adapter_dir)
+    for change in report.step_downs:
+        logger.warning("Memory step-down applied in this run: %s", change)
     create_markdown_artifact(
         key="vss-training",
-        markdown=(f"| steps | first loss | final loss | trainable params | adapter |\n|---|---|---|---|---|\n"
+        markdown=(f"| steps | first loss | final loss | trainable params | resumed from | adapter |\n"
+                  f"|---|---|---|---|---|---|\n"
                   f"| {report.steps} | {report.first_loss:.3f} | {report.final_loss:.3f} | "
-                  f"{report.trainable_parameters:,} | `{report.adapter_dir}` |"),
+                  f"{report.trainable_parameters:,} | {report.resumed_from_step} | `{report.adapter_dir}` |"),
         description="Training summary",
     )
     return report
@@ -98,6 +166,22 @@ def run_training(cfg: VSSConfig, run: RunPaths, model_dir: str, prepared_dir: st
 @task(name="upload_adapter", retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=_retry_network,
       cache_policy=NO_CACHE)
 def upload_adapter(adapter_dir: str, cfg: UploadConfig) -> hub.UploadReport:
-    report = hub.upload_adapter(Path(adapter_dir), cfg, load_settings())
+    report = hub.upload_adapter(Path(adapter_dir), cfg, settings())
     get_run_logger().info(report.message)
     return report
+
+
+# --- watching the data ----------------------------------------------------------------------------
+
+
+@task(name="check_data_changed", cache_policy=NO_CACHE)
+def check_data_changed(cfg: DataConfig, state_dir: str) -> data.DataChange:
+    change = data.check_data_changed(cfg, Path(state_dir))
+    get_run_logger().info(change.message)
+    return change
+
+
+@task(name="emit_data_updated", cache_policy=NO_CACHE)
+def emit_data_updated(change: data.DataChange) -> None:
+    events.emit_data_updated(change.root, change.fingerprint, change.samples)
+    get_run_logger().info("Emitted %s for %s", events.DATA_UPDATED, change.root)

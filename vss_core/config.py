@@ -8,13 +8,14 @@ are rejected naming the key as the user writes it.
 
 from __future__ import annotations
 
+import copy
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from vss_core.errors import ConfigError, bullet_list
 
@@ -168,6 +169,15 @@ class TrainingConfig(_Section):
     log_every_n_steps: int = Field(10, ge=1, description="Log 'Step k/N - Loss: x' every N optimizer steps.")
     save_every_n_steps: int = Field(500, ge=1, description="Save a checkpoint every N optimizer steps.")
     checkpoints_to_keep: int = Field(3, ge=1, le=100, description="Checkpoints kept; older ones are deleted.")
+    monitor_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between samples of GPU memory/utilisation, RAM and swap while training."
+    )
+    swap_stop_gb: float = Field(
+        1.0, gt=0, description="Stop training cleanly (after a checkpoint) when swap in use grows by more than this (GiB)."
+    )
+    oom_step_downs: int = Field(
+        3, ge=0, le=10, description="CUDA out-of-memory retries, each with the next memory-only step-down."
+    )
     seed: int = Field(42, ge=0, description="Random seed.")
     codebook_loss_weights: list[float] = Field(
         default_factory=lambda: [1.0, 1.0, 1.0, 1.0],
@@ -242,6 +252,56 @@ class VSSConfig(_Section):
         if self.hardware.accelerator == "cpu" and self.model.dtype == "bfloat16":
             raise ValueError("hardware.accelerator='cpu' trains in float32: set model.dtype=float32")
         return self
+
+
+# --- partial overrides: the typed form of `section.key=value` ------------------------------------
+
+
+def _partial(section: type[_Section]) -> type[BaseModel]:
+    """The section with every field optional (default None: not overridden), same types and bounds."""
+    fields: dict[str, Any] = {}
+    for name, info in section.model_fields.items():
+        partial = copy.copy(info)
+        partial.default, partial.default_factory = None, None
+        fields[name] = (info.annotation | None, partial)
+    return create_model(
+        section.__name__.removesuffix("Config") + "Overrides",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"Overrides of the {section.__name__} section; unset fields keep the profile's value.",
+        **fields,
+    )
+
+
+VSSOverrides = create_model(
+    "VSSOverrides",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Values to override in the chosen profile, by section, e.g. {\"training\": {\"learning_rate\": 1e-5}}.",
+    **{
+        name: (_partial(info.annotation) | None, Field(None, description=info.description))
+        for name, info in VSSConfig.model_fields.items()
+        if isinstance(info.annotation, type) and issubclass(info.annotation, _Section)
+    },
+)
+
+
+def overrides_to_dotted(overrides: BaseModel | dict[str, Any] | list[str] | None) -> list[str] | dict[str, Any]:
+    """Normalise the three override forms (typed model, dotted dict, KEY=VALUE list) for `apply_overrides`."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, BaseModel):
+        nested = overrides.model_dump(exclude_unset=True)
+        return {f"{section}.{key}": value for section, values in nested.items() if values for key, value in values.items()}
+    return overrides
+
+
+def nested_overrides(dotted: list[str]) -> dict[str, dict[str, Any]]:
+    """KEY=VALUE strings as the nested mapping the `vss` flow's `overrides` parameter takes."""
+    out: dict[str, dict[str, Any]] = {}
+    for keys, value in map(parse_override, dotted):
+        if len(keys) != 2:
+            raise ConfigError(f"override {'.'.join(keys)}: keys are section.key (e.g. training.epochs)")
+        out.setdefault(keys[0], {})[keys[1]] = value
+    return out
 
 
 # --- profiles and overrides -------------------------------------------------------------------
@@ -331,12 +391,14 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
     return f"invalid configuration in {where}:\n{bullet_list(problems)}"
 
 
-def load_config(profile: str, overrides: list[str] | dict[str, Any] | None = None) -> VSSConfig:
-    """Build the run config from a shipped profile name (or YAML path) and overrides.
+def load_config(profile: str, overrides: BaseModel | list[str] | dict[str, Any] | None = None) -> VSSConfig:
+    """Build the run config from a shipped profile name (or YAML path) and overrides: a `VSSOverrides`,
+    a mapping of dotted keys, or a list of KEY=VALUE strings.
 
     Raises:
         ConfigError: unknown profile, unknown key or out-of-range value (all problems at once).
     """
+    overrides = overrides_to_dotted(overrides)
     raw = apply_overrides(_profile_dict(profile), overrides or [])
     where = f"profile {profile!r}" + (" with overrides" if overrides else "")
     try:

@@ -176,14 +176,17 @@ def machine_from_report(report: HardwareReport, cfg: HardwareConfig) -> planner.
     )
 
 
-def model_shape(cfg: ModelConfig) -> planner.ModelShape:
-    """The model's shape: a local checkpoint's configs, else the real model (`LongcatFlashConfig()`).
+def model_shape(cfg: ModelConfig, configs_dir: Path | None = None) -> planner.ModelShape:
+    """The model's shape: a local checkpoint's configs (or `configs_dir`, the configs fetched from the
+    Hub for model.source), else the real model (`LongcatFlashConfig()`).
 
     Raises:
         ConfigError: a local model.source whose config files cannot be read.
     """
     if planner.is_local_source(cfg.source):
         return planner.read_model_shape(Path(cfg.source).expanduser())
+    if configs_dir is not None:
+        return planner.read_model_shape(configs_dir)
     return planner.real_model_shape()
 
 
@@ -209,19 +212,20 @@ def count_samples(root: str | Path) -> int:
 def plan_run(
     run: VSSConfig,
     machine: planner.Machine,
-    hub_size: Callable[[str, str], int | None] | None = None,
+    remote: Callable[[ModelConfig], tuple[Path, int]] | None = None,
 ) -> planner.Plan:
-    """Plan `run` on `machine`. `hub_size(repo_id, revision)` may give the download size from the
-    Hub's file metadata; without it (or when it returns None) the size is estimated from the params.
+    """Plan `run` on `machine`. For a Hub model.source, `remote(model_cfg)` may fetch its config files
+    and give the download size from the Hub's file metadata (vss_core.hub.model_configs); without it
+    the real model's shape is assumed and the size is estimated from the params.
 
     Raises:
         ConfigError: the model's configs cannot be read, or a LoRA target matches nothing.
     """
-    download = None
-    if hub_size is not None and not planner.is_local_source(run.model.source):
-        download = hub_size(run.model.source, run.model.revision)
+    download, configs_dir = None, None
+    if remote is not None and not planner.is_local_source(run.model.source):
+        configs_dir, download = remote(run.model)
     ins = planner.inputs_from_config(
-        run, model_shape(run.model), download_bytes=download, cached_bytes=cached_bytes(run.model),
+        run, model_shape(run.model, configs_dir), download_bytes=download, cached_bytes=cached_bytes(run.model),
         num_samples=count_samples(run.data.root),
     )
     return planner.plan(ins, machine)
@@ -243,7 +247,7 @@ def check(
     report: HardwareReport,
     profile: str = "custom",
     run: VSSConfig | None = None,
-    hub_size: Callable[[str, str], int | None] | None = None,
+    remote: Callable[[ModelConfig], tuple[Path, int]] | None = None,
 ) -> PreflightReport:
     """Compare what the profile needs with what was found; with `run`, also plan the run's memory
     on this machine (GPU, RAM, NVMe, disk) and refuse a run that does not fit.
@@ -283,7 +287,7 @@ def check(
         )
     the_plan = None
     if run is not None:
-        the_plan = plan_run(run, machine_from_report(report, cfg), hub_size)
+        the_plan = plan_run(run, machine_from_report(report, cfg), remote)
         warnings = [w for w in warnings if "swap" not in w] + the_plan.warnings
         if not the_plan.fits:
             short = [f"{r.name}: needs {r.need_gib:,.1f} GiB, has {r.have_gib:,.1f} GiB"
@@ -302,7 +306,7 @@ def preflight(
     disk_path: str | Path = ".",
     profile: str = "custom",
     run: VSSConfig | None = None,
-    hub_size: Callable[[str, str], int | None] | None = None,
+    remote: Callable[[ModelConfig], tuple[Path, int]] | None = None,
 ) -> PreflightReport:
     """Probe this machine and check it against the profile's needs (and, with `run`, the run's plan).
 
@@ -310,4 +314,4 @@ def preflight(
         PreflightError: the machine does not meet the profile or the run does not fit (every
             shortfall listed, with the plan and what would fit).
     """
-    return check(cfg, probe(disk_path), profile, run, hub_size)
+    return check(cfg, probe(disk_path), profile, run, remote)

@@ -229,6 +229,44 @@ def download_weights(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = tim
     return report
 
 
+CONFIG_FILES = ("config.json", "vision/config.json", "audio/config.json")
+
+
+def model_configs(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = time.sleep) -> tuple[Path, int]:
+    """Fetch only the model's config files (a few KB) and read the download size from the Hub's file
+    metadata, so preflight can plan memory and disk before a byte of weights is downloaded.
+
+    Returns the directory holding the configs and the bytes the weights download would need in all.
+
+    Raises:
+        ModelError: the repo or revision does not exist or lacks a config file.
+        HubError: the Hub could not be reached or refused the token.
+    """
+    import huggingface_hub as hf
+
+    token = settings.hf_token.get_secret_value() if settings.hf_token else False
+    api = hf.HfApi(endpoint=settings.hf_endpoint, token=token, library_name="vss")
+    cache_dir = Path(cfg.cache_dir or settings.hub_cache_dir).expanduser().absolute()
+    where = f"{cfg.source}@{cfg.revision}"
+    with _hub_errors(f"model.source {where}", settings, kind="download"):
+        info = _retrying(
+            lambda: api.model_info(cfg.source, revision=cfg.revision, files_metadata=True),
+            f"model info of {where}", DOWNLOAD_ATTEMPTS, sleep,
+        )
+        files = _wanted_files(api, cfg.source, info.sha, info.siblings or [], sleep)
+        paths = [
+            _retrying(
+                lambda name=name: hf.hf_hub_download(
+                    cfg.source, name, revision=info.sha, cache_dir=str(cache_dir), endpoint=settings.hf_endpoint,
+                    token=token, library_name="vss",
+                ),
+                f"{name} of {where}", DOWNLOAD_ATTEMPTS, sleep,
+            )
+            for name in CONFIG_FILES
+        ]
+    return Path(paths[0]).parent, sum(f.size for f in files)
+
+
 def _wanted_files(api, repo_id: str, commit: str, siblings, sleep: Sleep) -> list[_RemoteFile]:
     """The files matching ALLOW_PATTERNS at `commit`, with sizes and hashes from the Hub's metadata."""
     if any(s.size is None for s in siblings):  # a server that omits sizes in model info: ask the tree

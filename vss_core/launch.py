@@ -6,22 +6,28 @@ train_summary.json on disk, not the exit code alone.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from vss_core.config import VSSConfig
+from vss_core.config import VSSConfig, deepspeed_config
 from vss_core.errors import TrainingError
-from vss_core.runs import RunPaths
+from vss_core.monitor import ResourceSample, sample_resources
+from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_json_atomic
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+OOM_MARKERS = ("CUDA out of memory", "torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
+STEP_DOWNS = "step_downs.json"
 
 
 class TrainingReport(BaseModel):
@@ -34,6 +40,19 @@ class TrainingReport(BaseModel):
     total_parameters: int
     resumed_from_step: int
     exit_code: int
+    wall_s: float = 0.0  # the training subprocess's wall time (0 when reused)
+    reused: bool = False  # this run's adapter already existed: nothing was trained
+    step_downs: list[str] = []  # memory step-downs applied after CUDA OOM
+
+
+class TrainingOOMError(TrainingError):
+    """CUDA ran out of memory (handled by run_training's step-downs)."""
+
+
+class TrainingStoppedError(TrainingError):
+    """Training stopped cleanly on purpose (swap growth); retrying would stop again."""
+
+    retryable = False
 
 
 def _deepspeed_bin() -> str:
@@ -90,19 +109,169 @@ def training_env(cfg: VSSConfig, base: dict[str, str] | None = None) -> dict[str
     return env
 
 
+def completed_report(run: RunPaths, exit_code: int = 0, wall_s: float = 0.0, reused: bool = False) -> TrainingReport | None:
+    """The report of a training that finished writing its adapter, or None when the adapter or the
+    summary is missing or damaged (a re-run then trains, resuming from checkpoints)."""
+    from safetensors import safe_open
+
+    adapter = Path(run.adapter)
+    summary_file = Path(run.root) / "train_summary.json"
+    if not (all((adapter / f).is_file() for f in ADAPTER_FILES) and summary_file.is_file()):
+        return None
+    try:
+        summary = json.loads(summary_file.read_text())
+        json.loads((adapter / "adapter_config.json").read_text())
+        with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+            if not list(f.keys()):
+                return None
+    except Exception:  # unreadable JSON or safetensors: not an adapter to trust
+        return None
+    nan = float("nan")
+    return TrainingReport(
+        run_dir=run.root,
+        adapter_dir=str(adapter),
+        steps=summary["steps"],
+        first_loss=nan if summary["first_loss"] is None else summary["first_loss"],
+        final_loss=nan if summary["final_loss"] is None else summary["final_loss"],
+        trainable_parameters=summary["trainable_parameters"],
+        total_parameters=summary["total_parameters"],
+        resumed_from_step=summary["resumed_from_step"],
+        exit_code=exit_code,
+        wall_s=wall_s,
+        reused=reused,
+        step_downs=_read_step_downs(run),
+    )
+
+
+def _read_step_downs(run: RunPaths) -> list[str]:
+    path = Path(run.root) / STEP_DOWNS
+    return [d["change"] for d in json.loads(path.read_text())] if path.is_file() else []
+
+
+def is_out_of_memory(lines: list[str]) -> bool:
+    """Whether the training output shows a CUDA out-of-memory failure."""
+    return any(marker in line for line in lines for marker in OOM_MARKERS)
+
+
+def next_step_down(cfg: VSSConfig) -> tuple[VSSConfig, str] | None:
+    """The next memory-only change after a CUDA OOM, or None when none is left.
+
+    Never touches LoRA rank, learning rate or data; a smaller micro batch gets more accumulation so the
+    effective batch stays the same.
+    """
+    ds, tr = cfg.deepspeed, cfg.training
+    if ds.max_live_parameters > 1e8:
+        live = max(1e8, ds.max_live_parameters / 2)
+        prefetch = max(1e6, (ds.prefetch_bucket_size or 5e7) / 2)
+        change = {"max_live_parameters": live, "max_reuse_distance": min(ds.max_reuse_distance, live),
+                  "prefetch_bucket_size": prefetch}
+        why = (f"deepspeed.max_live_parameters {ds.max_live_parameters:.0e} -> {live:.0e}, "
+               f"max_reuse_distance -> {min(ds.max_reuse_distance, live):.0e}, prefetch_bucket_size -> {prefetch:.0e}")
+        return cfg.model_copy(update={"deepspeed": ds.model_copy(update=change)}), why
+    if not ds.allgather_sequential:
+        return (cfg.model_copy(update={"deepspeed": ds.model_copy(update={"allgather_sequential": True})}),
+                "deepspeed.allgather_sequential false -> true (gather the MoE leaf parameter by parameter)")
+    if tr.micro_batch_size > 1:
+        micro = tr.micro_batch_size // 2
+        accum = tr.gradient_accumulation_steps * tr.micro_batch_size // micro
+        return (cfg.model_copy(update={"training": tr.model_copy(update={
+            "micro_batch_size": micro, "gradient_accumulation_steps": accum})}),
+            f"training.micro_batch_size {tr.micro_batch_size} -> {micro}, "
+            f"gradient_accumulation_steps {tr.gradient_accumulation_steps} -> {accum} (same effective batch)")
+    return None
+
+
+def _follow(
+    run: RunPaths,
+    cfg: VSSConfig,
+    stop: threading.Event,
+    on_metrics: Callable[[list[dict]], None],
+    on_resources: Callable[[ResourceSample], None],
+    sampler: Callable[[], ResourceSample],
+) -> None:
+    """Follow metrics.jsonl and sample resources until `stop`; ask training to stop on swap growth."""
+    metrics, offset = Path(run.metrics), 0
+    baseline = sampler().swap_used_gb
+    next_sample = time.time() + cfg.training.monitor_interval_s
+    while not stop.wait(0.5):
+        if metrics.is_file():
+            with open(metrics) as f:
+                f.seek(offset)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind("\n") + 1]
+            offset += len(complete.encode())
+            records = [json.loads(line) for line in complete.splitlines() if line.strip()]
+            if records:
+                on_metrics(records)
+        if time.time() >= next_sample:
+            next_sample = time.time() + cfg.training.monitor_interval_s
+            sample = sampler()
+            on_resources(sample)
+            grown = sample.swap_used_gb - baseline
+            stop_file = Path(run.root) / STOP_REQUEST
+            if grown > cfg.training.swap_stop_gb and not stop_file.exists():
+                stop_file.write_text(
+                    f"swap in use grew by {grown:.2f} GiB (from {baseline:.2f} to {sample.swap_used_gb:.2f} GiB), "
+                    f"past training.swap_stop_gb={cfg.training.swap_stop_gb:g}"
+                )
+
+
 def run_training(
     cfg: VSSConfig,
     run: RunPaths,
     model_dir: Path,
     prepared_dir: Path,
     on_line: Callable[[str], None] = lambda line: None,
+    on_metrics: Callable[[list[dict]], None] = lambda records: None,
+    on_resources: Callable[[ResourceSample], None] = lambda sample: None,
+    sampler: Callable[[], ResourceSample] = sample_resources,
 ) -> TrainingReport:
-    """Run training to completion, streaming each output line to `on_line` and to RUN/train.log.
+    """Run training to completion, or reuse the adapter this run already produced.
+
+    Each output line goes to `on_line` and RUN/train.log; new metrics records to `on_metrics`;
+    resource samples (every training.monitor_interval_s) to `on_resources`. Swap growth past
+    training.swap_stop_gb makes training checkpoint and stop. A CUDA out-of-memory failure is
+    retried with the next memory-only step-down (up to training.oom_step_downs), each recorded in
+    RUN/step_downs.json and in the run's config.json.
 
     Raises:
+        TrainingStoppedError: training stopped cleanly on swap growth (not retried: change the config).
         TrainingError: the process failed, or finished without writing a complete adapter.
     """
+    done = completed_report(run, reused=True)
+    if done is not None:
+        return done
+    for attempt in range(cfg.training.oom_step_downs + 1):
+        try:
+            return _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resources, sampler)
+        except TrainingOOMError as exc:
+            step = next_step_down(cfg) if attempt < cfg.training.oom_step_downs else None
+            if step is None:
+                raise TrainingError(f"{exc}\nNo memory step-down left (training.oom_step_downs="
+                                    f"{cfg.training.oom_step_downs}). Run `vss plan` for what would fit.") from None
+            cfg, change = step
+            on_line(f"CUDA out of memory: retrying with a memory-only step-down: {change}")
+            path = Path(run.root) / STEP_DOWNS
+            history = json.loads(path.read_text()) if path.is_file() else []
+            write_json_atomic(path, history + [{"change": change, "time": time.time()}])
+            write_json_atomic(run.config, cfg.model_dump(mode="json"))
+            write_json_atomic(run.ds_config, deepspeed_config(cfg))
+    raise AssertionError("unreachable")
+
+
+def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resources, sampler) -> TrainingReport:
+    for name in (STOP_REQUEST, STOPPED):
+        (Path(run.root) / name).unlink(missing_ok=True)
     cmd = build_command(cfg, run, model_dir, prepared_dir)
+    stop = threading.Event()
+    # The callbacks run in the caller's context (contextvars: e.g. the orchestrator's run context).
+    follower = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(_follow, run, cfg, stop, on_metrics, on_resources, sampler),
+        daemon=True,
+        name="vss-follow",
+    )
+    started = time.time()
     with open(run.log, "a") as log_file:
         log_file.write("$ " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(
@@ -114,32 +283,39 @@ def run_training(
             cwd=str(Path(run.root)),
             bufsize=1,
         )
+        follower.start()
         tail: list[str] = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            log_file.write(line + "\n")
-            tail = (tail + [line])[-40:]
-            on_line(line)
-        code = proc.wait()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                log_file.write(line + "\n")
+                tail = (tail + [line])[-200:]
+                on_line(line)
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:  # the caller was interrupted: don't leave ranks running
+                proc.terminate()
+                proc.wait(timeout=60)
+            stop.set()
+            follower.join(timeout=5)
+    wall = time.time() - started
 
-    adapter = Path(run.adapter)
-    summary_file = Path(run.root) / "train_summary.json"
-    complete = all((adapter / f).is_file() for f in ADAPTER_FILES) and summary_file.is_file()
-    if not complete:
+    stopped = Path(run.root) / STOPPED
+    if stopped.is_file():
+        info = json.loads(stopped.read_text())
+        raise TrainingStoppedError(
+            f"training stopped cleanly at step {info['step']} after saving checkpoint {info['checkpoint']}: "
+            f"{info['reason']}. The machine is short of RAM for this run: lower deepspeed.max_live_parameters, "
+            "use deepspeed.offload_param=nvme, fewer data.video_frames / data.audio_seconds, or add RAM; "
+            "a re-run with the same inputs resumes from that checkpoint."
+        )
+    report = completed_report(run, exit_code=code, wall_s=wall)
+    if report is None:
+        if is_out_of_memory(tail):
+            raise TrainingOOMError(f"training ran out of GPU memory. Full log: {run.log}")
         raise TrainingError(
-            f"training exited with code {code} without writing a complete adapter to {adapter}. "
+            f"training exited with code {code} without writing a complete adapter to {run.adapter}. "
             f"Full log: {run.log}. Last lines:\n" + "\n".join(tail[-15:])
         )
-    summary = json.loads(summary_file.read_text())
-    return TrainingReport(
-        run_dir=run.root,
-        adapter_dir=str(adapter),
-        steps=summary["steps"],
-        first_loss=summary["first_loss"] if summary["first_loss"] is not None else float("nan"),
-        final_loss=summary["final_loss"] if summary["final_loss"] is not None else float("nan"),
-        trainable_parameters=summary["trainable_parameters"],
-        total_parameters=summary["total_parameters"],
-        resumed_from_step=summary["resumed_from_step"],
-        exit_code=code,
-    )
+    return report

@@ -39,9 +39,10 @@ from transformers.utils import ModelOutput
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from transformers import LongcatFlashConfig, LongcatFlashForCausalLM
+from transformers import LongcatFlashConfig
 from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashMoE
 
+from vss_core import experts
 from vss_core.errors import ModelError, bullet_list
 
 # Text token ids the sequence uses (tiny vocab of 128 fits them; the real tokenizer's ids replace them
@@ -301,7 +302,8 @@ class OmniModel(nn.Module):
             )
         self.llm_config, self.vision_config, self.audio_config = llm_config, vision_config, audio_config
         hidden = llm_config.hidden_size
-        self.llm = LongcatFlashForCausalLM(llm_config)
+        # transformers' own experts would allocate gate_up_proj for the zero (identity) experts too.
+        self.llm = experts.build_llm(llm_config)
         self.vision_model = VisionModel(vision_config)
         m = vision_config.spatial_merge_size
         self.vision_projector = _mlp(vision_config.hidden_size * m * m, hidden)
@@ -574,7 +576,10 @@ def load_omni(
     `GatheredParameters` — no rank ever holds a full copy of the model.
 
     `trust_remote_code` is accepted for the config's sake but unused: the LLM is transformers' native
-    `LongcatFlashForCausalLM` and the modality parts are vss code, so no checkpoint code ever runs.
+    `LongcatFlashForCausalLM` (its MoE experts swapped for `vss_core.experts.RoutedExperts`, same
+    names and math, routed experts only) and the modality parts are vss code, so no checkpoint code
+    ever runs. A fused `gate_up_proj` that also holds zero-expert rows (saved from transformers' own
+    experts module) is accepted: only its routed rows are read.
 
     Raises:
         ModelError: a file is missing or unreadable, a config key is missing, or a weight is missing,
@@ -605,8 +610,9 @@ def load_omni(
     with torch.device("meta"):
         expected = OmniModel(llm_config, vision_cfg, audio_cfg).state_dict()
 
-    # full model key -> where to read it: ("st", shard, key) or ("pt", loaded dict, key)
-    sources: dict[str, tuple[str, Any, str]] = {}
+    # full model key -> where to read it: ("st", shard, key, rows) or ("pt", loaded dict, key, None);
+    # rows (or None for all) is how many leading rows of the stored tensor the model holds.
+    sources: dict[str, tuple[str, Any, str, int | None]] = {}
     llm_shapes: dict[str, Any] = {}
     for shard in shards:
         with safe_open(str(shard), framework="pt") as f:
@@ -614,10 +620,11 @@ def load_omni(
                 if k in llm_shapes:
                     problems.append(f"{shard}: weight {k} also appears in another shard")
                 llm_shapes[k] = f.get_slice(k).get_shape()
-                sources[f"llm.{k}"] = ("st", shard, k)
+                sources[f"llm.{k}"] = ("st", shard, k, None)
     llm_expected = {
         k[len("llm.") :]: v for k, v in expected.items() if k.startswith("llm.") and k != f"llm.{_EMBED_KEY}"
     }
+    _routed_rows_only(llm_config, llm_shapes, llm_expected, sources)
     where = shards[0] if len(shards) == 1 else model_dir / "*.safetensors"
     _check_state(where, _shapes(llm_shapes), llm_expected, problems)
 
@@ -627,7 +634,7 @@ def load_omni(
             continue
         sub_expected = {k[len(name) + 1 :]: v for k, v in expected.items() if k.startswith(name + ".")}
         _check_state(model_dir / rel, state, sub_expected, problems)
-        sources.update({f"{name}.{k}": ("pt", state, k) for k in state})
+        sources.update({f"{name}.{k}": ("pt", state, k, None) for k in state})
 
     n_mel = audio_cfg.num_mel_bins
     for key in ("mean", "istd"):
@@ -647,7 +654,36 @@ def load_omni(
     return model
 
 
-def _copy_weights(model: nn.Module, sources: dict[str, tuple[str, Any, str]], partitioned: bool) -> None:
+def _routed_rows_only(
+    config: LongcatFlashConfig,
+    shapes: dict[str, Any],
+    expected: dict[str, torch.Tensor],
+    sources: dict[str, tuple[str, Any, str, int | None]],
+) -> None:
+    """Read only the routed experts' rows of a fused gate_up_proj that also has zero-expert rows.
+
+    transformers 5.23's own experts module holds gate_up_proj rows for the zero (identity) experts
+    too (MODEL_FACTS.md), so a state dict saved from it (or a tiny checkpoint of an older vss) has
+    [routed + zero, 2 * ffn, hidden]. The zero experts never read those rows: dropping them is exact.
+    """
+    stored_rows = config.n_routed_experts + (config.zero_expert_num or 0)
+    for key, shape in shapes.items():
+        want = expected.get(key)
+        if (
+            key.endswith("mlp.experts.gate_up_proj")
+            and want is not None
+            and len(shape) == 3
+            and shape[0] == stored_rows != want.shape[0]
+            and tuple(shape[1:]) == tuple(want.shape[1:])
+        ):
+            shapes[key] = [want.shape[0], *shape[1:]]
+            kind, where, name, _ = sources[f"llm.{key}"]
+            sources[f"llm.{key}"] = (kind, where, name, want.shape[0])
+
+
+def _copy_weights(
+    model: nn.Module, sources: dict[str, tuple[str, Any, str, int | None]], partitioned: bool
+) -> None:
     """Copy every parameter and persistent buffer from its source, module by module."""
     import contextlib
 
@@ -656,11 +692,13 @@ def _copy_weights(model: nn.Module, sources: dict[str, tuple[str, Any, str]], pa
     handles: dict[Path, Any] = {}
 
     def read(key: str) -> torch.Tensor:
-        kind, where, name = sources[key]
+        kind, where, name, rows = sources[key]
         if kind == "pt":
             return where[name]
         if where not in handles:
             handles[where] = safe_open(str(where), framework="pt")
+        if rows is not None:
+            return handles[where].get_slice(name)[:rows]
         return handles[where].get_tensor(name)
 
     if partitioned:

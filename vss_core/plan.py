@@ -20,8 +20,9 @@ How ZeRO-3 spends GPU memory on this model (DeepSpeed 0.19.8):
   is still held: the peak is twice the leaf. `zero_optimization.stage3_allgather_sequential: true`
   gathers parameter by parameter into its own buffer and avoids the second copy.
 - transformers 5.23's `LongcatFlashExperts` allocates `gate_up_proj` for routed *and* zero
-  experts (MODEL_FACTS.md); `ModelShape.allocated_zero_experts` plans that module as it is, the
-  default plans the correctly sized one.
+  experts (MODEL_FACTS.md). vss builds the LLM with `vss_core.experts.RoutedExperts` (routed
+  experts only), which the default plans; `ModelShape.allocated_zero_experts=True` plans
+  transformers' module as it is.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class ModelShape(BaseModel):
     moe_topk: int
     attention_bias: bool = False
     tie_word_embeddings: bool = False
-    allocated_zero_experts: bool = False  # plan transformers 5.23's oversized gate_up_proj
+    # False: vss's RoutedExperts (what vss allocates); True: transformers 5.23's oversized gate_up_proj
+    allocated_zero_experts: bool = False
     vision_params: int
     vision_hidden_size: int
     vision_tokens_per_group: int  # LLM tokens per temporal group of frames, after pixel-unshuffle

@@ -12,10 +12,14 @@ metrics, checkpoints and the adapter. Files between stages, never tensors.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import secrets
+import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,11 @@ from pydantic import BaseModel
 
 from vss_core.config import VSSConfig, deepspeed_config
 from vss_core.errors import ConfigError
+
+
+# Files by which the flow side and the training process talk about stopping.
+STOP_REQUEST = "STOP"  # written by vss_core.launch (swap growth): training checkpoints and exits at its next step
+STOPPED = "stopped.json"  # written by training when it honoured a stop request: step, checkpoint, reason
 
 
 class RunPaths(BaseModel):
@@ -69,7 +78,7 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
 
 
 def create_run(cfg: VSSConfig) -> RunPaths:
-    """Create a fresh run directory and write config.json and ds_config.json into it.
+    """Create a fresh run directory (named by time) and write config.json and ds_config.json into it.
 
     Raises:
         ConfigError: training.run_name names a directory that already exists.
@@ -90,6 +99,85 @@ def create_run(cfg: VSSConfig) -> RunPaths:
     return paths
 
 
+# Settings that do not change what training computes: where things go, and the upload stage.
+_NOT_TRAINING_INPUTS = {"training": {"output_dir", "run_name", "monitor_interval_s", "swap_stop_gb", "oom_step_downs"}}
+
+
+def training_key(cfg: VSSConfig, weights: str, dataset_fingerprint: str, prepared_key: str) -> str:
+    """Identity of a training: the config that shapes it plus its inputs (weights revision, data
+    fingerprint, preparation settings). Same key, same adapter: a re-run reuses or resumes it."""
+    payload = cfg.model_dump(mode="json", exclude={"upload": True, **_NOT_TRAINING_INPUTS, "profile": True})
+    blob = json.dumps([payload, weights, dataset_fingerprint, prepared_key], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class RunInProgressError(ConfigError):
+    """Another process holds the run directory."""
+
+
+def open_run(cfg: VSSConfig, key: str) -> tuple[RunPaths, VSSConfig]:
+    """The run directory for a training key: created with config.json and ds_config.json the first time,
+    found again by a re-run with the same inputs (which then reuses its adapter or resumes its
+    checkpoints). Returns the paths and the run's effective config — the recorded one, which carries
+    any memory step-downs an earlier attempt made.
+
+    Raises:
+        ConfigError: training.run_name names a directory made for other inputs.
+    """
+    base = Path(cfg.training.output_dir).absolute()
+    base.mkdir(parents=True, exist_ok=True)
+    root = base / (cfg.training.run_name or f"{cfg.profile}-{key[:12]}")
+    paths = RunPaths(root=str(root))
+    inputs = root / "inputs.json"
+    if inputs.is_file():
+        recorded = json.loads(inputs.read_text()).get("key")
+        if recorded != key:
+            raise ConfigError(
+                f"training.run_name: run directory {root} was made for other inputs (key {recorded}, now {key}). "
+                "Choose another run_name, or leave it unset to get one directory per set of inputs."
+            )
+        effective = VSSConfig.model_validate_json(Path(paths.config).read_text())
+        # where things go and how the run is watched follow the current request
+        effective = effective.model_copy(update={"upload": cfg.upload, "training": effective.training.model_copy(
+            update={k: getattr(cfg.training, k) for k in _NOT_TRAINING_INPUTS["training"]})})
+        return paths, effective
+    root.mkdir(exist_ok=True)
+    write_json_atomic(paths.config, cfg.model_dump(mode="json"))
+    write_json_atomic(paths.ds_config, deepspeed_config(cfg))
+    write_json_atomic(inputs, {"key": key, "created": time.time()})
+    return paths, cfg
+
+
+@contextmanager
+def locked(run: RunPaths):
+    """Hold the run directory for this process; a second run of the same inputs fails fast.
+
+    Raises:
+        RunInProgressError: another live process holds it (its pid is named).
+    """
+    lock_path = Path(run.root) / ".lock"
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunInProgressError(
+            f"run directory {run.root} is in use by {holder}: a run with the same inputs is in progress. "
+            "Wait for it to finish (a re-run then reuses its adapter) or cancel it."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    try:
+        yield run
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 class StageOutcome(BaseModel):
     stage: str
     status: str
@@ -99,7 +187,7 @@ class StageOutcome(BaseModel):
 class RunResult(BaseModel):
     """What a whole run produced: each stage's outcome and where the adapter is."""
 
-    run_dir: str
+    run_dir: str | None = None
     profile: str
     stages: list[StageOutcome] = []
     adapter_dir: str | None = None
@@ -112,3 +200,12 @@ class RunResult(BaseModel):
         rows = "\n".join(f"| {s.stage} | {s.status} | {s.detail} |" for s in self.stages)
         tail = f"\n\nAdapter: `{self.adapter_dir}`" + (f"\n\nHub: {self.hub_url}" if self.hub_url else "")
         return "| stage | outcome | detail |\n|---|---|---|\n" + rows + tail
+
+
+def describe_training(report) -> str:
+    """One line on what the training stage did (a TrainingReport from vss_core.launch)."""
+    if report.reused:
+        return f"adapter already produced by these inputs: {report.adapter_dir}"
+    how = f"resumed from step {report.resumed_from_step}, " if report.resumed_from_step else ""
+    downs = f"; {len(report.step_downs)} memory step-down(s)" if report.step_downs else ""
+    return f"{how}{report.steps} steps, loss {report.first_loss:.3f} -> {report.final_loss:.3f}{downs}"

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 
 from vss_core import data, lora, model as omni
 from vss_core.config import VSSConfig, config_from_json, deepspeed_config
-from vss_core.runs import RunPaths, write_json_atomic
+from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_json_atomic
 
 log = logging.getLogger("vss.train")
 COMPLETE = "COMPLETE"
@@ -105,6 +106,15 @@ def save_checkpoint(engine, root: Path, step: int, keep: int) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def stop_requested(run_root: Path, rank: int) -> bool:
+    """Whether the parent asked training to stop (rank 0 reads the request; every rank learns it)."""
+    import deepspeed.comm as dist
+
+    flag = torch.tensor([1.0 if rank == 0 and (run_root / STOP_REQUEST).exists() else 0.0])
+    dist.all_reduce(flag)
+    return bool(flag.item() > 0)
 
 
 # --- adapter --------------------------------------------------------------------------------------
@@ -218,7 +228,8 @@ def _optimizer(params, cfg: VSSConfig):
     return torch.optim.AdamW(params, **kwargs)
 
 
-def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) -> dict:
+def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) -> dict | None:
+    """Train, checkpointing as configured; returns the summary, or None when stopped on request."""
     import deepspeed
     import deepspeed.comm as dist
     from deepspeed.utils import set_z3_leaf_modules
@@ -321,6 +332,16 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             path = save_checkpoint(engine, ckpt_root, n, tr.checkpoints_to_keep)
             if rank == 0:
                 log.info("Saved checkpoint %s", path)
+        if n < total_steps and stop_requested(Path(run.root), rank):
+            path = save_checkpoint(engine, ckpt_root, n, tr.checkpoints_to_keep)
+            if rank == 0:
+                reason = (Path(run.root) / STOP_REQUEST).read_text().strip()
+                log.warning("Stopping at step %d/%d after saving checkpoint %s: %s", n, total_steps, path, reason)
+                write_json_atomic(Path(run.root) / STOPPED, {"step": n, "checkpoint": str(path), "reason": reason})
+                writer.close()
+                metrics.close()
+            dist.barrier()
+            return None
 
     summary = {
         "steps": total_steps,
@@ -356,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     cfg = config_from_json(args.config)
     run = RunPaths(root=str(Path(args.config).parent))
-    train(cfg, run, Path(args.model_dir), Path(args.prepared_dir))
+    if train(cfg, run, Path(args.model_dir), Path(args.prepared_dir)) is None:
+        sys.exit(3)  # stopped on request after a checkpoint (RUN/stopped.json says why)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""Resource sampling while training runs: GPU memory and utilisation (NVML), RAM and swap (psutil).
+
+The sampler never raises: a machine without NVML reports no GPUs. Swap growth past a threshold is
+what stops a run cleanly (the source documents: "if swap is used, you're in trouble").
+"""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+from pydantic import BaseModel
+
+from vss_core.hardware import GB
+
+
+class GPUSample(BaseModel):
+    index: int
+    memory_used_gb: float
+    memory_total_gb: float
+    utilization_pct: float
+
+
+class ResourceSample(BaseModel):
+    time: float
+    gpus: list[GPUSample]
+    ram_used_gb: float
+    ram_total_gb: float
+    swap_used_gb: float
+
+    def line(self) -> str:
+        """One log line a person reads, like a glance at nvidia-smi and free -h."""
+        gpus = " ".join(
+            f"GPU{g.index} {g.memory_used_gb:.1f}/{g.memory_total_gb:.0f} GiB {g.utilization_pct:.0f}%" for g in self.gpus
+        )
+        return (
+            f"Resources: {gpus + ' | ' if gpus else ''}RAM {self.ram_used_gb:.1f}/{self.ram_total_gb:.1f} GiB"
+            f" | swap {self.swap_used_gb:.2f} GiB"
+        )
+
+
+def _gpu_samples() -> list[GPUSample]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            out.append(
+                GPUSample(index=i, memory_used_gb=mem.used / GB, memory_total_gb=mem.total / GB, utilization_pct=util.gpu)
+            )
+        return out
+    except Exception:
+        return []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def sample_resources() -> ResourceSample:
+    """GPU memory/utilisation, RAM and swap in use now. Never raises."""
+    vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+    return ResourceSample(
+        time=time.time(),
+        gpus=_gpu_samples(),
+        ram_used_gb=(vm.total - vm.available) / GB,
+        ram_total_gb=vm.total / GB,
+        swap_used_gb=sw.used / GB,
+    )
