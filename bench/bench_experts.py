@@ -1,6 +1,6 @@
 """Expert benchmarks: vss's RoutedExperts against transformers 5.23's LongcatFlashExperts.
 
-    .venv/bin/python bench/bench_experts.py                  # ~1-2 minutes on 2 cores
+    .venv/bin/python bench/bench_experts.py                  # ~5 minutes on 2 cores
     .venv/bin/python bench/bench_experts.py --repeats 9 --mid-tokens 4096
 
 1. Time of one forward + backward of each module on the same weights, tokens and routing, in this
@@ -72,10 +72,12 @@ def bench_case(name: str, cfg: LongcatFlashConfig, tokens: int, repeats: int, tr
     med = {k: statistics.median(v) for k, v in times.items()}
     zero_share = (index >= cfg.n_routed_experts).float().mean().item()
     hit = len(set(index[index < cfg.n_routed_experts].tolist()))
+    weights_state = "trainable" if trainable else "frozen"
     print(
-        f"{name:5s} tokens={tokens:5d} hidden={cfg.hidden_size:5d} experts={cfg.n_routed_experts}+{cfg.zero_expert_num} "
-        f"top-{cfg.moe_topk} ffn={cfg.expert_ffn_hidden_size}  (routed experts hit {hit}, zero-expert picks "
-        f"{zero_share:.0%}), expert weights {'trainable' if trainable else 'frozen'}\n      fwd+bwd median of {repeats}: transformers {med['transformers'] * 1e3:8.1f} ms, "
+        f"{name:5s} tokens={tokens:5d} hidden={cfg.hidden_size:5d} "
+        f"experts={cfg.n_routed_experts}+{cfg.zero_expert_num} top-{cfg.moe_topk} ffn={cfg.expert_ffn_hidden_size}  "
+        f"(routed experts hit {hit}, zero-expert picks {zero_share:.0%}), expert weights {weights_state}\n"
+        f"      fwd+bwd median of {repeats}: transformers {med['transformers'] * 1e3:8.1f} ms, "
         f"vss {med['vss'] * 1e3:8.1f} ms  ->  vss is {med['transformers'] / med['vss']:.2f}x faster"
     )
     return med

@@ -180,7 +180,7 @@ def cmd_notify_data_updated(args: argparse.Namespace) -> int:
     if event is None:
         print("error: the event was not sent: no Prefect API is configured (set PREFECT_API_URL)", file=sys.stderr)
         return 2
-    print(f"Emitted vss.data.updated for {root} (event {event.id})")
+    print(f"Emitted vss.data.updated for {root} (resource {event.resource.id}, event {event.id})")
     return 0
 
 

@@ -52,7 +52,7 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
     with runs.locked(run):  # two runs of the same inputs never write one run directory at once
         trained = stages.run_training(cfg, run, weights.path, prepared.dir)
         result.add("train", "reused" if trained.reused else "ok", runs.describe_training(trained))
-        result.adapter_dir = trained.adapter_dir
+        result.adapter_dir, result.training_wall_s = trained.adapter_dir, trained.wall_s
         uploaded = stages.upload_adapter(trained.adapter_dir, cfg.upload)
     result.add("upload adapter", "uploaded" if uploaded.uploaded else "skipped", uploaded.message)
     result.hub_url = uploaded.url

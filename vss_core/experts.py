@@ -58,7 +58,9 @@ class RoutedExperts(nn.Module):
             self.gate_up_proj = nn.Parameter(
                 torch.empty(self.num_routed_experts, 2 * self.intermediate_size, self.hidden_size)
             )
-            self.down_proj = nn.Parameter(torch.empty(self.num_routed_experts, self.hidden_size, self.intermediate_size))
+            self.down_proj = nn.Parameter(
+                torch.empty(self.num_routed_experts, self.hidden_size, self.intermediate_size)
+            )
         else:
             self.register_parameter("gate_up_proj", None)
             self.register_parameter("down_proj", None)
@@ -70,7 +72,7 @@ class RoutedExperts(nn.Module):
         [T, K] -> [T, H] in the dtype of hidden_states."""
         if top_k_index.numel() == 0:
             return torch.zeros_like(hidden_states)
-        n_routed = self.num_routed_experts if self.gate_up_proj is not None else 0
+        n_routed = self.num_routed_experts
         # Combine in fp32 (the router's weights are fp32): one rounding to the activation dtype at the end.
         out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
 

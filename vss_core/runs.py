@@ -192,6 +192,7 @@ class RunResult(BaseModel):
     stages: list[StageOutcome] = []
     adapter_dir: str | None = None
     hub_url: str | None = None
+    training_wall_s: float | None = None  # the training subprocess's own wall time (0 when reused)
 
     def add(self, stage: str, status: str, detail: str) -> None:
         self.stages.append(StageOutcome(stage=stage, status=status, detail=detail))

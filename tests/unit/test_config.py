@@ -128,3 +128,17 @@ def test_vss_core_does_not_import_prefect():
     code = "import sys, vss_core.config, vss_core.hardware, vss_core.runs, vss_core.hub, vss_core.launch, vss_core.train; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_typed_overrides_refuse_unknown_keys_and_merge_onto_the_profile():
+    from pydantic import ValidationError
+
+    o = config.VSSOverrides.model_validate({"training": {"learning_rate": 1e-5}, "data": {"root": "/d"}})
+    cfg = load_config("conservative-2xb200", o)
+    assert cfg.training.learning_rate == 1e-5 and cfg.data.root == "/d"
+    assert cfg.training.gradient_accumulation_steps == 64  # the profile's, not the class default
+    with pytest.raises(ValidationError, match="training.lerning_rate"):
+        config.VSSOverrides.model_validate({"training": {"lerning_rate": 1}})
+    with pytest.raises(ValidationError, match="lora.rank"):
+        config.VSSOverrides.model_validate({"lora": {"rank": 0}})
+    assert config.nested_overrides(["training.epochs=2", "data.root=/x"]) == {"training": {"epochs": 2}, "data": {"root": "/x"}}

@@ -24,7 +24,9 @@ def _config(hidden: int, ffn: int, routed: int, zero: int, topk: int) -> Longcat
     return omni._llm_config(dict(cfg, zero_expert_num=zero, moe_topk=topk))
 
 
-def _pair(cfg: LongcatFlashConfig, dtype: torch.dtype, seed: int = 0) -> tuple[LongcatFlashExperts, experts.RoutedExperts]:
+def _pair(
+    cfg: LongcatFlashConfig, dtype: torch.dtype, seed: int = 0
+) -> tuple[LongcatFlashExperts, experts.RoutedExperts]:
     """transformers' module with random weights, and RoutedExperts holding the same routed weights."""
     torch.manual_seed(seed)
     ref = LongcatFlashExperts(cfg)

@@ -64,3 +64,73 @@ def test_launcher_command_single_and_multi_node(tmp_path):
     env = launch.training_env(load_config("cpu-demo"), base={})
     assert env["DS_ACCELERATOR"] == "cpu" and "TORCH_EXTENSIONS_DIR" in env
     assert "DS_ACCELERATOR" not in launch.training_env(cfg, base={})
+
+
+def test_oom_step_downs_change_memory_settings_only_and_keep_the_effective_batch():
+    cfg = load_config("conservative-2xb200", ["training.micro_batch_size=4", "training.gradient_accumulation_steps=16"])
+    seen, changes = [], []
+    step = launch.next_step_down(cfg)
+    while step is not None:
+        cfg, why = step
+        changes.append(why)
+        seen.append(cfg)
+        step = launch.next_step_down(cfg)
+    assert changes[0].startswith("deepspeed.max_live_parameters 5e+08 -> 2e+08")
+    assert any("allgather_sequential" in c for c in changes)
+    assert changes[-1].startswith("training.micro_batch_size 2 -> 1")
+    final = seen[-1]
+    assert final.deepspeed.max_live_parameters == 1e8 and final.deepspeed.allgather_sequential
+    assert final.training.micro_batch_size * final.training.gradient_accumulation_steps == 64
+    base = load_config("conservative-2xb200")
+    for c in seen:  # never LoRA, learning rate or data
+        assert c.lora == base.lora and c.training.learning_rate == base.training.learning_rate and c.data == base.data
+
+
+def test_oom_is_recognised_in_the_training_output():
+    assert launch.is_out_of_memory(["[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"])
+    assert not launch.is_out_of_memory(["RuntimeError: shape mismatch"])
+
+
+def test_a_damaged_adapter_is_not_reused(tmp_path):
+    run = RunPaths(root=str(tmp_path))
+    adapter = Path(run.adapter)
+    adapter.mkdir()
+    (tmp_path / "train_summary.json").write_text('{"steps": 1, "first_loss": 1.0, "final_loss": 0.5, '
+                                                 '"trainable_parameters": 1, "total_parameters": 2, "resumed_from_step": 0}')
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"truncated")
+    assert launch.completed_report(run) is None
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"w": torch.zeros(2)}, str(adapter / "adapter_model.safetensors"))
+    report = launch.completed_report(run, reused=True)
+    assert report is not None and report.reused and report.final_loss == 0.5
+
+
+def test_runs_are_keyed_by_inputs_and_locked(tmp_path):
+    import pytest
+    from vss_core import runs
+    from vss_core.errors import ConfigError
+
+    cfg = load_config("cpu-demo", [f"training.output_dir={tmp_path}"])
+    key = runs.training_key(cfg, "rev", "fp", "prep")
+    assert key == runs.training_key(load_config("cpu-demo", [f"training.output_dir={tmp_path}/elsewhere"]), "rev", "fp", "prep")
+    assert key != runs.training_key(cfg, "rev", "fp-changed", "prep")
+    assert key != runs.training_key(load_config("cpu-demo", ["lora.rank=4"]), "rev", "fp", "prep")
+    run, effective = runs.open_run(cfg, key)
+    assert effective == cfg and Path(run.config).is_file()
+    again, _ = runs.open_run(cfg, key)
+    assert again.root == run.root
+    with runs.locked(run):
+        import subprocess
+        import sys
+
+        code = (f"from vss_core import runs; r = runs.RunPaths(root={run.root!r})\n"
+                "try:\n    runs.locked(r).__enter__()\nexcept runs.RunInProgressError as e:\n    print(e)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert "is in use by pid" in out and "in progress" in out
+    named = load_config("cpu-demo", [f"training.output_dir={tmp_path}", "training.run_name=mine"])
+    runs.open_run(named, key)
+    with pytest.raises(ConfigError, match="made for other inputs"):
+        runs.open_run(named, "another-key")
