@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -624,6 +625,7 @@ def load_omni(
     llm_expected = {
         k[len("llm.") :]: v for k, v in expected.items() if k.startswith("llm.") and k != f"llm.{_EMBED_KEY}"
     }
+    _fuse_per_expert_weights(llm_config, llm_shapes, sources, problems)
     _routed_rows_only(llm_config, llm_shapes, llm_expected, sources)
     where = shards[0] if len(shards) == 1 else model_dir / "*.safetensors"
     _check_state(where, _shapes(llm_shapes), llm_expected, problems)
@@ -652,6 +654,49 @@ def load_omni(
         model = OmniModel(llm_config, vision_cfg, audio_cfg).to(dtype)
     _copy_weights(model, sources, partitioned=zero_config is not None)
     return model
+
+
+_PER_EXPERT = re.compile(r"(?P<prefix>.+\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight")
+
+
+def _fuse_per_expert_weights(
+    config: LongcatFlashConfig,
+    shapes: dict[str, Any],
+    sources: dict[str, tuple[str, Any, str, int | None]],
+    problems: list[str],
+) -> None:
+    """Map per-expert checkpoint weights onto the fused expert parameters.
+
+    The published checkpoint (and transformers' `save_pretrained`) stores each expert as
+    `...mlp.experts.{e}.{gate_proj,up_proj,down_proj}.weight`; the module holds
+    `gate_up_proj[e] = cat(gate, up)` and `down_proj[e]`, as transformers' own loader fuses them
+    (its `qwen2_moe` weight conversion, which `longcat_flash` uses). Rows of zero experts, if present,
+    are ignored: zero experts are identities without weights.
+    """
+    groups: dict[str, dict[tuple[int, str], str]] = {}
+    for key in list(shapes):
+        m = _PER_EXPERT.fullmatch(key)
+        if m:
+            groups.setdefault(m["prefix"], {})[(int(m["e"]), m["proj"])] = key
+    n = config.n_routed_experts
+    for prefix, found in groups.items():
+        missing = [f"{prefix}.{e}.{proj}.weight" for e in range(n) for proj in ("gate_proj", "up_proj", "down_proj")
+                   if (e, proj) not in found]
+        if missing:
+            problems.append(f"per-expert weights missing under {prefix}: {', '.join(missing[:6])}"
+                            + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
+            continue
+        where = {found[(e, proj)]: sources[f"llm.{found[(e, proj)]}"][1] for e in range(n)
+                 for proj in ("gate_proj", "up_proj", "down_proj")}
+        gate, down = shapes[found[(0, "gate_proj")]], shapes[found[(0, "down_proj")]]
+        for key in found.values():
+            del shapes[key], sources[f"llm.{key}"]
+        layer = prefix.removeprefix("llm.")
+        shapes[f"{layer}.gate_up_proj"] = [n, 2 * gate[0], gate[1]]
+        shapes[f"{layer}.down_proj"] = [n, *down]
+        sources[f"llm.{layer}.gate_up_proj"] = ("experts", where, (
+            [(found[(e, "gate_proj")], found[(e, "up_proj")]) for e in range(n)]), None)
+        sources[f"llm.{layer}.down_proj"] = ("experts", where, ([(found[(e, "down_proj")],) for e in range(n)]), None)
 
 
 def _routed_rows_only(
@@ -691,15 +736,21 @@ def _copy_weights(
 
     handles: dict[Path, Any] = {}
 
+    def tensor(shard: Path, name: str) -> torch.Tensor:
+        if shard not in handles:
+            handles[shard] = safe_open(str(shard), framework="pt")
+        return handles[shard].get_tensor(name)
+
     def read(key: str) -> torch.Tensor:
         kind, where, name, rows = sources[key]
         if kind == "pt":
             return where[name]
-        if where not in handles:
-            handles[where] = safe_open(str(where), framework="pt")
+        if kind == "experts":  # per-expert weights fused: stack experts, gate and up concatenated
+            return torch.stack([torch.cat([tensor(where[k], k) for k in keys]) for keys in name])
         if rows is not None:
+            tensor(where, name)  # opens the handle
             return handles[where].get_slice(name)[:rows]
-        return handles[where].get_tensor(name)
+        return tensor(where, name)
 
     if partitioned:
         import deepspeed

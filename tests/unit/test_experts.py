@@ -119,6 +119,7 @@ def test_grouped_product_equals_padded_product() -> None:
         torch.testing.assert_close(g, p, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_uses_grouped_mm_and_matches_transformers() -> None:
     cfg = _config(64, 32, 16, 8, 8)
@@ -271,3 +272,38 @@ def test_checkpoint_written_from_transformers_module_gives_its_outputs(tmp_path:
     batch = omni.collate([dict(sample, codes=codes)])
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).loss, reference(**batch).loss, rtol=1e-5, atol=1e-6)
+
+
+def test_per_expert_checkpoint_as_published_loads_into_the_fused_module(tmp_path) -> None:
+    # The Hub checkpoint and transformers' save_pretrained store experts one by one
+    # (mlp.experts.{e}.{gate,up,down}_proj.weight); load_omni fuses them into the module's layout.
+    src = omni.write_tiny_checkpoint(tmp_path / "fused")
+    model = omni.load_omni(src)
+    from safetensors.torch import load_file
+
+    state = load_file(str(src / "model.safetensors"))
+    per_expert = {}
+    for key, t in state.items():
+        if key.endswith("mlp.experts.gate_up_proj"):
+            prefix, ffn = key.removesuffix(".gate_up_proj"), t.shape[1] // 2
+            for e in range(t.shape[0]):
+                per_expert[f"{prefix}.{e}.gate_proj.weight"] = t[e, :ffn].clone()
+                per_expert[f"{prefix}.{e}.up_proj.weight"] = t[e, ffn:].clone()
+        elif key.endswith("mlp.experts.down_proj"):
+            prefix = key.removesuffix(".down_proj")
+            for e in range(t.shape[0]):
+                per_expert[f"{prefix}.{e}.down_proj.weight"] = t[e].clone()
+        else:
+            per_expert[key] = t
+    import shutil
+
+    dst = tmp_path / "per-expert"
+    shutil.copytree(src, dst)
+    save_file(per_expert, str(dst / "model.safetensors"))
+    loaded = omni.load_omni(dst)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    del per_expert["llm.model.layers.0.mlp.experts.1.up_proj.weight".removeprefix("llm.")]
+    save_file(per_expert, str(dst / "model.safetensors"))
+    with pytest.raises(omni.ModelError, match=r"experts\.1\.up_proj\.weight"):
+        omni.load_omni(dst)
