@@ -180,20 +180,7 @@ def download_weights(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = tim
     if settings.hf_transfer_requested:
         _warn_hf_transfer_once()
     enable_xet_high_performance()
-    import huggingface_hub as hf
-
-    token = settings.hf_token.get_secret_value() if settings.hf_token else False
-    api = hf.HfApi(endpoint=settings.hf_endpoint, token=token, library_name="vss")
-    cache_dir = Path(cfg.cache_dir or settings.hub_cache_dir).expanduser().absolute()
-    where = f"{cfg.source}@{cfg.revision}"
-
-    with _hub_errors(f"model.source {where}", settings, kind="download"):
-        info = _retrying(
-            lambda: api.model_info(cfg.source, revision=cfg.revision, files_metadata=True),
-            f"model info of {where}", DOWNLOAD_ATTEMPTS, sleep,
-        )
-        commit = info.sha
-        files = _wanted_files(api, cfg.source, commit, info.siblings or [], sleep)
+    token, cache_dir, where, commit, files = _resolve(cfg, settings, sleep)
     if not files:
         raise ModelError(f"model.source: {where} (commit {commit}) has no files matching {ALLOW_PATTERNS}.")
 
@@ -232,16 +219,9 @@ def download_weights(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = tim
 CONFIG_FILES = ("config.json", "vision/config.json", "audio/config.json")
 
 
-def model_configs(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = time.sleep) -> tuple[Path, int]:
-    """Fetch only the model's config files (a few KB) and read the download size from the Hub's file
-    metadata, so preflight can plan memory and disk before a byte of weights is downloaded.
-
-    Returns the directory holding the configs and the bytes the weights download would need in all.
-
-    Raises:
-        ModelError: the repo or revision does not exist or lacks a config file.
-        HubError: the Hub could not be reached or refused the token.
-    """
+def _resolve(cfg: ModelConfig, settings: Settings, sleep: Sleep) -> tuple[str | bool, Path, str, str, list[_RemoteFile]]:
+    """Resolve model.source@revision to a commit and the files the model needs at it (with sizes and
+    hashes from the Hub's metadata): (token, cache_dir, where, commit, files)."""
     import huggingface_hub as hf
 
     token = settings.hf_token.get_secret_value() if settings.hf_token else False
@@ -254,10 +234,27 @@ def model_configs(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = time.s
             f"model info of {where}", DOWNLOAD_ATTEMPTS, sleep,
         )
         files = _wanted_files(api, cfg.source, info.sha, info.siblings or [], sleep)
+    return token, cache_dir, where, info.sha, files
+
+
+def model_configs(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = time.sleep) -> tuple[Path, int]:
+    """Fetch only the model's config files (a few KB) and read the download size from the Hub's file
+    metadata, so preflight can plan memory and disk before a byte of weights is downloaded.
+
+    Returns the directory holding the configs and the bytes the weights download would need in all.
+
+    Raises:
+        ModelError: the repo or revision does not exist or lacks a config file.
+        HubError: the Hub could not be reached or refused the token.
+    """
+    import huggingface_hub as hf
+
+    token, cache_dir, where, commit, files = _resolve(cfg, settings, sleep)
+    with _hub_errors(f"model.source {where}", settings, kind="download"):
         paths = [
             _retrying(
                 lambda name=name: hf.hf_hub_download(
-                    cfg.source, name, revision=info.sha, cache_dir=str(cache_dir), endpoint=settings.hf_endpoint,
+                    cfg.source, name, revision=commit, cache_dir=str(cache_dir), endpoint=settings.hf_endpoint,
                     token=token, library_name="vss",
                 ),
                 f"{name} of {where}", DOWNLOAD_ATTEMPTS, sleep,

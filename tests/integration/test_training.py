@@ -13,7 +13,7 @@ import psutil
 import pytest
 import torch
 
-from vss_core import data, launch, lora, model as omni
+from vss_core import data, launch, model as omni
 from vss_core.config import load_config
 from vss_core.errors import TrainingError
 from vss_core.runs import RunPaths, create_run
