@@ -37,7 +37,7 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
     out = Path(cfg.training.output_dir).absolute()
     result = runs.RunResult(profile=cfg.profile)
 
-    pre = stages.preflight(cfg.hardware, str(out), cfg.profile, run=cfg)
+    pre = stages.preflight(cfg, str(out))
     result.add("preflight", "ok", f"{len(pre.hardware.gpus)} GPU(s); {len(pre.warnings)} warning(s)")
     dataset = stages.validate_dataset(cfg.data)
     result.add("validate data", "ok", f"{len(dataset.valid)} valid, {len(dataset.invalid)} invalid, "

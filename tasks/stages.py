@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from tasks import events
 from vss_core import data, hardware, hub, launch, runs
-from vss_core.config import DataConfig, HardwareConfig, ModelConfig, UploadConfig, VSSConfig
+from vss_core.config import DataConfig, ModelConfig, UploadConfig, VSSConfig
 from vss_core.runs import RunPaths
 from vss_core.settings import Settings, load_settings
 
@@ -56,11 +56,11 @@ def _retry_network(task, old_state, new_state) -> bool:
 
 
 @task(name="preflight", cache_policy=NO_CACHE)
-def preflight(cfg: HardwareConfig, disk_path: str, profile: str, run: VSSConfig | None = None) -> hardware.PreflightReport:
-    """Probe the machine and, given the run's config, plan its memory; raises (no retry) before any
-    download when the run cannot fit, with the plan and what would fit."""
+def preflight(cfg: VSSConfig, disk_path: str) -> hardware.PreflightReport:
+    """Probe the machine and plan the run's memory; raises (no retry) before any download when the
+    run cannot fit, with the plan and what would fit."""
     remote = functools.partial(hub.model_configs, settings=settings())  # configs + sizes only, no weights
-    report = hardware.preflight(cfg, disk_path, profile, run, remote)
+    report = hardware.preflight(cfg.hardware, disk_path, cfg.profile, cfg, remote)
     logger = get_run_logger()
     for warning in report.warnings:
         logger.warning(warning)

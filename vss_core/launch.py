@@ -6,6 +6,7 @@ train_summary.json on disk, not the exit code alone.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import json
 import os
@@ -20,10 +21,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from vss_core.config import VSSConfig, deepspeed_config
+from vss_core.config import VSSConfig
 from vss_core.errors import TrainingError
 from vss_core.monitor import ResourceSample, sample_resources
-from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_json_atomic
+from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_config, write_json_atomic
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 OOM_MARKERS = ("CUDA out of memory", "torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -254,8 +255,7 @@ def run_training(
             path = Path(run.root) / STEP_DOWNS
             history = json.loads(path.read_text()) if path.is_file() else []
             write_json_atomic(path, history + [{"change": change, "time": time.time()}])
-            write_json_atomic(run.config, cfg.model_dump(mode="json"))
-            write_json_atomic(run.ds_config, deepspeed_config(cfg))
+            write_config(run, cfg)
     raise AssertionError("unreachable")
 
 
@@ -284,13 +284,13 @@ def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resourc
             bufsize=1,
         )
         follower.start()
-        tail: list[str] = []
+        tail: collections.deque[str] = collections.deque(maxlen=200)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 log_file.write(line + "\n")
-                tail = (tail + [line])[-200:]
+                tail.append(line)
                 on_line(line)
             code = proc.wait()
         finally:
@@ -316,6 +316,6 @@ def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resourc
             raise TrainingOOMError(f"training ran out of GPU memory. Full log: {run.log}")
         raise TrainingError(
             f"training exited with code {code} without writing a complete adapter to {run.adapter}. "
-            f"Full log: {run.log}. Last lines:\n" + "\n".join(tail[-15:])
+            f"Full log: {run.log}. Last lines:\n" + "\n".join(list(tail)[-15:])
         )
     return report

@@ -77,6 +77,12 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_config(paths: RunPaths, cfg: VSSConfig) -> None:
+    """Write the run's config.json and the DeepSpeed JSON generated from it (the pair always agrees)."""
+    write_json_atomic(paths.config, cfg.model_dump(mode="json"))
+    write_json_atomic(paths.ds_config, deepspeed_config(cfg))
+
+
 def create_run(cfg: VSSConfig) -> RunPaths:
     """Create a fresh run directory (named by time) and write config.json and ds_config.json into it.
 
@@ -94,8 +100,7 @@ def create_run(cfg: VSSConfig) -> RunPaths:
             f"training.run_name: run directory {root} already exists. Choose another name or leave it unset."
         ) from None
     paths = RunPaths(root=str(root))
-    write_json_atomic(paths.config, cfg.model_dump(mode="json"))
-    write_json_atomic(paths.ds_config, deepspeed_config(cfg))
+    write_config(paths, cfg)
     return paths
 
 
@@ -142,8 +147,7 @@ def open_run(cfg: VSSConfig, key: str) -> tuple[RunPaths, VSSConfig]:
             update={k: getattr(cfg.training, k) for k in _NOT_TRAINING_INPUTS["training"]})})
         return paths, effective
     root.mkdir(exist_ok=True)
-    write_json_atomic(paths.config, cfg.model_dump(mode="json"))
-    write_json_atomic(paths.ds_config, deepspeed_config(cfg))
+    write_config(paths, cfg)
     write_json_atomic(inputs, {"key": key, "created": time.time()})
     return paths, cfg
 

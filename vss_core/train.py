@@ -328,12 +328,14 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         if n % per_epoch == 0 and rank == 0:
             log.info("Epoch %d/%d complete (%.1f s)", n // per_epoch, math.ceil(total_steps / per_epoch), time.time() - epoch_start)
             epoch_start = time.time()
-        if n % tr.save_every_n_steps == 0 and n < total_steps:
+        saved = n % tr.save_every_n_steps == 0 and n < total_steps
+        if saved:
             path = save_checkpoint(engine, ckpt_root, n, tr.checkpoints_to_keep)
             if rank == 0:
                 log.info("Saved checkpoint %s", path)
         if n < total_steps and stop_requested(Path(run.root), rank):
-            path = save_checkpoint(engine, ckpt_root, n, tr.checkpoints_to_keep)
+            if not saved:  # a second save of step n would collide with the one just made
+                path = save_checkpoint(engine, ckpt_root, n, tr.checkpoints_to_keep)
             if rank == 0:
                 reason = (Path(run.root) / STOP_REQUEST).read_text().strip()
                 log.warning("Stopping at step %d/%d after saving checkpoint %s: %s", n, total_steps, path, reason)
