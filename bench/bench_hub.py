@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_hub.py [--size-mb 256] [--kill-at 0.5]
 
-Serves one large LFS file (plus a small config) from tests/hubserver on 127.0.0.1, then:
+Serves the tiny checkpoint plus one large LFS file, and the tiny codec as a second repo, from tests/hubserver
+on 127.0.0.1 (vss downloads both; the plain baseline only the checkpoint), then:
   1. throughput of a full download: vss download_weights vs huggingface_hub.snapshot_download;
   2. a download SIGKILLed once the server has sent `kill-at` of the large file, then run again:
      bytes re-fetched (sent twice) as a fraction of the file, vss resume vs plain snapshot_download.
@@ -24,11 +25,12 @@ import huggingface_hub as hf  # noqa: E402
 
 from tests.hubserver import HubServer  # noqa: E402
 from tests.hubserver.kill import download_and_kill  # noqa: E402
-from vss_core import hub  # noqa: E402
+from vss_core import codec, hub, model  # noqa: E402
 from vss_core.config import ModelConfig  # noqa: E402
 from vss_core.settings import Settings  # noqa: E402
 
 REPO = "bench/big"
+CODEC = "bench/codec"
 BIG = "model-00001-of-00001.safetensors"
 
 
@@ -41,12 +43,12 @@ def main() -> None:
     data = (hashlib.sha256(b"bench").digest() * (size // 32 + 1))[:size]
 
     with HubServer() as srv, tempfile.TemporaryDirectory() as tmp:
-        _add(srv, data)
+        _add(srv, data, Path(tmp))
         settings = Settings(hf_endpoint=srv.url)
         print(f"loopback Hub at {srv.url}; file {BIG}: {size / 2**20:.0f} MiB")
 
         for name, run in (
-            ("vss download_weights", lambda c: hub.download_weights(ModelConfig(source=REPO, cache_dir=str(c)), settings)),
+            ("vss download_weights", lambda c: hub.download_weights(_cfg(c), settings)),
             ("huggingface_hub.snapshot_download", lambda c: hf.snapshot_download(
                 REPO, cache_dir=c, endpoint=srv.url, token=False, allow_patterns=hub.ALLOW_PATTERNS)),
         ):
@@ -61,10 +63,10 @@ def main() -> None:
         for mode in ("vss", "plain"):
             cache = Path(tempfile.mkdtemp(dir=tmp))
             srv.reset_counters()
-            before = download_and_kill(srv, mode, REPO, cache, BIG, pause_at)
+            before = download_and_kill(srv, mode, REPO, cache, BIG, pause_at, codec_repo=CODEC if mode == "vss" else None)
             srv.reset_counters()
             if mode == "vss":
-                hub.download_weights(ModelConfig(source=REPO, cache_dir=str(cache)), settings)
+                hub.download_weights(_cfg(cache), settings)
             else:
                 hf.snapshot_download(REPO, cache_dir=cache, endpoint=srv.url, token=False,
                                      allow_patterns=hub.ALLOW_PATTERNS)
@@ -79,14 +81,14 @@ def main() -> None:
         print("(both sides share this machine's CPUs; the Python server bounds the throughput figures)")
 
 
-def _add(srv: HubServer, data: bytes) -> None:
-    from tests.hubserver.server import Blob
+def _cfg(cache: Path) -> ModelConfig:
+    return ModelConfig(source=REPO, codec_source=CODEC, cache_dir=str(cache))
 
-    # The large file plus stand-ins for the rest of the checkpoint layout vss checks after a download.
-    files = {BIG: Blob.from_bytes(data, lfs=True)}
-    files.update({p: Blob.from_bytes(b"{}", lfs=p.endswith(".pt")) for p in hub.REQUIRED_FILES})
-    srv.create_repo(REPO)
-    srv.commit(REPO, files)
+
+def _add(srv: HubServer, data: bytes, tmp: Path) -> None:
+    # The large file next to a real tiny checkpoint (vss preflights its configs and checks it after the download).
+    srv.add_repo_from_dir(REPO, model.write_tiny_checkpoint(tmp / "tiny-model"), extra={BIG: data})
+    srv.add_repo_from_dir(CODEC, codec.write_tiny_codec(tmp / "tiny-codec"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The `vss` command line.
 
     vss demo                                   tiny model + generated data + the flow on cpu-demo
-    vss tiny-model DIR                         write a random-weight tiny checkpoint (real layout)
+    vss tiny-model DIR                         write a random-weight tiny checkpoint + codec (official layouts)
     vss demo-data DIR --samples N              write N real samples (H.264 mp4, 16 kHz wav)
     vss validate PATH [--json]                 check a dataset, sample by sample
     vss config --profile P [KEY=VALUE ...]     print the resolved config and DeepSpeed JSON
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from vss_core import config
 from vss_core.errors import VSSError
 
 DEMO_MODEL = Path(".vss/demo/tiny-model")
+DEMO_CODEC = Path(".vss/demo/tiny-codec")
 DEMO_DATA = Path(".vss/demo/data")
 DEMO_SAMPLES = 8
 
@@ -56,8 +58,13 @@ def _load(args: argparse.Namespace) -> config.VSSConfig:
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from vss_core import model
 
+    from vss_core import codec
+
     path = model.write_tiny_checkpoint(Path(args.dir), seed=args.seed)
-    print(f"Tiny LongCat-Flash-Omni checkpoint written to {path}")
+    print(f"Tiny LongCat-Flash-Omni checkpoint (official layout) written to {path}")
+    codec_dir = Path(args.codec_dir) if args.codec_dir else path.with_name(path.name + "-codec")
+    codec.write_tiny_codec(codec_dir, seed=args.seed)
+    print(f"Tiny LongCat-Audio-Codec (official repo layout) written to {codec_dir}; set model.codec_source={codec_dir}")
     return 0
 
 
@@ -129,9 +136,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _ensure_demo_assets() -> None:
     from vss_core import demo, model
 
-    if not (DEMO_MODEL / "config.json").is_file():
+    from vss_core import codec
+
+    if not (DEMO_MODEL / "config.json").is_file() or not (DEMO_MODEL / "tokenizer.json").is_file():
+        if DEMO_MODEL.exists():  # a tiny model of an older vss layout
+            shutil.rmtree(DEMO_MODEL)
         print(f"Writing the tiny model to {DEMO_MODEL} ...")
         model.write_tiny_checkpoint(DEMO_MODEL)
+    if not (DEMO_CODEC / codec.ENCODER_CKPT).is_file():
+        print(f"Writing the tiny codec to {DEMO_CODEC} ...")
+        codec.write_tiny_codec(DEMO_CODEC)
     if not DEMO_DATA.is_dir() or not any(DEMO_DATA.iterdir()):
         print(f"Writing {DEMO_SAMPLES} demo samples to {DEMO_DATA} ...")
         demo.write_demo_dataset(DEMO_DATA, DEMO_SAMPLES)
@@ -197,9 +211,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         seed=args.seed,
         device=args.device,
+        codec_dir=Path(args.codec) if args.codec else None,
     )
-    end = "the model ended its speech" if report.stopped_at_eos else "cut at --max-seconds"
-    print(f"{report.out}: {report.seconds:.2f} s at {report.sample_rate} Hz, {report.frames} frames ({end})")
+    end = "the model ended its answer" if report.stopped_at_eos else "cut at --max-seconds"
+    print(f"{report.out}: {report.seconds:.2f} s at {report.sample_rate} Hz, {report.frames} frames in "
+          f"{report.segments} segment(s) ({end})")
+    print(f"{report.text_out}: {report.text!r}")
     return 0
 
 
@@ -224,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the cpu-demo profile")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("tiny-model", help="write a random-weight tiny checkpoint in the real layout")
-    p.add_argument("dir")
+    p = sub.add_parser(
+        "tiny-model",
+        help="write a random-weight tiny LongCat-Flash-Omni checkpoint and LongCat-Audio-Codec in the official layouts",
+    )
+    p.add_argument("dir", help="checkpoint directory to write (must not exist or be empty)")
+    p.add_argument("--codec-dir", help="codec directory to write (default: DIR-codec)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
 
@@ -290,10 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="WAV to write (mono, the codec's rate: 16 kHz)")
     p.add_argument("--model", help="base checkpoint directory; default: model.source in the run's config.json "
                    "(the folder above --adapter)")
+    p.add_argument("--codec", help="LongCat-Audio-Codec directory holding the decoder weights; default: "
+                   "model.codec_source in the run's config.json")
     p.add_argument("--max-seconds", type=float, help="longest speech to generate; default: the run's "
                    "data.audio_seconds")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest codes (0 = all)")
+    p.add_argument("--temperature", type=float, default=0.0, help="text sampling: 0 = greedy (default, as the "
+                   "official demo); > 0 samples. Speech ids are always argmax with the official repetition penalty")
+    p.add_argument("--top-k", type=int, default=1, help="text sampling among the k likeliest tokens (1 = greedy, 0 = all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_infer)

@@ -44,7 +44,9 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
                f"{len(dataset.reused)} unchanged (not probed again)")
     weights = stages.download_weights(cfg.model)
     result.add("download weights", "ok", weights.path + ("" if weights.downloaded else " (local, used in place)"))
-    prepared = stages.prepare_dataset(dataset, cfg.data, weights.path, str(out / "prepared" / dataset.fingerprint[:16]))
+    prepared = stages.prepare_dataset(
+        dataset, cfg.data, weights.path, weights.codec_path, str(out / "prepared" / dataset.fingerprint[:16])
+    )
     result.add("prepare data", "ok", f"{len(prepared.samples)} samples ({len(prepared.reused)} reused) in {prepared.dir}")
 
     run, cfg = stages.open_run(cfg, weights, dataset, prepared)

@@ -103,9 +103,11 @@ def download_weights(cfg: ModelConfig) -> hub.WeightsReport:
 
 
 @task(name="prepare_dataset", cache_policy=NO_CACHE)
-def prepare_dataset(report: data.DatasetReport, cfg: DataConfig, model_dir: str, out_dir: str) -> data.PreparedDataset:
+def prepare_dataset(
+    report: data.DatasetReport, cfg: DataConfig, model_dir: str, codec_dir: str, out_dir: str
+) -> data.PreparedDataset:
     samples = data.select_samples(report, cfg.on_invalid)
-    prepared = data.prepare_dataset(samples, cfg, Path(model_dir), Path(out_dir))
+    prepared = data.prepare_dataset(samples, cfg, Path(model_dir), Path(codec_dir), Path(out_dir))
     get_run_logger().info("Prepared %d samples into %s", len(prepared.samples), prepared.dir)
     return prepared
 

@@ -19,6 +19,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_codec_dir(tmp_path_factory) -> Path:
+    from vss_core import codec
+
+    return codec.write_tiny_codec(tmp_path_factory.mktemp("codec") / "tiny-codec")
+
+
+@pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory) -> Path:
     from vss_core import demo
 

@@ -61,7 +61,15 @@ class ModelConfig(_Section):
     revision: str = Field("main", min_length=1, description="Hub revision (branch, tag or commit) to download.")
     cache_dir: str | None = Field(None, description="Download cache; default: huggingface_hub's (HF_HUB_CACHE, HF_HOME/hub).")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Dtype the model is trained in.")
-    trust_remote_code: bool = Field(False, description="Allow code shipped with the checkpoint to run. Off by default.")
+    codec_source: str = Field(
+        "meituan-longcat/LongCat-Audio-Codec",
+        min_length=1,
+        description=(
+            "Hub repo id of LongCat-Audio-Codec (its ckpts/ encoder turns out.wav into the codec ids the model "
+            "speaks), or a local directory in that repo's layout (used in place)."
+        ),
+    )
+    codec_revision: str = Field("main", min_length=1, description="Hub revision of model.codec_source to download.")
     verify: Literal["size", "full"] = Field(
         "size",
         description=(
@@ -183,7 +191,13 @@ class TrainingConfig(_Section):
         default_factory=lambda: [1.0, 1.0, 1.0, 1.0],
         min_length=4,
         max_length=4,
-        description="Cross-entropy weight of each of the 4 speech codebooks (semantic first).",
+        description=(
+            "Cross-entropy weight of each of the 4 speech codebooks (semantic first; weight it above the "
+            "acoustic ones to favour what is said over how it sounds)."
+        ),
+    )
+    text_loss_weight: float = Field(
+        1.0, ge=0, description="Cross-entropy weight of the text stream (the transcript the model speaks along)."
     )
 
 

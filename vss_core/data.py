@@ -39,14 +39,16 @@ import torch
 import torchaudio
 from pydantic import BaseModel, Field, computed_field
 
-from vss_core import codec as codec_lib
+from vss_core import codec as codec_lib, model as model_lib, sequence
 from vss_core.config import DataConfig
 from vss_core.errors import ConfigError, DatasetError, ModelError, bullet_list
 
 SAMPLE_FILES = ("in.mp4", "in.wav", "out.wav")
+# Optional texts: the transcript of out.wav, an instruction, a system prompt (UTF-8).
+TEXT_FILES = ("out.txt", "in.txt", "system.txt")
 MANIFEST = "manifest.json"
 # Bump when the content of prepared files changes, so old caches are not reused.
-PREPARE_FORMAT = 2
+PREPARE_FORMAT = 3
 # Bump when what a probe reads or reports changes, so old validation caches are not reused.
 PROBE_FORMAT = 1
 MIN_FBANK_SECONDS = 0.025  # one 25 ms fbank window
@@ -482,8 +484,14 @@ def _apply_limits(report: SampleReport, cfg: DataConfig) -> None:
 def _sample_key(sample_dir: Path, root: Path, cfg: DataConfig) -> tuple[dict[str, Path], list[str], list[Any], str]:
     """Stat-level checks of one sample and its cache key (with content hashes where asked)."""
     present, problems, rows = _locate(sample_dir, root)
+    for fname in TEXT_FILES:  # the optional texts are training targets too: a change is a data change
+        path = sample_dir / fname
+        if path.is_file():
+            st = path.stat()
+            rows.append((fname, st.st_size, st.st_mtime_ns, st.st_ino)
+                        + ((_sha256_file(path),) if cfg.fingerprint == "content" else ()))
     if cfg.fingerprint == "content":
-        rows = [(*row, _sha256_file(present[row[0]])) if row[0] in present else row for row in rows]
+        rows = [(*row, _sha256_file(present[row[0]])) if row[0] in present and len(row) == 4 else row for row in rows]
     key = _sha256_json({"probe": PROBE_FORMAT, "present": sorted(present), "rows": rows})
     return present, problems, rows, key
 
@@ -617,7 +625,7 @@ def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetR
     extras = [p.name for p in entries if p.name not in sample_names]
     for sample_dir in sample_dirs:
         try:
-            extras += [f"{sample_dir.name}/{p.name}" for p in sorted(sample_dir.iterdir()) if p.name not in SAMPLE_FILES]
+            extras += [f"{sample_dir.name}/{p.name}" for p in sorted(sample_dir.iterdir()) if p.name not in SAMPLE_FILES + TEXT_FILES]
         except OSError:
             pass  # an unreadable folder already shows as missing files
     warnings = []
@@ -702,62 +710,84 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
     return raw
 
 
-def _model_preprocessing(model_dir: Path, cfg: DataConfig) -> dict[str, Any]:
-    """The preprocessing settings of the checkpoint and the data config: everything that shapes a file."""
+def _file_digest(paths: list[Path]) -> str:
+    """sha256 over the bytes of small files (configs, tokenizer): what preparation depends on."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode())
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return h.hexdigest()
+
+
+def _model_preprocessing(model_dir: Path, codec_dir: Path, cfg: DataConfig) -> dict[str, Any]:
+    """The preprocessing settings of the checkpoint, the codec and the data config: everything that
+    shapes a prepared file (its cache key is a hash of these).
+
+    Raises:
+        ModelError: the checkpoint's or the codec's configs are missing or invalid (all problems).
+    """
     problems: list[str] = []
-    vision = _read_json(model_dir / "vision" / "config.json", problems) or {}
-    audio = _read_json(model_dir / "audio" / "preprocessor_config.json", problems) or {}
-    cmvn = _read_json(model_dir / "audio" / "global_cmvn", problems) or {}
-    settings: dict[str, Any] = {"format": PREPARE_FORMAT}
-    if vision:
-        size, mean, std = vision.get("image_size"), vision.get("image_mean"), vision.get("image_std")
-        if not isinstance(size, int) or size < 1:
-            problems.append(f"{model_dir / 'vision' / 'config.json'}: image_size must be a positive integer (got {size!r})")
-        for key, val in (("image_mean", mean), ("image_std", std)):
-            if not (isinstance(val, list) and len(val) == 3 and all(isinstance(x, int | float) for x in val)):
-                problems.append(f"{model_dir / 'vision' / 'config.json'}: {key} must be 3 numbers (got {val!r})")
-        if isinstance(std, list) and any(isinstance(x, int | float) and x == 0 for x in std):
-            problems.append(f"{model_dir / 'vision' / 'config.json'}: image_std must not contain 0")
-        settings.update(image_size=size, image_mean=mean, image_std=std)
-    if audio:
-        rate, bins = audio.get("sampling_rate"), audio.get("num_mel_bins")
-        where = model_dir / "audio" / "preprocessor_config.json"
-        if not isinstance(rate, int) or rate <= 0:
-            problems.append(f"{where}: sampling_rate must be a positive integer (got {rate!r})")
-        elif rate != cfg.sample_rate:
-            problems.append(
-                f"{where}: the audio encoder wants {rate} Hz but data.sample_rate={cfg.sample_rate}; "
-                f"set data.sample_rate={rate}"
-            )
-        if not isinstance(bins, int) or bins < 1:
-            problems.append(f"{where}: num_mel_bins must be a positive integer (got {bins!r})")
-        settings.update(fbank_rate=rate, num_mel_bins=bins)
-        if cmvn:
-            mean, istd = cmvn.get("mean"), cmvn.get("istd")
-            for key, val in (("mean", mean), ("istd", istd)):
-                if not (isinstance(val, list) and isinstance(bins, int) and len(val) == bins):
-                    got = len(val) if isinstance(val, list) else repr(val)
-                    problems.append(f"{model_dir / 'audio' / 'global_cmvn'}: {key} must be {bins} numbers (got {got})")
-            settings.update(cmvn_mean=mean, cmvn_istd=istd)
-    codec_path = model_dir / codec_lib.CODEC_CONFIG
+    configs = None
     try:
-        speech_codec = codec_lib.load_codec(model_dir)
-        settings["codec"] = codec_path.read_text()
-        settings["codec_rate"] = speech_codec.sample_rate
+        configs = model_lib.CheckpointConfigs(model_dir)
     except ModelError as exc:
         problems.append(str(exc))
+    try:
+        codec_key = codec_lib.encoder_fingerprint(codec_dir)
+    except ModelError as exc:
+        problems.append(str(exc))
+    from vss_core.model import audio as audio_lib
+
+    try:  # read on its own so the rate is checked even when another config is broken
+        rate = audio_lib.PreprocessorConfig.from_file(model_dir / model_lib.checkpoint.PREPROCESSOR_CONFIG).sample_rate
+    except ModelError:
+        rate = None  # already reported by CheckpointConfigs
+    if rate is not None and rate != cfg.sample_rate:
+        problems.append(
+            f"{model_dir / model_lib.checkpoint.PREPROCESSOR_CONFIG}: the audio encoder wants "
+            f"{rate} Hz but data.sample_rate={cfg.sample_rate}; set data.sample_rate={rate}"
+        )
     if problems:
         raise ModelError(
-            f"cannot prepare data for the checkpoint at {model_dir}:\n{bullet_list(problems)}\n"
-            "Check model.source points at a complete LongCat-Flash-Omni checkpoint (vision/, audio/, audio_codec/)."
+            f"cannot prepare data for the checkpoint at {model_dir} with the codec at {codec_dir}:\n"
+            f"{bullet_list(problems)}\nCheck model.source points at a complete LongCat-Flash-Omni checkpoint "
+            "and model.codec_source at LongCat-Audio-Codec."
         )
-    settings.update(
-        video_frames=cfg.video_frames,
-        video_fps=cfg.video_fps,
-        crop_seconds=cfg.crop_seconds,
-        sample_rate=cfg.sample_rate,
-    )
-    return settings
+    ck = model_lib.checkpoint
+    small = [model_dir / ck.VISION_CONFIG, model_dir / ck.PREPROCESSOR_CONFIG, model_dir / ck.GLOBAL_CMVN]
+    small += sorted(p for p in model_dir.glob("*.json") if "token" in p.name)
+    return {
+        "format": PREPARE_FORMAT,
+        "model_files": _file_digest(small),
+        "codec": codec_key,
+        "video_frames": cfg.video_frames,
+        "video_fps": cfg.video_fps,
+        "crop_seconds": cfg.crop_seconds,
+        "sample_rate": cfg.sample_rate,
+    }
+
+
+class _Preparer:
+    """What preparing a sample needs from the checkpoint and the codec, loaded once per process."""
+
+    def __init__(self, model_dir: Path, codec_dir: Path | None) -> None:
+        from vss_core.model import audio as audio_lib
+
+        configs = model_lib.CheckpointConfigs(model_dir)
+        self.vision = configs.vision
+        self.features = audio_lib.FeatureExtractor.from_dir(Path(model_dir) / "audio")
+        self.tokenizer, self.ids = configs.tokenizer, configs.special_ids
+        self.codec = codec_lib.load_encoder(codec_dir) if codec_dir is not None else None
+
+
+_PREPARERS: dict[tuple[str, str | None], _Preparer] = {}
+
+
+def _preparer(model_dir: Path, codec_dir: Path | None) -> _Preparer:
+    key = (str(model_dir), None if codec_dir is None else str(codec_dir))
+    if key not in _PREPARERS:
+        _PREPARERS[key] = _Preparer(model_dir, codec_dir)
+    return _PREPARERS[key]
 
 
 def _frame_times(n: int, fps: float, duration: float) -> list[float]:
@@ -767,22 +797,19 @@ def _frame_times(n: int, fps: float, duration: float) -> list[float]:
     return [i / fps for i in range(n)]
 
 
-def _frame_to_tensor(frame: av.VideoFrame, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    rgb = frame.reformat(width=size, height=size, format="rgb24", interpolation="BILINEAR").to_ndarray()
-    x = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
-    return (x - mean[:, None, None]) / std[:, None, None]
+def _frame_to_array(frame: av.VideoFrame) -> np.ndarray:
+    """The decoded frame as H x W x 3 uint8 RGB at its own resolution (the vision side resizes it)."""
+    return frame.to_ndarray(format="rgb24")
 
 
-def _read_frames(
-    path: Path, times: list[float], size: int, mean: torch.Tensor, std: torch.Tensor
-) -> tuple[torch.Tensor, int]:
+def _read_frames(path: Path, times: list[float]) -> tuple[list[np.ndarray], int]:
     """The frame shown at each timestamp, and how many frames were decoded to get them.
 
     Seeks near each timestamp instead of decoding the whole clip, and stops after the last one:
     only the frames between a keyframe and a wanted frame are decoded.
     """
     seek_gap = 2.0  # seconds: closer targets are reached by decoding on, farther ones by seeking
-    out: list[torch.Tensor] = []
+    out: list[np.ndarray] = []
     decoded = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -808,12 +835,12 @@ def _read_frames(
                 decoded += 1
                 current_t = float(nxt.time) if nxt.time is not None else current_t + (1 / rate if rate else 0.0)
             if current is not None:
-                out.append(_frame_to_tensor(current, size, mean, std))
+                out.append(_frame_to_array(current))
             elif out:
                 out.append(out[-1])  # past the end: repeat the last frame
     if not out:
         raise DatasetError(f"{path}: no video frame could be decoded")
-    return torch.stack(out), decoded
+    return out, decoded
 
 
 def _read_mono(path: Path, rate: int, seconds: float) -> torch.Tensor:
@@ -834,48 +861,79 @@ def _video_duration(video: VideoInfo | None, crop_seconds: float) -> float:
     return min(duration, crop_seconds) if duration > 0 else 0.0
 
 
-def _prepare_inputs(sample_dir: Path, s: dict[str, Any], duration_s: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(frames, fbank) of one sample's in.mp4 and in.wav under the preprocessing settings `s`."""
-    mean = torch.tensor(s["image_mean"], dtype=torch.float32)
-    std = torch.tensor(s["image_std"], dtype=torch.float32)
-    times = _frame_times(s["video_frames"], s["video_fps"], duration_s)
-    frames, _ = _read_frames(sample_dir / "in.mp4", times, s["image_size"], mean, std)
+def _read_text(path: Path) -> str | None:
+    """An optional text file of a sample (out.txt, in.txt, system.txt), stripped; None when absent."""
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").strip()
 
+
+def _prepare_inputs(sample_dir: Path, s: dict[str, Any], duration_s: float, prep: _Preparer) -> dict[str, Any]:
+    """The model inputs of one sample's in.mp4 / in.wav (and optional in.txt / system.txt).
+
+    Frames: the official native-resolution vision preprocessing (`vision.preprocess_frames`: frame
+    pairs, smart resize within the pixel budget, normalised patches). Speech: the official features
+    (`audio.FeatureExtractor`: x32768, fbank, delta, Kaldi cmvn, splice); one `<|audio_pad|>` per
+    valid feature frame.
+    """
+    from vss_core.model import vision as vision_lib
+
+    times = _frame_times(s["video_frames"], s["video_fps"], duration_s)
+    frames, _ = _read_frames(sample_dir / "in.mp4", times)
+    pixel_values, grids, pads = vision_lib.preprocess_frames(frames, prep.vision, is_video=True)
     wave = _read_mono(sample_dir / "in.wav", s["sample_rate"], s["crop_seconds"])
-    fbank = torchaudio.compliance.kaldi.fbank(
-        wave.unsqueeze(0) * 32768,
-        num_mel_bins=s["num_mel_bins"],
-        sample_frequency=s["fbank_rate"],
+    feats, mask = prep.features(wave[None], torch.tensor([wave.shape[0]]))
+    features = feats[0, : int(mask[0].sum())]
+    return {
+        "pixel_values": pixel_values.contiguous(),
+        "grid_shapes": torch.tensor(grids, dtype=torch.int64).reshape(-1, 3),
+        "audio_features": features.contiguous(),
+        # each frame pair is timed by its first frame (official data/utils.py refix_frame_index)
+        "frame_pairs": [(times[2 * k], n) for k, n in enumerate(pads)],
+        "system": _read_text(sample_dir / "system.txt"),
+        "instruction": _read_text(sample_dir / "in.txt"),
+    }
+
+
+def _sequence(prep: _Preparer, inputs: dict[str, Any], codes: torch.Tensor | None, transcript: str | None) -> dict[str, torch.Tensor]:
+    return sequence.build_voice_chat_sample(
+        prep.tokenizer, prep.ids, frame_pairs=inputs["frame_pairs"], n_audio_tokens=inputs["audio_features"].shape[0],
+        codes=codes, transcript=transcript, system=inputs["system"], instruction=inputs["instruction"],
     )
-    cmvn_mean = torch.tensor(s["cmvn_mean"], dtype=torch.float32)
-    cmvn_istd = torch.tensor(s["cmvn_istd"], dtype=torch.float32)
-    fbank = ((fbank - cmvn_mean) * cmvn_istd).to(torch.float32)
-    return frames, fbank
 
 
 def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     """Prepare one sample into job['out'] atomically (in this process or a worker)."""
     s = job["settings"]
     sample_dir = Path(job["path"])
-    frames, fbank = _prepare_inputs(sample_dir, s, job["duration_s"])
-
-    speech_codec = codec_lib.load_codec(Path(job["model_dir"]))
-    target = _read_mono(sample_dir / "out.wav", speech_codec.sample_rate, s["crop_seconds"])
-    codes = speech_codec.encode(target).to(torch.int64)
-
+    prep = _preparer(Path(job["model_dir"]), Path(job["codec_dir"]))
+    inputs = _prepare_inputs(sample_dir, s, job["duration_s"], prep)
+    target = _read_mono(sample_dir / "out.wav", prep.codec.sample_rate, s["crop_seconds"])
+    codes = prep.codec.encode(target).to(torch.int64)
+    seq = _sequence(prep, inputs, codes, _read_text(sample_dir / "out.txt"))
+    item = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq
     out = Path(job["out"])
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    torch.save({"frames": frames.contiguous(), "fbank": fbank.contiguous(), "codes": codes.contiguous(), "key": job["key"]}, tmp)
+    torch.save({**item, "codes": codes.contiguous(), "key": job["key"]}, tmp)
     os.replace(tmp, out)
-    shapes = {"frames": frames.shape[0], "fbank_frames": fbank.shape[0], "code_frames": codes.shape[0]}
-    return job["name"], job["key"], shapes
+    return job["name"], job["key"], _shapes_of(item | {"codes": codes})
 
 
-def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[str, torch.Tensor]:
-    """One sample's model inputs, prepared exactly as `prepare_dataset` prepares them (for inference).
+def _shapes_of(item: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {
+        "patches": item["pixel_values"].shape[0],
+        "audio_frames": item["audio_features"].shape[0],
+        "code_frames": item["codes"].shape[0],
+        "tokens": item["input_ids"].shape[0],
+    }
 
-    Only in.mp4 and in.wav are read; out.wav is neither needed nor read. Returns `frames` float32
-    [F, 3, S, S] and `fbank` float32 [T, num_mel_bins], as in a prepared sample file.
+
+def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[str, Any]:
+    """One sample's prompt, prepared exactly as `prepare_dataset` prepares a sample (for inference).
+
+    Only in.mp4 and in.wav (and the optional in.txt / system.txt) are read; out.wav is neither needed
+    nor read. Returns the official prompt up to `VOICE ASSISTANT:` (`sequence.SEQUENCE_KEYS`) with
+    `pixel_values`, `grid_shapes` and `audio_features`, as in a prepared sample file.
 
     Raises:
         DatasetError: the sample folder is missing, or its in.mp4 / in.wav is missing or unreadable
@@ -897,10 +955,13 @@ def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[s
             f"sample {sample_dir} cannot be used:\n{bullet_list(problems)}\n"
             "Add or fix the files (a sample folder holds in.mp4 and in.wav)."
         )
-    settings = _model_preprocessing(Path(model_dir), cfg)
+    prep = _preparer(Path(model_dir), None)
+    settings = {"video_frames": cfg.video_frames, "video_fps": cfg.video_fps, "crop_seconds": cfg.crop_seconds,
+                "sample_rate": cfg.sample_rate}
     video = VideoInfo.model_validate(probe["video"])
-    frames, fbank = _prepare_inputs(sample_dir, settings, _video_duration(video, cfg.crop_seconds))
-    return {"frames": frames.contiguous(), "fbank": fbank.contiguous()}
+    inputs = _prepare_inputs(sample_dir, settings, _video_duration(video, cfg.crop_seconds), prep)
+    seq = _sequence(prep, inputs, None, None)
+    return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq
 
 
 def _worker_init() -> None:
@@ -914,7 +975,7 @@ def _cached(path: Path, entry: dict[str, Any] | None, key: str) -> dict[str, int
         return None
     if entry is not None and entry.get("key") == key:
         try:
-            return {k: int(entry[k]) for k in ("frames", "fbank_frames", "code_frames")}
+            return {k: int(entry[k]) for k in ("patches", "audio_frames", "code_frames", "tokens")}
         except (KeyError, TypeError, ValueError):
             pass
     if entry is not None:
@@ -926,13 +987,16 @@ def _cached(path: Path, entry: dict[str, Any] | None, key: str) -> dict[str, int
         return None
     if not isinstance(item, dict) or item.get("key") != key:
         return None
-    return {"frames": item["frames"].shape[0], "fbank_frames": item["fbank"].shape[0], "code_frames": item["codes"].shape[0]}
+    try:
+        return _shapes_of(item)
+    except (KeyError, AttributeError, IndexError):
+        return None
 
 
 def _file_stats(sample_dir: Path) -> list[tuple[str, int, int]]:
     """(name, size, mtime_ns) of each sample file, following links: what a prepared file is keyed on."""
     stats = []
-    for fname in SAMPLE_FILES:
+    for fname in SAMPLE_FILES + TEXT_FILES:
         try:
             st = (sample_dir / fname).stat()
             stats.append((fname, st.st_size, st.st_mtime_ns))
@@ -941,7 +1005,9 @@ def _file_stats(sample_dir: Path) -> list[tuple[str, int, int]]:
     return stats
 
 
-def prepare_dataset(samples: list[SampleReport], cfg: DataConfig, model_dir: Path, out_dir: Path) -> PreparedDataset:
+def prepare_dataset(
+    samples: list[SampleReport], cfg: DataConfig, model_dir: Path, codec_dir: Path, out_dir: Path
+) -> PreparedDataset:
     """Turn samples into model inputs: `out_dir/<sample>.pt` (frames, fbank, codes) and manifest.json.
 
     Frames are sampled at data.video_fps (data.video_frames of them) from the first
@@ -956,8 +1022,8 @@ def prepare_dataset(samples: list[SampleReport], cfg: DataConfig, model_dir: Pat
             This includes data.sample_rate differing from the rate the audio encoder wants.
         DatasetError: no valid sample was given, or a sample fails to prepare (all failures listed).
     """
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    settings = _model_preprocessing(model_dir, cfg)
+    model_dir, codec_dir, out_dir = Path(model_dir), Path(codec_dir), Path(out_dir)
+    settings = _model_preprocessing(model_dir, codec_dir, cfg)
     settings_key = _sha256_json(settings)
     good = [s for s in samples if s.ok]
     skipped = [s.name for s in samples if not s.ok]
@@ -987,6 +1053,7 @@ def prepare_dataset(samples: list[SampleReport], cfg: DataConfig, model_dir: Pat
                 "duration_s": duration,
                 "settings": settings,
                 "model_dir": str(model_dir),
+                "codec_dir": str(codec_dir),
                 "out": str(out),
                 "key": key,
             }

@@ -74,9 +74,12 @@ def write_demo_dataset(
     fps: int = FPS,
     in_rate: int = SAMPLE_RATE,
     in_channels: int = 1,
+    transcripts: bool = True,
 ) -> list[Path]:
     """Write a generated dataset of `samples` samples under `root` and return the sample folders.
 
+    Each sample also gets `out.txt`, a short transcript of its answer (the model speaks text and
+    speech together), unless `transcripts=False` (the three-file samples of the source documents).
     The defaults write what DESIGN.md's model wants as is (H.264 96x80 at 10 fps, 16 kHz mono);
     the keyword arguments write other codecs, resolutions, rates and channel counts, which vss
     must convert rather than reject. out.wav is always 16 kHz mono.
@@ -126,6 +129,8 @@ def write_demo_dataset(
             speech_in, speech_out = _speech_pair(rng, seconds, shapes[0].colour)
             sf.write(tmp / "in.wav", _convert(speech_in, in_rate, in_channels), in_rate, subtype="PCM_16")
             sf.write(tmp / "out.wav", speech_out, SAMPLE_RATE, subtype="PCM_16")
+            if transcripts:
+                (tmp / "out.txt").write_text(_transcript(shapes, rng) + "\n", encoding="utf-8")
             final = root / name
             if final.exists():
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
@@ -135,6 +140,16 @@ def write_demo_dataset(
             raise
         written.append(final)
     return written
+
+
+_COLOUR_WORDS = {0: "red", 1: "green", 2: "blue"}
+
+
+def _transcript(shapes: list[_Shape], rng: np.random.Generator) -> str:
+    """A short answer naming what the video shows (its main shape's dominant colour)."""
+    colour = _COLOUR_WORDS[int(np.argmax(shapes[0].colour))]
+    verb = ["moves", "bounces", "turns"][int(rng.integers(3))]
+    return f"The {colour} shape {verb}."
 
 
 # --- video ------------------------------------------------------------------------------------

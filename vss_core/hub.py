@@ -1,16 +1,29 @@
 """Weights in, adapter out, through the real huggingface_hub client (2.x).
 
-Download: a local directory as model.source is used in place after a layout check. A Hub repo id is
-resolved to a commit first (recorded in the report), the files the model needs (ALLOW_PATTERNS) are listed
-with their sizes from the Hub's metadata, the disk is checked for what the cache does not hold yet, and
-the files are fetched one by one into the huggingface_hub cache, so that every completed file survives a
-kill. huggingface_hub writes each download to a process-unique `<etag>.<uuid>.incomplete` file and, after a
-kill, starts that file again from byte 0, orphaning the partial file (file_download._download_to_tmp_and_move).
-vss fetches large plain-HTTP files itself into `<etag>.incomplete` with Range requests, adopting such a
-partial (its own or huggingface_hub's) after a kill, so a kill costs at most the last chunk in flight; the
-file then goes through hf_hub_download, which links it into the snapshot. Files the server offers through
-Xet go through hf_hub_download's Xet path (HF_XET_HIGH_PERFORMANCE=1). Sizes are checked against the
-metadata; `model.verify=full` also hashes every file; a damaged file is deleted and fetched again.
+Download brings two repos: the omni checkpoint (`model.source`, ALLOW_PATTERNS) and the speech codec
+LongCat-Audio-Codec (`model.codec_source`, CODEC_ALLOW_PATTERNS plus the decoder the checkpoint's
+`audio_codec/config.yaml` names; the 24 kHz decoders are not fetched unless named). Each goes through
+the same steps; a local directory as source is used in place.
+
+1. Preflight, before any weight byte: each Hub repo is resolved to a commit (recorded in the report),
+   its file list is read with sizes from the Hub's metadata, and only its small config files are
+   fetched (omni: config.json, vision/config.json, audio/config.json, audio/preprocessor_config.json,
+   audio/global_cmvn, audio_codec/config.yaml, the tokenizer files; codec: configs/*.yaml and
+   semantic_tokenizer_general/configs/*.yaml when present). They are read by the code that will run
+   them (`vss_core.model.checkpoint.CheckpointConfigs`, which owns the checkpoint layout rule;
+   `vss_core.codec`; `codec.decoder.DecoderConfig`), the weight files they imply are looked up in
+   the file list, and everything vss cannot run is refused at once, naming repo, file and key.
+   `model_configs` is this step alone, for the planner.
+2. The disk is checked for what the cache does not hold yet, of both repos together.
+3. The files are fetched one by one into the huggingface_hub cache, so that every completed file
+   survives a kill. huggingface_hub writes each download to a process-unique `<etag>.<uuid>.incomplete`
+   file and, after a kill, starts that file again from byte 0, orphaning the partial file
+   (file_download._download_to_tmp_and_move). vss fetches large plain-HTTP files itself into
+   `<etag>.incomplete` with Range requests, adopting such a partial (its own or huggingface_hub's)
+   after a kill, so a kill costs at most the last chunk in flight; the file then goes through
+   hf_hub_download, which links it into the snapshot. Files the server offers through Xet go through
+   hf_hub_download's Xet path (HF_XET_HIGH_PERFORMANCE=1). Sizes are checked against the metadata;
+   `model.verify=full` also hashes every file; a damaged file is deleted and fetched again.
 
 Upload: creates the repo (private unless configured), adds a model card if the adapter has none, and
 uploads the folder with upload_folder (unchanged files are not committed again). Transient errors (5xx,
@@ -24,16 +37,17 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
@@ -44,25 +58,40 @@ from vss_core.settings import Settings, enable_xet_high_performance
 
 log = logging.getLogger(__name__)
 
-# Files the omni model needs (MODEL_FACTS.md): the LLM, tokenizer, and the modality parts.
+# Tokenizer files: the three the official checkpoint's tokenizer needs, and the optional ones of other
+# tokenizer kinds (all small).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+)
+INDEX_FILE = "model.safetensors.index.json"
+# What vss downloads of the omni checkpoint: the layout of vss_core.model.checkpoint (which owns the rule
+# of what a complete checkpoint is; tests/unit/test_hub.py checks these patterns cover it).
+# fnmatch's `*` crosses `/`, as in huggingface_hub's allow_patterns; `audio/*` takes global_cmvn (no suffix).
 ALLOW_PATTERNS = [
-    "*.json",
+    "config.json",
+    *TOKENIZER_FILES,
     "*.safetensors",
-    "*.model",
-    "*.txt",
-    "*.pt",
+    INDEX_FILE,
+    "language_model_embedding.pt",
     "vision/*",
     "audio/*",
     "audio_codec/*",
 ]
-REQUIRED_FILES = [
-    "config.json",
-    "language_model_embedding.pt",
-    "vision/config.json",
-    "audio/config.json",
-    "audio/preprocessor_config.json",
-    "audio_codec/config.yaml",
+# What vss downloads of LongCat-Audio-Codec (vss_core.codec's layout): the encoder, its CMVN stats, the
+# 16 kHz 4-codebook decoder and the optional configs. The 24 kHz decoders are left on the Hub unless the
+# checkpoint's audio_codec/config.yaml names one (then that one is fetched too).
+CODEC_ALLOW_PATTERNS = [
+    "ckpts/LongCatAudioCodec_encoder.pt",
+    "ckpts/LongCatAudioCodec_encoder_cmvn.npy",
+    "ckpts/LongCatAudioCodec_decoder_16k_4codebooks.pt",
+    "configs/*.yaml",
+    "semantic_tokenizer_general/configs/*.yaml",
+    "README.md",
+    "LICENSE*",
 ]
+# The codec's small files that preflight reads before any weight is downloaded.
+CODEC_CONFIG_PATTERNS = ("configs/*.yaml", "semantic_tokenizer_general/configs/*.yaml")
 
 # Files at least this big are fetched by vss with Range resume (below it a restart costs little).
 RESUME_MIN_BYTES = 1 << 20
@@ -74,22 +103,54 @@ DOWNLOAD_ATTEMPTS = 5  # per file, without progress; a chunk received resets the
 T = TypeVar("T")
 Sleep = Callable[[float], None]
 
+_FIX = (
+    "Point model.source at a LongCat-Flash-Omni checkpoint and model.codec_source at LongCat-Audio-Codec "
+    "(Hub repo ids such as meituan-longcat/LongCat-Flash-Omni and meituan-longcat/LongCat-Audio-Codec with "
+    "model.revision / model.codec_revision, or local directories in their layouts; `vss tiny-model DIR` writes "
+    "a tiny checkpoint and codec)."
+)
 
-class WeightsReport(BaseModel):
-    path: str = Field(description="Directory the model is loaded from (a snapshot of the cache, or the local source).")
-    source: str
-    revision: str | None = Field(description="Commit the download is pinned to (None for a local source).")
-    requested_revision: str | None = None
-    downloaded: bool = Field(description="True when the weights came from the Hub (even if all were cached).")
-    files: int = 0
-    files_fetched: int = 0
-    bytes_total: int = 0
+
+class DownloadTally(BaseModel):
+    """What the download of one repo did (all zero for a local source)."""
+
+    files: int = Field(0, description="Files of the repo vss needs.")
+    files_fetched: int = Field(0, description="Files received from the Hub by this call.")
+    bytes_total: int = Field(0, description="Bytes of the files vss needs.")
     bytes_cached: int = Field(0, description="Bytes of complete files the cache already held.")
     bytes_resumed: int = Field(0, description="Bytes of partial files kept from an interrupted download.")
     bytes_downloaded: int = Field(0, description="Bytes received from the Hub by this call.")
     bytes_refetched: int = Field(0, description="Bytes fetched before that had to be fetched again (orphans, damage).")
     damaged: list[str] = Field(default_factory=list, description="Files found damaged in the cache and fetched again.")
     orphans_removed: int = 0
+
+
+class WeightsReport(DownloadTally):
+    """Where the model and the codec are loaded from, and what their download did.
+
+    The tally fields at the top level (files, bytes_*, damaged, orphans_removed) count the model repo
+    (model.source), as before; `codec` holds the codec repo's; `total()` adds them up.
+    """
+
+    path: str = Field(description="Directory the model is loaded from (a snapshot of the cache, or the local source).")
+    source: str
+    revision: str | None = Field(description="Commit the download is pinned to (None for a local source).")
+    requested_revision: str | None = None
+    downloaded: bool = Field(description="True when the weights came from the Hub (even if all were cached).")
+    codec_path: str = Field(
+        description="Directory of LongCat-Audio-Codec (a snapshot of the cache, or the local source)."
+    )
+    codec_source: str
+    codec_revision: str | None = Field(description="Commit the codec download is pinned to (None for a local source).")
+    codec_requested_revision: str | None = None
+    codec_downloaded: bool = False
+    codec: DownloadTally = Field(default_factory=DownloadTally, description="The codec repo's download tallies.")
+
+    def total(self) -> DownloadTally:
+        """The tallies of both repos together (damaged files prefixed by their repo's key)."""
+        counts = {k: getattr(self, k) + getattr(self.codec, k) for k in DownloadTally.model_fields if k != "damaged"}
+        damaged = [f"model.source:{p}" for p in self.damaged] + [f"model.codec_source:{p}" for p in self.codec.damaged]
+        return DownloadTally(**counts, damaged=damaged)
 
 
 class UploadReport(BaseModel):
@@ -101,23 +162,7 @@ class UploadReport(BaseModel):
     new_commit: bool = False
 
 
-def check_layout(model_dir: Path) -> None:
-    """Check the checkpoint layout of MODEL_FACTS.md is present.
-
-    Raises:
-        ModelError: listing every missing file.
-    """
-    missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
-    if not any(model_dir.glob("*.safetensors")):
-        missing.append("*.safetensors (LLM weights)")
-    if missing:
-        raise ModelError(
-            f"model.source: {model_dir} is not a LongCat-Flash-Omni checkpoint; missing:\n{bullet_list(missing)}\n"
-            "Point model.source at a complete checkpoint, or write the tiny one with `vss tiny-model DIR`."
-        )
-
-
-# --- download -------------------------------------------------------------------------------------
+# --- download: the two repos and their preflight --------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -147,8 +192,96 @@ class _Tally:
                 self.values[key] += n
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """One source of the run as configured: the omni checkpoint or the codec."""
+
+    key: str  # the config key as the user writes it: model.source | model.codec_source
+    revision_key: str  # model.revision | model.codec_revision
+    source: str
+    revision: str
+    patterns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Client:
+    """Everything a Hub call needs, built once per download (the token never leaves it but to huggingface_hub)."""
+
+    api: Any
+    settings: Settings
+    token: str | bool
+    cache_dir: Path
+    verify: str
+    workers: int
+    sleep: Sleep
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.settings.hf_endpoint
+
+
+@dataclass(eq=False)
+class _Repo:
+    """A Hub source resolved to a commit: its files (all, and those vss needs) with the Hub's sizes and hashes."""
+
+    spec: _Spec
+    commit: str
+    listing: dict[str, _RemoteFile]
+    files: list[_RemoteFile]
+    storage: Path
+    tally: _Tally = field(default_factory=_Tally)
+    done: set[str] = field(default_factory=set)  # fetched (or found complete) by this call's preflight
+
+    @property
+    def where(self) -> str:
+        return f"{self.spec.key} {self.spec.source}@{self.spec.revision}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.where} (commit {self.commit[:12]})"
+
+    @property
+    def snapshot(self) -> Path:
+        return self.storage / "snapshots" / self.commit
+
+    def names(self) -> set[str]:
+        return {f.path for f in self.files}
+
+    def want(self, path: str) -> bool:
+        """Add `path` to the files to download if the repo has it; False when it has not."""
+        if path in self.names():
+            return True
+        if path not in self.listing:
+            return False
+        self.files = sorted([*self.files, self.listing[path]], key=lambda f: f.path)
+        return True
+
+
+_Opened = Path | _Repo | None  # a local source, a resolved Hub repo, or None when it could not be opened
+
+
+def _specs(cfg: ModelConfig) -> tuple[_Spec, _Spec]:
+    return (
+        _Spec("model.source", "model.revision", cfg.source, cfg.revision, tuple(ALLOW_PATTERNS)),
+        _Spec("model.codec_source", "model.codec_revision", cfg.codec_source, cfg.codec_revision,
+              tuple(CODEC_ALLOW_PATTERNS)),
+    )
+
+
 def _is_local_source(source: str) -> bool:
     return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+
+
+def _matches(path: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(path, pat) for pat in patterns)
+
+
+def _dir(opened: _Opened) -> Path:
+    return opened.snapshot if isinstance(opened, _Repo) else opened
+
+
+def _label(spec: _Spec, opened: _Opened) -> str:
+    return opened.label if isinstance(opened, _Repo) else f"{spec.key} {opened}"
 
 
 @functools.cache
@@ -159,113 +292,160 @@ def _warn_hf_transfer_once() -> None:
     )
 
 
-def download_weights(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = time.sleep) -> WeightsReport:
-    """Resolve the model source to a local directory, downloading from the Hub what the cache lacks.
-
-    Raises:
-        ModelError: a local source with a wrong layout; a repo or revision that does not exist or cannot be read.
-        PreflightError: the cache's disk lacks room for what must be downloaded.
-        HubError: the Hub could not be reached, refused the token, or a file stayed damaged.
-    """
-    if _is_local_source(cfg.source):
-        local = Path(cfg.source).expanduser()
-        if not local.is_dir():
-            raise ModelError(
-                f"model.source: {local} does not exist or is not a directory. "
-                "Write the tiny model with `vss tiny-model DIR` or give a Hub repo id."
-            )
-        check_layout(local)
-        return WeightsReport(path=str(local.absolute()), source=cfg.source, revision=None, downloaded=False)
+def _client(cfg: ModelConfig, settings: Settings, sleep: Sleep) -> _Client:
+    import huggingface_hub as hf
 
     if settings.hf_transfer_requested:
         _warn_hf_transfer_once()
     enable_xet_high_performance()
-    token, cache_dir, where, commit, files = _resolve(cfg, settings, sleep)
-    if not files:
-        raise ModelError(f"model.source: {where} (commit {commit}) has no files matching {ALLOW_PATTERNS}.")
-
-    storage = cache_dir / f"models--{cfg.source.replace('/', '--')}"
-    snapshot = storage / "snapshots" / commit
-    tally = _Tally()
-    todo = _inventory(files, storage, snapshot, tally)
-    _check_disk(todo, storage, cache_dir, where, commit)
-    _write_ref(storage, cfg.revision, commit)
-
-    fetch = functools.partial(
-        _fetch_file, repo_id=cfg.source, commit=commit, cache_dir=cache_dir, storage=storage, snapshot=snapshot,
-        endpoint=settings.hf_endpoint, token=token, verify=cfg.verify, tally=tally, sleep=sleep,
+    token = settings.hf_token.get_secret_value() if settings.hf_token else False
+    return _Client(
+        api=hf.HfApi(endpoint=settings.hf_endpoint, token=token, library_name="vss"), settings=settings, token=token,
+        cache_dir=Path(cfg.cache_dir or settings.hub_cache_dir).expanduser().absolute(), verify=cfg.verify,
+        workers=cfg.download_workers, sleep=sleep,
     )
-    with _hub_errors(f"model.source {where}", settings, kind="download"):
-        with ThreadPoolExecutor(max_workers=cfg.download_workers, thread_name_prefix="vss-download") as pool:
-            list(pool.map(fetch, files))  # re-raises the first failure
-    _sweep_orphans(storage, cache_dir, {f.etag for f in files}, tally)
-    check_layout(snapshot)
 
-    v = tally.values
+
+def download_weights(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = time.sleep) -> WeightsReport:
+    """Resolve model.source and model.codec_source to local directories, downloading from the Hub what the
+    cache lacks; a local directory is used in place once it is validated.
+
+    Both Hub repos are pinned to a commit, preflighted (their config files read, their weight files
+    looked up) before a byte of weights is fetched, then downloaded resumably and checked.
+
+    Raises:
+        ModelError: a source vss cannot run (every problem of both listed: missing files, config keys vss
+            cannot run, a repo or revision that does not exist or cannot be read).
+        PreflightError: the cache's disk lacks room for what must be downloaded.
+        HubError: the Hub could not be reached, refused the token, or a file stayed damaged.
+    """
+    model, codec, client = _preflight(cfg, settings, sleep)
+    repos = [r for r in (model, codec) if isinstance(r, _Repo)]
+    if repos:
+        _check_disk([(r, _inventory(r)) for r in repos], client.cache_dir)
+        for repo in reversed(repos):  # the codec first: it is small, and complete early
+            _download_repo(repo, client)
+    _check_complete(_dir(model), _dir(codec))
+
+    (model_commit, model_requested), (codec_commit, codec_requested) = _pin(model), _pin(codec)
     report = WeightsReport(
-        path=str(snapshot), source=cfg.source, revision=commit, requested_revision=cfg.revision, downloaded=True,
-        files=len(files), files_fetched=v["fetched"], bytes_total=sum(f.size for f in files),
-        bytes_cached=v["cached"], bytes_resumed=v["resumed"], bytes_downloaded=v["downloaded"],
-        bytes_refetched=v["refetched"], damaged=sorted(tally.damaged), orphans_removed=v["orphans"],
+        path=str(_dir(model)), source=cfg.source, revision=model_commit, requested_revision=model_requested,
+        downloaded=isinstance(model, _Repo), **_tallies(model),
+        codec_path=str(_dir(codec)), codec_source=cfg.codec_source, codec_revision=codec_commit,
+        codec_requested_revision=codec_requested, codec_downloaded=isinstance(codec, _Repo),
+        codec=DownloadTally(**_tallies(codec)),
     )
-    log.info(
-        "%s pinned to commit %s: %d files, %s downloaded, %s already cached, %s resumed, %s fetched again",
-        where, commit, report.files, _fmt(report.bytes_downloaded), _fmt(report.bytes_cached),
-        _fmt(report.bytes_resumed), _fmt(report.bytes_refetched),
-    )
+    for repo, t in ((model, report), (codec, report.codec)):
+        if isinstance(repo, _Repo):
+            log.info(
+                "%s pinned to commit %s: %d files, %s downloaded, %s already cached, %s resumed, %s fetched again",
+                repo.where, repo.commit, t.files, _fmt(t.bytes_downloaded), _fmt(t.bytes_cached),
+                _fmt(t.bytes_resumed), _fmt(t.bytes_refetched),
+            )
     return report
 
 
-CONFIG_FILES = ("config.json", "vision/config.json", "audio/config.json")
-
-
-def _resolve(cfg: ModelConfig, settings: Settings, sleep: Sleep) -> tuple[str | bool, Path, str, str, list[_RemoteFile]]:
-    """Resolve model.source@revision to a commit and the files the model needs at it (with sizes and
-    hashes from the Hub's metadata): (token, cache_dir, where, commit, files)."""
-    import huggingface_hub as hf
-
-    token = settings.hf_token.get_secret_value() if settings.hf_token else False
-    api = hf.HfApi(endpoint=settings.hf_endpoint, token=token, library_name="vss")
-    cache_dir = Path(cfg.cache_dir or settings.hub_cache_dir).expanduser().absolute()
-    where = f"{cfg.source}@{cfg.revision}"
-    with _hub_errors(f"model.source {where}", settings, kind="download"):
-        info = _retrying(
-            lambda: api.model_info(cfg.source, revision=cfg.revision, files_metadata=True),
-            f"model info of {where}", DOWNLOAD_ATTEMPTS, sleep,
-        )
-        files = _wanted_files(api, cfg.source, info.sha, info.siblings or [], sleep)
-    return token, cache_dir, where, info.sha, files
-
-
 def model_configs(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = time.sleep) -> tuple[Path, int]:
-    """Fetch only the model's config files (a few KB) and read the download size from the Hub's file
-    metadata, so preflight can plan memory and disk before a byte of weights is downloaded.
+    """The preflight of `download_weights` alone: fetch only the config files of both repos (a few KB),
+    refuse what vss cannot run, and read the download size from the Hub's file metadata, so preflight
+    can plan memory and disk before a byte of weights is downloaded.
 
-    Returns the directory holding the configs and the bytes the weights download would need in all.
+    Returns the directory holding the model's configs (its snapshot in the cache, or the local
+    model.source) and the bytes the download of both repos (model and codec) needs in all, what the
+    cache already holds included (0 for local sources).
 
     Raises:
-        ModelError: the repo or revision does not exist or lacks a config file.
+        ModelError: a source vss cannot run, or a repo or revision that does not exist (all problems listed).
         HubError: the Hub could not be reached or refused the token.
     """
-    import huggingface_hub as hf
-
-    token, cache_dir, where, commit, files = _resolve(cfg, settings, sleep)
-    with _hub_errors(f"model.source {where}", settings, kind="download"):
-        paths = [
-            _retrying(
-                lambda name=name: hf.hf_hub_download(
-                    cfg.source, name, revision=commit, cache_dir=str(cache_dir), endpoint=settings.hf_endpoint,
-                    token=token, library_name="vss",
-                ),
-                f"{name} of {where}", DOWNLOAD_ATTEMPTS, sleep,
-            )
-            for name in CONFIG_FILES
-        ]
-    return Path(paths[0]).parent, sum(f.size for f in files)
+    model, codec, _ = _preflight(cfg, settings, sleep)
+    return _dir(model), sum(f.size for r in (model, codec) if isinstance(r, _Repo) for f in r.files)
 
 
-def _wanted_files(api, repo_id: str, commit: str, siblings, sleep: Sleep) -> list[_RemoteFile]:
-    """The files matching ALLOW_PATTERNS at `commit`, with sizes and hashes from the Hub's metadata."""
+def _pin(opened: _Opened) -> tuple[str | None, str | None]:
+    """(commit, requested revision) of a Hub source; (None, None) for a local one."""
+    return (opened.commit, opened.spec.revision) if isinstance(opened, _Repo) else (None, None)
+
+
+def _tallies(opened: _Opened) -> dict[str, Any]:
+    if not isinstance(opened, _Repo):
+        return {}
+    v = opened.tally.values
+    return dict(
+        files=len(opened.files), files_fetched=v["fetched"], bytes_total=sum(f.size for f in opened.files),
+        bytes_cached=v["cached"], bytes_resumed=v["resumed"], bytes_downloaded=v["downloaded"],
+        bytes_refetched=v["refetched"], damaged=sorted(opened.tally.damaged), orphans_removed=v["orphans"],
+    )
+
+
+def _preflight(cfg: ModelConfig, settings: Settings, sleep: Sleep) -> tuple[_Opened, _Opened, _Client | None]:
+    """Open both sources (local dirs checked for existence, Hub repos resolved to a commit and listed), fetch
+    the Hub repos' config files, and check everything vss will run; raise once with every problem."""
+    specs = _specs(cfg)
+    problems: list[str] = []
+    opened: dict[str, _Opened] = {}
+    for spec in specs:  # local sources first: their problems stand even when the Hub is unreachable
+        if _is_local_source(spec.source):
+            local = Path(spec.source).expanduser().absolute()
+            opened[spec.key] = local if local.is_dir() else None
+            if not local.is_dir():
+                problems.append(f"{spec.key}: {local} does not exist or is not a directory")
+    client = None
+    for spec in specs:
+        if spec.key in opened:
+            continue
+        client = client or _client(cfg, settings, sleep)
+        try:
+            opened[spec.key] = _resolve(spec, client)
+        except ModelError as exc:
+            opened[spec.key] = None
+            problems.append(str(exc))
+        except HubError as exc:
+            if not problems:
+                raise
+            problems.append(f"{spec.key} {spec.source}: not checked ({exc})")
+            raise _refusal(problems) from None
+    model, codec = opened["model.source"], opened["model.codec_source"]
+    if model is not None:
+        _check_model(specs, model, codec, client, problems)
+    if codec is not None:
+        _check_codec(specs[1], codec, client, problems)
+    if problems:
+        raise _refusal(problems)
+    return model, codec, client
+
+
+def _nested(label: str, exc: Exception) -> str:
+    """A problem from another checker's error (after `label`, if any), its own list indented under it."""
+    first, *rest = str(exc).splitlines() or [type(exc).__name__]
+    return "\n".join([f"{label}: {first}" if label else first, *(f"    {line}" for line in rest)])
+
+
+def _refusal(problems: list[str]) -> ModelError:
+    return ModelError(
+        "model: vss cannot run these weights; found before downloading any weight file:\n"
+        f"{bullet_list(problems)}\n{_FIX}"
+    )
+
+
+def _resolve(spec: _Spec, client: _Client) -> _Repo:
+    """Resolve a Hub source at its revision to a commit, with every file's size and hashes from the Hub's metadata."""
+    where = f"{spec.source}@{spec.revision}"
+    with _hub_errors(f"{spec.key} {where}", client.settings, kind="download", revision_key=spec.revision_key):
+        info = _retrying(
+            lambda: client.api.model_info(spec.source, revision=spec.revision, files_metadata=True),
+            f"model info of {where}", DOWNLOAD_ATTEMPTS, client.sleep,
+        )
+        listing = _listing(client.api, spec.source, info.sha, info.siblings or [], client.sleep)
+    return _Repo(
+        spec=spec, commit=info.sha, listing=listing,
+        files=[f for p, f in sorted(listing.items()) if _matches(p, spec.patterns)],
+        storage=client.cache_dir / f"models--{spec.source.replace('/', '--')}",
+    )
+
+
+def _listing(api, repo_id: str, commit: str, siblings, sleep: Sleep) -> dict[str, _RemoteFile]:
+    """Every file of the repo at `commit`, with sizes and hashes from the Hub's metadata."""
     if any(s.size is None for s in siblings):  # a server that omits sizes in model info: ask the tree
         entries = _retrying(
             lambda: list(api.list_repo_tree(repo_id, revision=commit, recursive=True)),
@@ -275,40 +455,196 @@ def _wanted_files(api, repo_id: str, commit: str, siblings, sleep: Sleep) -> lis
     else:
         rows = [(s.rfilename, s.lfs.size if s.lfs else s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
                 for s in siblings]
-    return [
-        _RemoteFile(path=p, size=size, sha256=sha, blob_id=blob)
-        for p, size, sha, blob in sorted(rows)
-        if any(fnmatch.fnmatch(p, pat) for pat in ALLOW_PATTERNS)
-    ]
+    return {p: _RemoteFile(path=p, size=size, sha256=sha, blob_id=blob) for p, size, sha, blob in rows}
 
 
-def _inventory(files: list[_RemoteFile], storage: Path, snapshot: Path, tally: _Tally) -> list[tuple[_RemoteFile, int]]:
+def _fetch_configs(repo: _Repo, paths: Iterable[str], client: _Client) -> None:
+    """Fetch the repo's small files among `paths` (those it has) into its snapshot; they count in its tally."""
+    wanted = set(paths)
+    _fetch_all(repo, [f for f in repo.files if f.path in wanted and f.path not in repo.done], client)
+    repo.done.update(wanted & repo.names())
+
+
+def _model_config_files() -> set[str]:
+    from vss_core.model import checkpoint
+
+    layout = (checkpoint.VISION_CONFIG, checkpoint.AUDIO_CONFIG, checkpoint.PREPROCESSOR_CONFIG,
+              checkpoint.GLOBAL_CMVN, checkpoint.CODEC_CONFIG)
+    return {"config.json", INDEX_FILE, *TOKENIZER_FILES, *(p.as_posix() for p in layout)}
+
+
+def _local_names(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def _check_model(
+    specs: tuple[_Spec, _Spec], model: Path | _Repo, codec: _Opened, client: _Client | None, problems: list[str]
+) -> None:
+    """The omni checkpoint's configs, read by vss_core.model.checkpoint, and the weight files they imply."""
+    from vss_core.model import checkpoint
+
+    if isinstance(model, _Repo):
+        _fetch_configs(model, _model_config_files(), client)
+        names = model.names()
+    else:
+        names = _local_names(model)
+    where, label = _dir(model), _label(specs[0], model)
+    missing = [rel for rel in checkpoint.PT_FILES if rel not in names]
+    if not any(fnmatch.fnmatch(n, "*.safetensors") for n in names):
+        missing.append("*.safetensors (the LLM weights)")
+    elif (where / INDEX_FILE).is_file():
+        try:
+            shards = set(json.loads((where / INDEX_FILE).read_text())["weight_map"].values())
+            missing += [f"{s} (listed in {INDEX_FILE})" for s in sorted(shards - names)]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            problems.append(f"{label}: {INDEX_FILE} has no readable weight_map ({type(exc).__name__}: {exc})")
+    if missing:
+        problems.append(f"{label}: missing {', '.join(missing)}")
+    try:
+        checkpoint.CheckpointConfigs(where)
+    except ModelError as exc:
+        problems.append(_nested(label, exc))
+    _check_decoder(where / checkpoint.CODEC_CONFIG, names, specs[1], codec, problems)
+
+
+def _check_decoder(path: Path, model_names: set[str], codec_spec: _Spec, codec: _Opened, problems: list[str]) -> None:
+    """The decoder the checkpoint's audio_codec/config.yaml names: its config, and where its weights come from.
+
+    A decoder in the codec repo becomes one of the codec files to download (the 16 kHz one is anyway).
+    """
+    import yaml
+
+    from vss_core.codec.decoder import DecoderConfig
+
+    if not path.is_file():
+        return  # CheckpointConfigs names it
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        problems.append(f"{path}: not readable YAML ({exc})")
+        return
+    section = raw.get("codec_config", raw) if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        problems.append(f"{path}: must hold a YAML mapping `codec_config:` (the speech decoder's config)")
+        return
+    try:
+        DecoderConfig.from_yaml(section, str(path))
+    except ModelError as exc:
+        problems.append(_nested("", exc))  # it names the file
+    ckpt = section.get("ckpt_path")
+    if not isinstance(ckpt, str) or not ckpt:
+        problems.append(f"{path}: codec_config.ckpt_path must name the decoder's .pt file")
+        return
+    # Where vss_core.codec.decoder_files looks: the checkpoint's audio_codec/, the checkpoint, the codec.
+    if PurePosixPath(ckpt).is_absolute():
+        found = Path(ckpt).is_file()
+    elif {f"audio_codec/{PurePosixPath(ckpt).name}", ckpt} & model_names:
+        found = True
+    elif isinstance(codec, _Repo):
+        found = codec.want(ckpt)
+    else:
+        found = codec is None or (codec / ckpt).is_file()  # None: the codec's own problem is listed
+    if not found:
+        where = _label(codec_spec, codec) if codec is not None else codec_spec.key
+        problems.append(
+            f"{path}: codec_config.ckpt_path {ckpt!r} (the speech decoder's weights) is neither in the checkpoint "
+            f"(audio_codec/{PurePosixPath(ckpt).name} or {ckpt}) nor in {where}"
+        )
+
+
+def _check_codec(spec: _Spec, codec: Path | _Repo, client: _Client | None, problems: list[str]) -> None:
+    """LongCat-Audio-Codec: its encoder files, and its configs read by vss_core.codec."""
+    from vss_core import codec as codec_lib
+
+    if not isinstance(codec, _Repo):
+        try:
+            codec_lib.encoder_fingerprint(codec)
+        except ModelError as exc:
+            problems.append(_nested(spec.key, exc))
+        return
+    required = [p.as_posix() for p in (codec_lib.ENCODER_CKPT, codec_lib.ENCODER_CMVN)]
+    missing = [p for p in required if p not in codec.names()]
+    if missing:
+        problems.append(
+            f"{codec.label}: missing {', '.join(missing)}; this is not LongCat-Audio-Codec "
+            "(the Hub repo meituan-longcat/LongCat-Audio-Codec holds them)"
+        )
+    _fetch_configs(codec, [p for p in codec.names() if _matches(p, CODEC_CONFIG_PATTERNS)], client)
+    try:
+        # The codec's own reader of its configs (official values where the repo has none).
+        codec_lib.encoder_configs(codec.snapshot)
+    except ModelError as exc:
+        problems.append(_nested(codec.label, exc))
+
+
+def _check_complete(model_dir: Path, codec_dir: Path) -> None:
+    """After the download: the codec's encoder files and the decoder the checkpoint names are all there."""
+    from vss_core import codec
+
+    problems = []
+    for check in (lambda: codec.encoder_fingerprint(codec_dir), lambda: codec.decoder_files(model_dir, codec_dir)):
+        try:
+            check()
+        except ModelError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ModelError(
+            f"model: the weights are incomplete after the download:\n{bullet_list(problems)}\nRun the download "
+            "again; if it persists, check model.codec_source and the mirror (HF_ENDPOINT)."
+        )
+
+
+# --- download: fetching one repo ------------------------------------------------------------------
+
+
+def _download_repo(repo: _Repo, client: _Client) -> None:
+    """Fetch what the cache lacks of one resolved repo (the model's or the codec's) into its snapshot, resumably."""
+    _write_ref(repo.storage, repo.spec.revision, repo.commit)
+    _fetch_all(repo, [f for f in repo.files if f.path not in repo.done], client)
+    _sweep_orphans(repo.storage, client.cache_dir, {f.etag for f in repo.files}, repo.tally)
+
+
+def _fetch_all(repo: _Repo, files: list[_RemoteFile], client: _Client) -> None:
+    if not files:
+        return
+    fetch = functools.partial(_fetch_file, repo=repo, client=client)
+    with _hub_errors(repo.where, client.settings, kind="download", revision_key=repo.spec.revision_key):
+        with ThreadPoolExecutor(max_workers=client.workers, thread_name_prefix="vss-download") as pool:
+            list(pool.map(fetch, files))  # re-raises the first failure
+
+
+def _inventory(repo: _Repo) -> list[tuple[_RemoteFile, int]]:
     """Count what the cache holds (size check); delete damaged files. Returns (file, partial bytes) to fetch."""
     todo = []
-    for f in files:
-        pointer = snapshot / f.path
+    for f in repo.files:
+        if f.path in repo.done:
+            continue
+        pointer = repo.snapshot / f.path
         if pointer.exists():
             if pointer.stat().st_size == f.size:
                 continue  # complete (hashed later if verify=full)
-            _discard(pointer, f, tally)
-        partial = max((p.stat().st_size for p in _partials(storage, f)), default=0)
+            _discard(pointer, f, repo.tally)
+        partial = max((p.stat().st_size for p in _partials(repo.storage, f)), default=0)
         todo.append((f, partial if f.size >= RESUME_MIN_BYTES and partial <= f.size else 0))
     return todo
 
 
-def _check_disk(todo: list[tuple[_RemoteFile, int]], storage: Path, cache_dir: Path, where: str, commit: str) -> None:
-    need = 0
-    for f, partial in todo:
-        blob = storage / "blobs" / (f.etag or "")
-        if f.etag and blob.is_file() and blob.stat().st_size == f.size:
-            continue  # only a link is missing
-        need += f.size - partial
+def _check_disk(todos: list[tuple[_Repo, list[tuple[_RemoteFile, int]]]], cache_dir: Path) -> None:
+    need = missing = 0
+    for repo, todo in todos:
+        missing += len(todo)
+        for f, partial in todo:
+            blob = repo.storage / "blobs" / (f.etag or "")
+            if f.etag and blob.is_file() and blob.stat().st_size == f.size:
+                continue  # only a link is missing
+            need += f.size - partial
     free = _free_bytes(cache_dir)
     if need > free:
+        what = " and ".join(f"{r.spec.source}@{r.spec.revision} (commit {r.commit[:12]})" for r, _ in todos)
         raise PreflightError(
-            f"model: downloading {where} (commit {commit[:12]}) needs {_fmt(need)} more in {cache_dir} "
-            f"({len(todo)} file(s) missing), but only {_fmt(free)} is free there. Free space, or set model.cache_dir "
-            "(or HF_HOME / HF_HUB_CACHE) to a disk with room."
+            f"model: downloading {what} needs {_fmt(need)} more in {cache_dir} ({missing} file(s) missing), but only "
+            f"{_fmt(free)} is free there. Free space, or set model.cache_dir (or HF_HOME / HF_HUB_CACHE) to a disk "
+            "with room."
         )
 
 
@@ -347,39 +683,37 @@ def _write_ref(storage: Path, revision: str, commit: str) -> None:
     os.replace(tmp, ref)
 
 
-def _fetch_file(
-    f: _RemoteFile, *, repo_id: str, commit: str, cache_dir: Path, storage: Path, snapshot: Path,
-    endpoint: str | None, token: str | bool, verify: str, tally: _Tally, sleep: Sleep,
-) -> None:
+def _fetch_file(f: _RemoteFile, *, repo: _Repo, client: _Client) -> None:
     import huggingface_hub as hf
 
-    pointer = snapshot / f.path
+    pointer, tally, storage = repo.snapshot / f.path, repo.tally, repo.storage
     for attempt in (1, 2):
         if pointer.exists() and pointer.stat().st_size == f.size:
-            if verify == "full" and not _hash_ok(pointer, f):
+            if client.verify == "full" and not _hash_ok(pointer, f):
                 _discard(pointer, f, tally)
             else:
                 if attempt == 1:
                     tally.add(cached=f.size)
                 return
         if f.size >= RESUME_MIN_BYTES:
-            _resumable_download(f, repo_id, commit, cache_dir, storage, endpoint, token, verify, tally, sleep)
+            _resumable_download(f, repo, client)
         else:
-            _drop_partials(storage, f, cache_dir, tally)
+            _drop_partials(storage, f, client.cache_dir, tally)
         blob = storage / "blobs" / (f.etag or "-")
         had_blob = blob.is_file()
         hf.hf_hub_download(
-            repo_id, f.path, revision=commit, cache_dir=str(cache_dir), endpoint=endpoint, token=token,
-            library_name="vss",
+            repo.spec.source, f.path, revision=repo.commit, cache_dir=str(client.cache_dir), endpoint=client.endpoint,
+            token=client.token, library_name="vss",
         )
         if f.size < RESUME_MIN_BYTES:
             tally.add(**({"cached": f.size} if had_blob else {"downloaded": f.size, "fetched": 1}))
-        if pointer.stat().st_size == f.size and (verify != "full" or _hash_ok(pointer, f)):
+        if pointer.stat().st_size == f.size and (client.verify != "full" or _hash_ok(pointer, f)):
             return
         _discard(pointer, f, tally)
     raise HubError(
-        f"model.source {repo_id}@{commit}: {f.path} arrived damaged twice (size or hash differs from the Hub's "
-        "metadata); it was deleted. Run the download again; if it persists, the mirror (HF_ENDPOINT) serves bad data."
+        f"{repo.spec.key} {repo.spec.source}@{repo.commit}: {f.path} arrived damaged twice (size or hash differs "
+        "from the Hub's metadata); it was deleted. Run the download again; if it persists, the mirror (HF_ENDPOINT) "
+        "serves bad data."
     )
 
 
@@ -400,15 +734,15 @@ def _lock_path(cache_dir: Path, storage: Path, etag: str | None) -> Path:
     return cache_dir / ".locks" / storage.name / f"{etag}.lock"
 
 
-def _resumable_download(
-    f: _RemoteFile, repo_id: str, commit: str, cache_dir: Path, storage: Path, endpoint: str | None,
-    token: str | bool, verify: str, tally: _Tally, sleep: Sleep,
-) -> None:
+def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> None:
     """Fetch a large file into its blob with Range requests, resuming any partial left by a killed process."""
     import huggingface_hub as hf
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
     from huggingface_hub.utils._runtime import is_xet_available  # not re-exported in 2.x
 
+    repo_id, commit, endpoint, token = repo.spec.source, repo.commit, client.endpoint, client.token
+    storage, cache_dir, tally, sleep = repo.storage, client.cache_dir, repo.tally, client.sleep
+    where = f"{repo.spec.key} {repo_id}@{commit}"
     url = hf.hf_hub_url(repo_id, f.path, revision=commit, endpoint=endpoint)
     meta = _retrying(lambda: hf.get_hf_file_metadata(url, token=token, endpoint=endpoint),
                      f"metadata of {f.path}", DOWNLOAD_ATTEMPTS, sleep)
@@ -418,7 +752,7 @@ def _resumable_download(
         return
     if meta.size is not None and meta.size != f.size:
         raise HubError(
-            f"model.source {repo_id}@{commit}: the Hub's metadata disagree on the size of {f.path} "
+            f"{where}: the Hub's metadata disagree on the size of {f.path} "
             f"(model info {f.size}, resolve {meta.size}). Run again; if it persists, check the mirror (HF_ENDPOINT)."
         )
     etag = meta.etag or f.etag
@@ -446,11 +780,11 @@ def _resumable_download(
             headers.pop("authorization", None)  # a CDN gets a signed URL, never the Hub token
         received = _ranged_get(location, partial, f.size, headers, f.path, sleep)
         tally.add(resumed=kept, downloaded=received, fetched=1)
-        if verify == "full" and not _hash_ok(partial, f):
+        if client.verify == "full" and not _hash_ok(partial, f):
             tally.add(refetched=f.size)
             partial.unlink(missing_ok=True)
             raise HubError(
-                f"model.source {repo_id}@{commit}: {f.path} does not match its sha256 after download; it was deleted. "
+                f"{where}: {f.path} does not match its sha256 after download; it was deleted. "
                 "Run the download again."
             )
         partial.chmod(0o644)
@@ -636,8 +970,9 @@ def _short(exc: BaseException) -> str:
 class _hub_errors:
     """Turn huggingface_hub/httpx failures into vss errors that say what, where and the fix, never the token."""
 
-    def __init__(self, where: str, settings: Settings, kind: str, kept: str = ""):
+    def __init__(self, where: str, settings: Settings, kind: str, kept: str = "", revision_key: str = "model.revision"):
         self.where, self.settings, self.kind, self.kept = where, settings, kind, kept
+        self.revision_key = revision_key
 
     def __enter__(self) -> None:
         return None
@@ -659,7 +994,10 @@ class _hub_errors:
             )
             err.retryable = False
         elif isinstance(exc, RevisionNotFoundError):
-            err = ModelError(f"{self.where}: the revision does not exist. Set model.revision to a branch, tag or commit of the repo.")
+            err = ModelError(
+                f"{self.where}: the revision does not exist. "
+                f"Set {self.revision_key} to a branch, tag or commit of the repo."
+            )
         elif isinstance(exc, (RepositoryNotFoundError, GatedRepoError)):
             err = ModelError(
                 f"{self.where}: the repo was not found, or it is private/gated and the token ({source}) cannot read "

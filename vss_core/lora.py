@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 TARGET_SETS: dict[str, str] = {
     "attention": r"llm\.model\.layers\.\d+\.self_attn\.\d+\.(q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)",
     "dense_mlp": r"llm\.model\.layers\.\d+\.mlps\.\d+\.(gate_proj|up_proj|down_proj)",
-    "projectors": r"(vision_projector|audio_projector)\.\d+",
-    "audio_heads": r"audio_heads\.\d+",
+    # the official projector module names: vision `p0.{1,3}` + `proj` (p0.0 is its LayerNorm), audio `0`, `2`
+    "projectors": r"(vision_projector\.(p0\.\d+|proj)|audio_projector\.\d+)",
+    # the 4 speech heads of the official AudioOutputLayer (its `embedding.*` tables stay frozen)
+    "audio_heads": r"audio_output_layer\.audio_output_layers\.\d+",
 }
 
 # source-document name -> (set, why)
@@ -50,7 +52,7 @@ ALIASES: dict[str, tuple[str, str]] = {
 PARAMETER_SETS: dict[str, str] = {
     "experts": r"llm\.model\.layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)",
 }
-_EXTRA_SETS = {"audio_projector": r"audio_projector\.\d+", "vision_projector": r"vision_projector\.\d+"}
+_EXTRA_SETS = {"audio_projector": r"audio_projector\.\d+", "vision_projector": r"vision_projector\.(p0\.\d+|proj)"}
 
 # Module types peft's LoRA can wrap.
 _LORA_TYPES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -28,7 +28,7 @@ How ZeRO-3 spends GPU memory on this model (DeepSpeed 0.19.8):
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -47,14 +47,10 @@ DS_DEFAULT_PARAM_BUFFER_SIZE = 1e8  # offload_param.buffer_size (elements)
 DS_DEFAULT_PARAM_BUFFER_COUNT = 5
 DS_DEFAULT_OPT_BUFFER_COUNT = 4
 DS_DEFAULT_SUB_GROUP = 1e9
-AUDIO_TOKEN_S = 0.080  # one audio-in token per 80 ms (8 spliced 10 ms fbank frames)
-SPEECH_STEP_S = 0.060  # one speech-out step (4 codes) per 60 ms
-
-# The real checkpoint's modality parts, from the tech report (MODEL_FACTS.md), used when no local
-# vision/config.json or audio/config.json is read. The vision input size is an assumption.
-REAL_VISION = {"params": 637e6, "hidden_size": 1280, "image_size": 448, "patch_size": 14,
-               "temporal_patch_size": 2, "spatial_merge_size": 2}
-REAL_AUDIO = {"params": 600e6, "encoder_dim": 1024, "codebook_rows": [8224, 8224, 8224, 8224]}
+AUDIO_TOKEN_S = 0.080  # one audio-in token per 80 ms (10 ms fbank hop x splice stride 8), without a preprocessor config
+TIMESTAMP_TOKENS = 8  # text tokens of one frame pair's `second{t}:` (assumed; tokenizer-dependent)
+TEXT_TOKENS = 32  # SYSTEM:/USER:/VOICE ASSISTANT: prefixes, EOS, newlines, <|audio|> <|/audio|> (assumed)
+REAL_VISION_RESIZE_FACTOR = 2  # vision/config.json `resize_factor` assumed when no config is read (as the tiny one)
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -82,53 +78,88 @@ class ModelShape(BaseModel):
     tie_word_embeddings: bool = False
     # False: vss's RoutedExperts (what vss allocates); True: transformers 5.23's oversized gate_up_proj
     allocated_zero_experts: bool = False
-    vision_params: int
+    # vision: LongCat-ViT + VisionProjector (vss_core.model.vision), counted on the meta device
+    vision_config: dict[str, Any]  # vision/config.json keys (VisionConfig.to_json): the token rules read them
+    vision_params: int  # encoder (vision_model)
+    vision_projector_params: int
     vision_hidden_size: int
-    vision_tokens_per_group: int  # LLM tokens per temporal group of frames, after pixel-unshuffle
-    vision_patches_per_group: int  # ViT tokens per group, before the merge
-    temporal_patch_size: int
-    vision_modules: list[tuple[str, int, int]] = []  # (name, in, out) of vision encoder Linears, when known
-    audio_params: int
-    audio_encoder_dim: int
+    vision_patch_dim: int  # values of one flattened patch (3 x 2 x 14 x 14)
+    vision_modules: list[tuple[str, int, int]] = []  # (name, in, out) of the LoRA-wrappable modules
+    # audio in: DFSMN encoder + AudioProjector (vss_core.model.audio), counted on the meta device
+    audio_params: int  # encoder (audio_encoder), CTC output layer included
+    audio_projector_params: int
+    audio_input_size: int  # feature width of one 80 ms frame
+    audio_preprocessor: dict[str, Any] | None = None  # audio/preprocessor_config.json, when read
     audio_modules: list[tuple[str, int, int]] = []
-    codebook_rows: list[int]
+    # speech out: audio_embedding (4 tables) and audio_output_layer (4 heads + 3 tables)
+    speech_vocab_size: int
+    speech_heads: int
     notes: list[str] = []
 
 
-def shape_from_llm_config(llm: Any, source: str, vision: Mapping[str, Any] | None = None,
-                          audio: Mapping[str, Any] | None = None) -> ModelShape:
+def _wrappable(module: Any, prefix: str) -> list[tuple[str, int, int]]:
+    """(name, in, out) of the modules peft's LoRA wraps, so that r x (in + out) is its LoRA size:
+    Linear (in, out), Embedding (rows, dim), ConvNd (in x kernel, out / groups)."""
+    from torch import nn
+
+    out = []
+    for name, m in module.named_modules():
+        full = f"{prefix}.{name}" if name else prefix
+        if isinstance(m, nn.Linear):
+            out.append((full, m.in_features, m.out_features))
+        elif isinstance(m, nn.Embedding):
+            out.append((full, m.num_embeddings, m.embedding_dim))
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            out.append((full, m.in_channels * math.prod(m.kernel_size), m.out_channels // m.groups))
+    return out
+
+
+def _modality_parts(vcfg: Any, acfg: Any, hidden: int) -> dict[str, Any]:
+    """Counts (each module's own helper) and LoRA-wrappable modules (a meta build) of the vision and
+    audio-in parts for an LLM of width `hidden`."""
+    import torch
+
+    from vss_core.model import audio, vision
+
+    v = vision.count_parameters(vcfg, hidden)
+    a = audio.count_parameters(acfg, hidden)
+    with torch.device("meta"):
+        vmods = (_wrappable(vision.LongCatVisionModel(vcfg), "vision_model")
+                 + _wrappable(vision.build_projector(vcfg, hidden), "vision_projector"))
+        amods = (_wrappable(audio.LongCatAudioEncoder(acfg), "audio_encoder")
+                 + _wrappable(audio.AudioProjector(acfg.output_dim, hidden), "audio_projector"))
+    return {
+        "vision_config": vcfg.to_json(), "vision_params": v["vision_model"],
+        "vision_projector_params": v["vision_projector"], "vision_hidden_size": vcfg.hidden_size,
+        "vision_patch_dim": vcfg.patch_dim, "vision_modules": vmods,
+        "audio_params": a["audio_encoder"], "audio_projector_params": a["audio_projector"],
+        "audio_input_size": acfg.input_size, "audio_modules": amods,
+    }
+
+
+def shape_from_llm_config(llm: Any, source: str, vision: Any = None, audio: Any = None,
+                          preprocessor: Mapping[str, Any] | None = None) -> ModelShape:
     """ModelShape from a `LongcatFlashConfig` (or anything with its attributes) and the modality
-    configs (vss's vision/config.json and audio/config.json keys); without them, the real model's."""
+    configs (`vision.VisionConfig`, `audio.AudioConfig`, or their config.json objects; the audio
+    preprocessor_config.json object); without them, the official values of the real model."""
+    from vss_core.model import audio as audio_lib
+    from vss_core.model import embeddings
+    from vss_core.model import vision as vision_lib
+
     notes: list[str] = []
     if vision is None:
-        v = REAL_VISION
-        vparams, vhidden, vmods = int(v["params"]), v["hidden_size"], []
-        notes.append(f"vision encoder {v['params'] / 1e6:.0f}M params (tech report); input {v['image_size']}px assumed")
-        grid = v["image_size"] // v["patch_size"]
-        merge, tps = v["spatial_merge_size"], v["temporal_patch_size"]
-    else:
-        p, t, hv = vision["patch_size"], vision["temporal_patch_size"], vision["hidden_size"]
-        grid, merge, tps = vision["image_size"] // p, vision["spatial_merge_size"], t
-        ffn, layers, cin = vision["intermediate_size"], vision["num_layers"], vision.get("in_channels", 3)
-        vhidden = hv
-        vmods = []
-        for i in range(layers):
-            vmods += [(f"vision_model.blocks.{i}.qkv", hv, 3 * hv), (f"vision_model.blocks.{i}.proj", hv, hv),
-                      (f"vision_model.blocks.{i}.fc1", hv, ffn), (f"vision_model.blocks.{i}.fc2", ffn, hv)]
-        vparams = (cin * t * p * p * hv + hv + grid * grid * hv + 2 * hv
-                   + sum(i * o + o for _, i, o in vmods) + layers * 4 * hv)
+        vision = vision_lib.VisionConfig(**vision_lib.REAL_VISION_SIZES, resize_factor=REAL_VISION_RESIZE_FACTOR)
+        notes.append("vision: the official LongCat-ViT sizes (hidden 1280, intermediate 5184, 32 layers, 16 heads, "
+                     f"adaptor 7168); no vision/config.json read, resize_factor {REAL_VISION_RESIZE_FACTOR} assumed")
+    elif isinstance(vision, Mapping):
+        vision = vision_lib.VisionConfig.from_json(dict(vision), "vision/config.json")
     if audio is None:
-        aparams, adim, amods, rows = int(REAL_AUDIO["params"]), REAL_AUDIO["encoder_dim"], [], REAL_AUDIO["codebook_rows"]
-        notes.append(f"audio encoder {REAL_AUDIO['params'] / 1e6:.0f}M params (tech report)")
-    else:
-        adim, affn, k = audio["encoder_dim"], audio["encoder_ffn_dim"], audio["memory_kernel_size"]
-        rows = [n + audio["num_special_ids"] for n in audio["codebook_sizes"]]
-        amods = [("audio_encoder.input_proj", audio["num_mel_bins"] * audio["splice"], adim)]
-        for i in range(audio["encoder_layers"]):
-            amods += [(f"audio_encoder.layers.{i}.fc1", adim, affn), (f"audio_encoder.layers.{i}.fc2", affn, adim)]
-        layers = audio["encoder_layers"]
-        linear = sum(i * o + o for _, i, o in amods) - layers * adim  # fc2 has no bias
-        aparams = linear + layers * (2 * adim + adim * k) + 2 * adim  # + norms, depthwise memory, final norm
+        audio = audio_lib.AudioConfig()
+        notes.append("audio encoder: the official DFSMN defaults (LongCatAudioConfig); no audio/config.json read")
+    elif isinstance(audio, Mapping):
+        audio = audio_lib.AudioConfig.from_json(dict(audio), "audio/config.json")
+    if preprocessor is None:
+        notes.append(f"audio in: one token per {AUDIO_TOKEN_S * 1000:.0f} ms (no audio/preprocessor_config.json read)")
     return ModelShape(
         source=source,
         vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, num_layers=llm.num_layers,
@@ -138,60 +169,96 @@ def shape_from_llm_config(llm: Any, source: str, vision: Mapping[str, Any] | Non
         zero_expert_num=llm.zero_expert_num or 0, expert_ffn_hidden_size=llm.expert_ffn_hidden_size,
         moe_topk=llm.moe_topk, attention_bias=bool(getattr(llm, "attention_bias", False)),
         tie_word_embeddings=bool(getattr(llm, "tie_word_embeddings", False)),
-        vision_params=vparams, vision_hidden_size=vhidden,
-        vision_tokens_per_group=(grid // merge) ** 2, vision_patches_per_group=grid * grid, temporal_patch_size=tps,
-        vision_modules=vmods, audio_params=aparams, audio_encoder_dim=adim, audio_modules=amods,
-        codebook_rows=list(rows), notes=notes,
+        **_modality_parts(vision, audio, llm.hidden_size),
+        audio_preprocessor=None if preprocessor is None else dict(preprocessor),
+        speech_vocab_size=embeddings.AUDIO_VOCAB_SIZE, speech_heads=embeddings.AUDIO_HEAD_NUM, notes=notes,
     )
 
 
+@functools.cache
 def real_model_shape() -> ModelShape:
-    """The real LongCat-Flash-Omni: `LongcatFlashConfig()` with no arguments carries its values."""
+    """The real LongCat-Flash-Omni: `LongcatFlashConfig()` with no arguments carries its LLM values,
+    the modality parts take the official defaults."""
     from transformers import LongcatFlashConfig
 
     return shape_from_llm_config(LongcatFlashConfig(), "LongcatFlashConfig() (the real LongCat-Flash-Omni)")
 
 
 def read_model_shape(model_dir: str | Path) -> ModelShape:
-    """ModelShape from a local checkpoint: config.json, vision/config.json, audio/config.json.
+    """ModelShape from a local checkpoint's small config files: config.json, vision/config.json,
+    audio/config.json, and audio/preprocessor_config.json when present (the Hub does not publish it).
+    Parsed as `vss_core.model.CheckpointConfigs` parses them; no weights, tokenizer or codec read.
 
     Raises:
-        ConfigError: a config file is missing or unreadable (all such files listed).
+        ConfigError: a config file is missing, unreadable or invalid (all such files listed).
     """
-    from transformers import LongcatFlashConfig
+    from vss_core.errors import ModelError
+    from vss_core.model import audio, checkpoint, vision
 
     model_dir = Path(model_dir)
-    raw: dict[str, dict[str, Any]] = {}
-    problems = []
-    for rel in ("config.json", "vision/config.json", "audio/config.json"):
+    problems: list[str] = []
+    raw = {rel: checkpoint.read_json(model_dir / rel, problems)
+           for rel in ("config.json", checkpoint.VISION_CONFIG, checkpoint.AUDIO_CONFIG)}
+    parsed: dict[Any, Any] = {}
+    if raw["config.json"] is not None:
         try:
-            raw[rel] = json.loads((model_dir / rel).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"{model_dir / rel}: {exc}")
+            parsed["llm"] = checkpoint.llm_config(raw["config.json"])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{model_dir / 'config.json'}: not a LongCat-Flash config ({exc})")
+    for key, rel, parse in (("vision", checkpoint.VISION_CONFIG, vision.VisionConfig.from_json),
+                            ("audio", checkpoint.AUDIO_CONFIG, audio.AudioConfig.from_json)):
+        if raw[rel] is not None:
+            try:
+                parsed[key] = parse(raw[rel], model_dir / rel)
+            except ModelError as exc:
+                problems.append(str(exc))
+    pre = None
+    if (model_dir / checkpoint.PREPROCESSOR_CONFIG).is_file():
+        pre = checkpoint.read_json(model_dir / checkpoint.PREPROCESSOR_CONFIG, problems)
+        if pre is not None:
+            try:
+                audio.PreprocessorConfig.from_json(pre, model_dir / checkpoint.PREPROCESSOR_CONFIG)
+            except ModelError as exc:
+                problems.append(str(exc))
     if problems:
         raise ConfigError(
             f"model.source: cannot read the checkpoint's configs to plan memory:\n{bullet_list(problems)}\n"
             "Point model.source at a checkpoint directory (`vss tiny-model DIR` writes one) or at a Hub repo id."
         )
-    skip = {"architectures", "model_type", "auto_map", "transformers_version"}
-    llm = LongcatFlashConfig(**{k: v for k, v in raw["config.json"].items() if k not in skip})
-    return shape_from_llm_config(llm, str(model_dir), raw["vision/config.json"], raw["audio/config.json"])
+    return shape_from_llm_config(parsed["llm"], str(model_dir), parsed["vision"], parsed["audio"], pre)
+
+
+@functools.cache
+def codec_parameter_counts() -> dict[str, int]:
+    """The official LongCat-Audio-Codec parts, counted on the meta device: the encoders data
+    preparation runs (semantic tokenizer, acoustic encoder) and the 16 kHz decoder `vss infer` runs."""
+    import torch
+
+    from vss_core.codec import acoustic, decoder, semantic
+
+    with torch.device("meta"):
+        ac = acoustic.AcousticEncoder(acoustic.AcousticEncoderConfig.official())
+        dec = decoder.Decoder(decoder.DecoderConfig.official("16k"))
+    return {"semantic_tokenizer": semantic.parameter_count(), "acoustic_encoder": sum(p.numel() for p in ac.parameters()),
+            "decoder_16k": sum(p.numel() for p in dec.parameters())}
 
 
 @dataclass(frozen=True)
 class ParamCounts:
-    total: int  # everything the model allocates
+    total: int  # everything the model allocates (in every training rank)
     llm: int
     moe_leaf: int  # one layer's MoE block (experts + router): what ZeRO-3 gathers at once
     experts_per_layer: int
     largest_param: int  # numel of the largest single parameter (gate_up_proj)
-    vision: int
-    audio: int
-    omni_extras: int  # projectors, speech embeddings and heads
+    vision: int  # vision encoder
+    audio: int  # audio encoder
+    omni_extras: int  # projectors, the text-embedding copy, speech embeddings and output layer
+    parts: dict[str, int] = field(default_factory=dict)  # OmniModel's submodules by name
 
 
 def count_params(s: ModelShape) -> ParamCounts:
-    """Parameters of OmniModel, by part, computed from the shapes (no model is built)."""
+    """Parameters of OmniModel, by part: the LLM from its config fields, the modality parts as
+    counted by their modules' own helpers (no model is built here)."""
     h, qk = s.hidden_size, s.qk_nope_head_dim + s.qk_rope_head_dim
     b = int(s.attention_bias)
     attn = (h * s.q_lora_rank + b * s.q_lora_rank + s.q_lora_rank
@@ -207,14 +274,22 @@ def count_params(s: ModelShape) -> ParamCounts:
     layer = 2 * attn + 2 * dense + experts + router + 4 * h
     embed = s.vocab_size * h
     llm = s.num_layers * layer + embed + h + (0 if s.tie_word_embeddings else embed)
-    vproj = s.vision_hidden_size * 4 * h + h + h * h + h
-    aproj = s.audio_encoder_dim * h + h + h * h + h
-    speech = 2 * sum(rows * h for rows in s.codebook_rows)  # 4 embeddings + 4 heads
-    extras = vproj + aproj + speech
+    v, k = s.speech_vocab_size, s.speech_heads
+    parts = {
+        "llm": llm,
+        "text_embedding": embed,  # language_model_embedding.pt, a second copy beside llm.model.embed_tokens
+        "vision_model": s.vision_params,
+        "vision_projector": s.vision_projector_params,
+        "audio_encoder": s.audio_params,
+        "audio_projector": s.audio_projector_params,
+        "audio_embedding": k * v * h,  # 4 codec-id tables
+        "audio_output_layer": k * h * v + (k - 1) * v * h,  # 4 heads + 3 cumulative-input tables
+    }
+    total = sum(parts.values())
     return ParamCounts(
-        total=llm + s.vision_params + s.audio_params + extras, llm=llm, moe_leaf=experts + router,
-        experts_per_layer=experts, largest_param=max(gate_up, embed), vision=s.vision_params, audio=s.audio_params,
-        omni_extras=extras,
+        total=total, llm=llm, moe_leaf=experts + router, experts_per_layer=experts,
+        largest_param=max(gate_up, embed), vision=s.vision_params, audio=s.audio_params,
+        omni_extras=total - llm - s.vision_params - s.audio_params, parts=parts,
     )
 
 
@@ -236,10 +311,11 @@ def linear_modules(s: ModelShape) -> list[tuple[str, int, int]]:
                 (f"{p}.mlps.{j}.down_proj", s.ffn_hidden_size, h),
             ]
         mods.append((f"{p}.mlp.router.classifier", h, s.n_routed_experts + s.zero_expert_num))
-    mods += [("vision_projector.0", s.vision_hidden_size * 4, h), ("vision_projector.2", h, h),
-             ("audio_projector.0", s.audio_encoder_dim, h), ("audio_projector.2", h, h)]
-    mods += [(f"audio_embeddings.{k}", r, h) for k, r in enumerate(s.codebook_rows)]
-    mods += [(f"audio_heads.{k}", h, r) for k, r in enumerate(s.codebook_rows)]
+    v, k = s.speech_vocab_size, s.speech_heads
+    mods.append(("text_embedding.word_embeddings", s.vocab_size, h))
+    mods += [(f"audio_embedding.audio_embeddings.{i}", v, h) for i in range(k)]
+    mods += [(f"audio_output_layer.audio_output_layers.{i}", h, v) for i in range(k)]
+    mods += [(f"audio_output_layer.embedding.{i}", v, h) for i in range(k - 1)]
     return mods + s.vision_modules + s.audio_modules
 
 
@@ -299,12 +375,47 @@ def count_lora(s: ModelShape, targets: list[str], rank: int) -> LoraCount:
     return LoraCount(params=sum(per_target.values()), per_target=per_target, in_moe_leaf_per_layer=leaf)
 
 
-def sequence_tokens(s: ModelShape, frames: int, audio_seconds: float) -> int:
-    """LLM tokens of one sample (see vss_core.model): BOS, per temporal group a timestamp and its
-    vision tokens, one audio token per 80 ms of in.wav, SPEECH_START, one step per 60 ms of out.wav."""
-    groups = math.ceil(frames / s.temporal_patch_size)
-    return (1 + groups * (1 + s.vision_tokens_per_group) + math.ceil(audio_seconds / AUDIO_TOKEN_S) + 1
-            + math.ceil(audio_seconds / SPEECH_STEP_S))
+def vision_unit(s: ModelShape, frames: int, height: int, width: int) -> tuple[int, int]:
+    """(`<|image_pad|>` tokens, encoder patches) of one frame pair of a `frames`-frame video of
+    height x width, by the official rules (`vision.pixel_budget` for that many frames of a video,
+    `vision.smart_resize`, `vision.image_pad_count` = h*w/2)."""
+    from vss_core.model import vision
+
+    cfg = vision.VisionConfig.from_json(s.vision_config, "vision/config.json")
+    lo, hi = vision.pixel_budget(cfg, frames, is_video=True)
+    hi = min(hi, cfg.max_tokens * cfg.patch_size ** 2)
+    rh, rw = vision.smart_resize(height, width, vision.resize_factor(cfg), lo, hi, cfg.patch_size)
+    grid = (1, rh // cfg.patch_size, rw // cfg.patch_size)
+    return vision.image_pad_count(grid), grid[1] * grid[2]
+
+
+def audio_in_tokens(s: ModelShape, seconds: float) -> int:
+    """`<|audio_pad|>` tokens of `seconds` of in.wav: `audio.audio_token_count` with the checkpoint's
+    preprocessor config, else one per 80 ms."""
+    if s.audio_preprocessor is None:
+        return math.ceil(seconds / AUDIO_TOKEN_S - 1e-9)
+    from vss_core.model import audio
+
+    pre = audio.PreprocessorConfig.from_json(s.audio_preprocessor, "audio/preprocessor_config.json")
+    return audio.audio_token_count(round(seconds * pre.sample_rate), pre)
+
+
+def codec_frames(seconds: float) -> int:
+    """Codec frames of `seconds` of out.wav: ceil(samples / 960) at 16 kHz (16.67 Hz)."""
+    from vss_core import codec
+
+    return math.ceil(round(seconds * codec.SAMPLE_RATE) / codec.HOP_SAMPLES)
+
+
+def sequence_tokens(s: ModelShape, frames: int, audio_seconds: float,
+                    frame_size: tuple[int, int] = (720, 1280)) -> int:
+    """LLM positions of one voice-chat sample (vss_core.sequence): per frame pair a `second{t}:`
+    timestamp and its `<|image_pad|>` tokens, `<|audio|>` + one `<|audio_pad|>` per 80 ms + `<|/audio|>`,
+    the answer as one segment of N codec frames in N + 1 positions, and the turns' text."""
+    pads, _ = vision_unit(s, frames, *frame_size)
+    pairs = math.ceil(frames / 2)
+    return (TEXT_TOKENS + pairs * (TIMESTAMP_TOKENS + pads) + audio_in_tokens(s, audio_seconds)
+            + codec_frames(audio_seconds) + 1)
 
 
 # --- inputs and machine --------------------------------------------------------------------------
@@ -349,7 +460,8 @@ class PlanInputs:
     audio_seconds: float = 30.0
     checkpoints_to_keep: int = 3
     num_samples: int = 0  # known samples (0: not counted yet); prepared data is planned per sample
-    image_size_px: int = 448  # frame side the data stage resizes to (prepared-data size)
+    frame_size_px: tuple[int, int] = (720, 1280)  # (height, width) of in.mp4's frames (assumed); the vision
+    # pixel budget caps what the encoder sees, so larger frames give no more tokens
     download_bytes: int | None = None  # from Hub file metadata; None: estimated from the param count
     cached_bytes: int = 0  # already in the download cache
     local_model: bool = False  # model.source is a local directory: used in place, nothing to download
@@ -483,13 +595,24 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
     weights = (pc.total + lc.params) * b
     leaf = (pc.moe_leaf + lc.in_moe_leaf_per_layer) * b
     largest = pc.largest_param * b
-    tokens = sequence_tokens(s, ins.video_frames, ins.audio_seconds)
+    tokens = sequence_tokens(s, ins.video_frames, ins.audio_seconds, ins.frame_size_px)
+    pads, patches = vision_unit(s, ins.video_frames, *ins.frame_size_px)
+    pairs, code_frames = math.ceil(ins.video_frames / 2), codec_frames(ins.audio_seconds)
     t = tokens * ins.micro_batch_size
     h = s.hidden_size
     trainable = lc.params
     cuda = ins.accelerator == "cuda"
     zero3 = ins.zero_stage == 3
     notes: list[str] = [*s.notes]
+    notes.append(f"sequence: {pairs} frame pairs of {ins.frame_size_px[0]}x{ins.frame_size_px[1]} -> {pads} "
+                 f"<|image_pad|> each ({patches} patches), {audio_in_tokens(s, ins.audio_seconds)} audio tokens "
+                 f"(80 ms), {code_frames} codec frames (16.67 Hz) in {code_frames + 1} positions; "
+                 f"{TIMESTAMP_TOKENS} tokens per timestamp and {TEXT_TOKENS} of turn text assumed")
+    cp = codec_parameter_counts()
+    notes.append(
+        f"codec (LongCat-Audio-Codec, official sizes), in no training rank: data preparation runs the semantic "
+        f"tokenizer {cp['semantic_tokenizer'] / 1e6:.1f}M + acoustic encoder {cp['acoustic_encoder'] / 1e6:.2f}M "
+        f"params in one process before training; `vss infer` runs the 16k decoder {cp['decoder_16k'] / 1e6:.2f}M")
 
     # -- per rank on the device (GPU memory, or RAM for the CPU accelerator)
     dev: list[Item] = []
@@ -532,9 +655,9 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
         work = work * s.num_layers
     dev.append(Item(component="one layer's recompute + backward working set", gib=_gib(work),
                     note="eager attention scores included" if a.attention_scores else ""))
-    steps = math.ceil(ins.audio_seconds / SPEECH_STEP_S) + 1
-    heads_logits = 2 * sum(s.codebook_rows) * steps * ins.micro_batch_size * 4
-    vis_tok = math.ceil(ins.video_frames / s.temporal_patch_size) * s.vision_patches_per_group * ins.micro_batch_size
+    steps = code_frames + 1
+    heads_logits = 2 * s.speech_heads * s.speech_vocab_size * steps * ins.micro_batch_size * 4
+    vis_tok = pairs * patches * ins.micro_batch_size
     enc = vis_tok * s.vision_hidden_size * 8 * b
     dev.append(Item(component="speech-head logits + frozen encoders' transient", gib=_gib(heads_logits + enc)))
     if cuda:
@@ -590,7 +713,9 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
         disk.append(Item(component="weights download" + (" (estimated: params x 2 B)" if est else " (Hub metadata)"),
                          gib=_gib(max(0, total - ins.cached_bytes)),
                          note=f"{_gib(ins.cached_bytes):,.1f} GiB already cached" if ins.cached_bytes else ""))
-    per_sample = ins.video_frames * 3 * ins.image_size_px ** 2 * 4 + ins.audio_seconds * 100 * 80 * 4
+    # a prepared sample (float32 patches and features, int64 codes and sequence columns)
+    per_sample = (pairs * patches * s.vision_patch_dim * 4 + audio_in_tokens(s, ins.audio_seconds) * s.audio_input_size * 4
+                  + code_frames * s.speech_heads * 8 + tokens * (2 + s.speech_heads) * 8 * 2)
     disk.append(Item(component=f"prepared data ({ins.num_samples} samples x {_gib(per_sample) * 1024:,.1f} MiB)",
                      gib=_gib(per_sample * ins.num_samples), note="" if ins.num_samples else "samples not counted"))
     ckpt = trainable * (b + 16)
@@ -633,6 +758,8 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
         warnings=warnings,
         facts={
             "total_params": pc.total, "llm_params": pc.llm, "weights_gib": _gib(weights),
+            "params_by_part": pc.parts, "codec_params": {**cp, "where": "semantic_tokenizer and acoustic_encoder: "
+                                                        "data preparation; decoder_16k: vss infer; not in training"},
             "moe_leaf_params": pc.moe_leaf + lc.in_moe_leaf_per_layer, "moe_leaf_gib": _gib(leaf),
             "largest_param": pc.largest_param, "largest_param_gib": _gib(largest),
             "lora_params": lc.params, "lora_per_target": lc.per_target, "tokens_per_sample": tokens,

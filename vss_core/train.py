@@ -208,12 +208,20 @@ def save_adapter(engine, peft_model, out_dir: Path, cfg: VSSConfig, run: RunPath
 
 
 @torch.no_grad()
-def evaluate(engine, sample: dict, weights: list[float]) -> float:
+def evaluate(engine, sample: dict, tr) -> float:
     """Loss of one sample with the trained weights (every rank runs it: ZeRO-3 gathers collectively)."""
     engine.eval()
-    out = engine(**omni.collate([sample]), codebook_weights=weights)
+    out = engine(**omni.collate([sample]), text_weight=tr.text_loss_weight, codebook_weights=tr.codebook_loss_weights)
     engine.train()
     return out.loss.item()
+
+
+STREAMS = ("text", "semantic", "acoustic1", "acoustic2", "acoustic3")
+
+
+def stream_losses(out) -> torch.Tensor:
+    """[5]: the text loss, then the 4 codebook losses of one forward."""
+    return torch.cat([out.text_loss.detach().float().reshape(1), out.codebook_losses.detach().float()])
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -244,7 +252,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     ds_config = deepspeed_config(cfg)
     # Built under zero.Init: each rank holds its partition only, never a full copy of the model.
-    base = omni.load_omni(model_dir, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code, zero_config=ds_config)
+    base = omni.load_omni(model_dir, dtype=dtype, zero_config=ds_config)
     if cfg.deepspeed.activation_checkpointing:
         base.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_model = lora.apply_lora(base, cfg.lora)
@@ -293,37 +301,42 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     writer = SummaryWriter(str(Path(run.root) / "tensorboard")) if rank == 0 else None
     metrics = open(run.metrics, "a") if rank == 0 else None
     micro_per_step = tr.micro_batch_size * tr.gradient_accumulation_steps
-    weights = tr.codebook_loss_weights
     if rank == 0:
         log.info("Starting training: %d samples, %d ranks, %d steps (%d per epoch)", len(samples), world, total_steps, per_epoch)
-    first_loss = last_loss = None
+    first_loss = last_loss = parts = None
     engine.train()
     epoch_start = time.time()
     for step in range(start_step, total_steps):
         epoch, in_epoch = divmod(step, per_epoch)
         order = rank_order(len(samples), epoch, tr.seed, rank, world, per_epoch * micro_per_step)
-        step_losses = []
+        step_losses, step_parts = [], []
         for m in range(tr.gradient_accumulation_steps):
             lo = (in_epoch * tr.gradient_accumulation_steps + m) * tr.micro_batch_size
             batch = omni.collate([samples[i] for i in order[lo : lo + tr.micro_batch_size]])
-            out = engine(**batch, codebook_weights=weights)
+            out = engine(**batch, text_weight=tr.text_loss_weight, codebook_weights=tr.codebook_loss_weights)
             engine.backward(out.loss)
             engine.step()
             step_losses.append(out.loss.detach().float())
-        loss = torch.stack(step_losses).mean()
-        dist.all_reduce(loss)
-        loss = loss.item() / world
+            step_parts.append(stream_losses(out))
+        reduced = torch.cat([torch.stack(step_losses).mean().reshape(1), torch.stack(step_parts).mean(0)])
+        dist.all_reduce(reduced)
+        reduced = (reduced / world).tolist()
+        loss, parts = reduced[0], dict(zip(STREAMS, reduced[1:]))
         first_loss = loss if first_loss is None else first_loss
         last_loss = loss
         n = step + 1
         if rank == 0:
             lr = scheduler.get_last_lr()[0]
             if n % tr.log_every_n_steps == 0 or n == total_steps:
-                log.info("Step %d/%d - Loss: %.3f", n, total_steps, loss)
-            record = {"step": n, "total_steps": total_steps, "epoch": epoch + 1, "loss": loss, "lr": lr, "time": time.time()}
+                log.info("Step %d/%d - Loss: %.3f (%s)", n, total_steps, loss,
+                         " ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+            record = {"step": n, "total_steps": total_steps, "epoch": epoch + 1, "loss": loss,
+                      **{f"loss_{k}": v for k, v in parts.items()}, "lr": lr, "time": time.time()}
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             writer.add_scalar("train/loss", loss, n)
+            for k, v in parts.items():
+                writer.add_scalar(f"train/loss_{k}", v, n)
             writer.add_scalar("train/lr", lr, n)
         if n % per_epoch == 0 and rank == 0:
             log.info("Epoch %d/%d complete (%.1f s)", n // per_epoch, math.ceil(total_steps / per_epoch), time.time() - epoch_start)
@@ -350,8 +363,9 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         "resumed_from_step": start_step,
         "first_loss": first_loss,
         "final_loss": last_loss,
+        "final_stream_losses": parts,  # text + each codebook at the last step
         # the first sample's loss with the final weights, for checking the saved adapter reproduces it
-        "eval_loss_sample0": evaluate(engine, samples[0], weights),
+        "eval_loss_sample0": evaluate(engine, samples[0], tr),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "world_size": world,

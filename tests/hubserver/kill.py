@@ -1,5 +1,6 @@
 """Kill a download mid-file, deterministically: the server stalls the file at a byte offset, the child is
-SIGKILLed once every other file is complete and in the cache."""
+SIGKILLed once every other file (of the model repo, and of the codec repo when one is given) is complete and
+in the cache."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 from tests.hubserver.server import HubServer
-from vss_core.hub import ALLOW_PATTERNS
+from vss_core.hub import ALLOW_PATTERNS, CODEC_ALLOW_PATTERNS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,20 +24,27 @@ def child_env(hub: HubServer) -> dict[str, str]:
     return env
 
 
-def download_and_kill(
-    hub: HubServer, mode: str, repo_id: str, cache_dir: Path, big: str, pause_at: int, timeout: float = 120.0
-) -> int:
-    """Run `python -m tests.hubserver.child mode` and SIGKILL it mid-`big`; return bytes of `big` served to it."""
+def _snapshot_files(hub: HubServer, repo_id: str, cache_dir: Path, patterns: list[str], skip: str) -> list[Path]:
     commit = hub.head(repo_id)
-    others = {p: b.size for p, b in commit.files.items()
-              if p != big and any(fnmatch.fnmatch(p, pat) for pat in ALLOW_PATTERNS)}
+    snapshot = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit.oid
+    return [snapshot / p for p in commit.files if p != skip and any(fnmatch.fnmatch(p, pat) for pat in patterns)]
+
+
+def download_and_kill(
+    hub: HubServer, mode: str, repo_id: str, cache_dir: Path, big: str, pause_at: int, timeout: float = 120.0,
+    codec_repo: str | None = None,
+) -> int:
+    """Run `python -m tests.hubserver.child mode` and SIGKILL it mid-`big` (a file of `repo_id`); return bytes of
+    `big` served to it. With `codec_repo` (mode vss), the child downloads that codec too, and the kill waits for it."""
+    others = _snapshot_files(hub, repo_id, cache_dir, ALLOW_PATTERNS, big)
+    if codec_repo is not None:
+        others += _snapshot_files(hub, codec_repo, cache_dir, CODEC_ALLOW_PATTERNS, big)
     hub.faults.release.clear()
     hub.faults.pause_after[big] = pause_at
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.hubserver.child", mode, repo_id, str(cache_dir)],
+        [sys.executable, "-m", "tests.hubserver.child", mode, repo_id, str(cache_dir), *([codec_repo] if codec_repo else [])],
         cwd=ROOT, env=child_env(hub), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    snapshot = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit.oid
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -45,7 +53,7 @@ def download_and_kill(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"download child did not reach byte {pause_at} of {big} in {timeout}s")
             served = hub.served_by_file(repo_id)
-            others_done = all((snapshot / p).is_file() for p in others)  # complete and linked into the snapshot
+            others_done = all(p.is_file() for p in others)  # complete and linked into the snapshot
             if served.get(big, 0) >= pause_at and others_done:
                 break
             time.sleep(0.05)

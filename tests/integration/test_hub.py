@@ -1,12 +1,16 @@
 """Weights in, adapter out: the real huggingface_hub client against the project's Hub server on 127.0.0.1.
 
-The server (tests/hubserver) counts the bytes it serves per file, so "not fetched again" is measured on the
-wire. It never advertises Xet, so downloads take the client's plain HTTP path.
+The server (tests/hubserver) serves the tiny omni checkpoint (`model.write_tiny_checkpoint`) and the tiny
+LongCat-Audio-Codec (`codec.write_tiny_codec`, plus 24 kHz decoders vss must leave on the Hub) as two repos,
+and counts the bytes it serves per file, so "not fetched again" is measured on the wire. It never advertises
+Xet, so downloads take the client's plain HTTP path.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,9 +18,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tests.hubserver import HubServer
+from tests.hubserver import Blob, HubServer
 from tests.hubserver.kill import download_and_kill
-from vss_core import hub
+from vss_core import codec, hardware, hub
+from vss_core.codec.decoder import DecoderConfig
 from vss_core.config import ModelConfig, UploadConfig
 from vss_core.errors import HubError, ModelError, PreflightError
 from vss_core.settings import Settings
@@ -24,21 +29,33 @@ from vss_core.settings import Settings
 pytestmark = pytest.mark.integration
 
 REPO = "org/tiny-omni"
+CODEC = "org/tiny-codec"
 PRIVATE = "org/private-omni"
+NO_ENCODER = "org/codec-without-encoder"
+GELU = "org/omni-gelu-vision"
 BIG = "audio_codec/big_dummy.bin"  # matches ALLOW_PATTERNS; LFS-stored (>= 10 MB)
 BIG_SIZE = 24 << 20
 UNWANTED = "original/consolidated.pth"  # matches no allow pattern: must never be fetched
+DECODERS_24K = ("ckpts/LongCatAudioCodec_decoder_24k_4codebooks.pt", "ckpts/LongCatAudioCodec_decoder_24k_2codebooks.pt")
 WRITE_TOKEN = "hf_test_write_SECRETVALUE_1234567890"
 READ_TOKEN = "hf_test_read_SECRETVALUE_0987654321"
 BAD_TOKEN = "hf_test_bad_SECRETVALUE_5555555555"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
+def server(tiny_model_dir, tiny_codec_dir):
     big = (hashlib.sha256(b"vss").digest() * (BIG_SIZE // 32))[:BIG_SIZE]
     with HubServer(tokens={WRITE_TOKEN: "write", READ_TOKEN: "read"}) as srv:
         srv.add_repo_from_dir(REPO, tiny_model_dir, extra={BIG: big, UNWANTED: b"u" * 500_000})
+        srv.add_repo_from_dir(CODEC, tiny_codec_dir, extra={
+            **{p: os.urandom(200_000) for p in DECODERS_24K}, "README.md": b"# LongCat-Audio-Codec\n"})
         srv.add_repo_from_dir(PRIVATE, tiny_model_dir, private=True)
+        srv.add_repo_from_dir(NO_ENCODER, tiny_codec_dir)
+        srv.commit(NO_ENCODER, {codec.ENCODER_CKPT.as_posix(): None}, message="drop the encoder")
+        vision = json.loads((tiny_model_dir / "vision" / "config.json").read_text())
+        srv.add_repo_from_dir(GELU, tiny_model_dir)
+        srv.commit(GELU, {"vision/config.json": Blob.from_bytes(json.dumps(dict(vision, hidden_act="GELU")).encode(),
+                                                                 lfs=False)})
         yield srv
 
 
@@ -58,7 +75,7 @@ def settings_for(srv: HubServer, token: str | None = None, source: str = "enviro
 
 
 def model_cfg(cache: Path, **kw) -> ModelConfig:
-    return ModelConfig(source=REPO, cache_dir=str(cache), **kw)
+    return ModelConfig(**{"source": REPO, "codec_source": CODEC, "cache_dir": str(cache), **kw})
 
 
 class Sleeps(list):
@@ -66,9 +83,24 @@ class Sleeps(list):
         self.append(seconds)
 
 
-def _wanted(srv: HubServer, repo: str = REPO) -> dict[str, int]:
+def _wanted(srv: HubServer, repo: str = REPO, patterns=None) -> dict[str, int]:
+    """What vss must fetch of `repo`: every file its allow patterns match."""
+    patterns = patterns or (hub.CODEC_ALLOW_PATTERNS if "codec" in repo else hub.ALLOW_PATTERNS)
     files = srv.head(repo).files
-    return {p: b.size for p, b in files.items() if p not in (UNWANTED, ".gitattributes")}
+    return {p: b.size for p, b in files.items() if any(fnmatch.fnmatch(p, pat) for pat in patterns)}
+
+
+def _configs(srv: HubServer, repo: str) -> set[str]:
+    """The small files preflight reads of `repo`."""
+    if "codec" in repo:
+        return {p for p in srv.head(repo).files if any(fnmatch.fnmatch(p, pat) for pat in hub.CODEC_CONFIG_PATTERNS)}
+    return set(srv.head(repo).files) & hub._model_config_files()
+
+
+def _no_weight_served(srv: HubServer, *repos: str) -> None:
+    for repo in repos:
+        served = set(srv.served_by_file(repo))
+        assert served <= _configs(srv, repo), f"{repo}: weights served before the refusal: {served - _configs(srv, repo)}"
 
 
 def _no_partials(cache: Path) -> bool:
@@ -78,36 +110,74 @@ def _no_partials(cache: Path) -> bool:
 # --- download -------------------------------------------------------------------------------------
 
 
-def test_full_download_pins_commit_and_fetches_only_needed_files(hubsrv, tmp_path, tiny_model_dir):
+def test_full_download_pins_both_repos_and_fetches_only_needed_files(hubsrv, tmp_path, tiny_model_dir, tiny_codec_dir):
     report = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
 
-    head = hubsrv.head(REPO)
-    assert report.revision == head.oid and report.requested_revision == "main"
-    assert Path(report.path) == tmp_path / "models--org--tiny-omni" / "snapshots" / head.oid
-    assert (tmp_path / "models--org--tiny-omni" / "refs" / "main").read_text() == head.oid
-    served = hubsrv.served_by_file(REPO)
-    assert served == _wanted(hubsrv), "each needed file served exactly once, nothing else"
-    assert UNWANTED not in served
-    assert report.bytes_downloaded == report.bytes_total == sum(_wanted(hubsrv).values())
-    for f in tiny_model_dir.rglob("*"):
-        if f.is_file():
-            assert (Path(report.path) / f.relative_to(tiny_model_dir)).read_bytes() == f.read_bytes()
+    for repo, path, revision, requested in ((REPO, report.path, report.revision, report.requested_revision),
+                                            (CODEC, report.codec_path, report.codec_revision,
+                                             report.codec_requested_revision)):
+        head = hubsrv.head(repo)
+        storage = tmp_path / f"models--{repo.replace('/', '--')}"
+        assert revision == head.oid and requested == "main"
+        assert Path(path) == storage / "snapshots" / head.oid
+        assert (storage / "refs" / "main").read_text() == head.oid
+        assert hubsrv.served_by_file(repo) == _wanted(hubsrv, repo), f"{repo}: each needed file once, nothing else"
+    assert report.downloaded and report.codec_downloaded and report.codec_source == CODEC
+    assert UNWANTED not in hubsrv.served_by_file(REPO)
+    assert not set(DECODERS_24K) & set(hubsrv.served_by_file(CODEC)), "the 24 kHz decoders stay on the Hub"
+    assert "README.md" in hubsrv.served_by_file(CODEC)
+    assert report.bytes_downloaded == report.bytes_total == sum(_wanted(hubsrv, REPO).values())
+    assert report.codec.bytes_downloaded == report.codec.bytes_total == sum(_wanted(hubsrv, CODEC).values())
+    assert report.total().bytes_downloaded == hubsrv.served_bytes(REPO) + hubsrv.served_bytes(CODEC)
+    for src, dst in ((tiny_model_dir, report.path), (tiny_codec_dir, report.codec_path)):
+        for f in src.rglob("*"):
+            if f.is_file():
+                assert (Path(dst) / f.relative_to(src)).read_bytes() == f.read_bytes()
+    codec.load_encoder(Path(report.codec_path))  # the downloaded codec loads, every key checked
+    assert codec.decoder_files(Path(report.path), Path(report.codec_path)).checkpoint.is_file()
 
     hubsrv.reset_counters()
     again = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
-    assert hubsrv.served_bytes(REPO) == 0
-    assert again.bytes_cached == again.bytes_total and again.files_fetched == 0
+    assert hubsrv.served_bytes(REPO) == hubsrv.served_bytes(CODEC) == 0
+    assert again.total().bytes_cached == again.total().bytes_total and again.total().files_fetched == 0
+
+
+def test_each_repo_is_pinned_to_its_own_revision(hubsrv, tmp_path, tiny_model_dir, tiny_codec_dir):
+    model_repo, codec_repo = "org/omni-pinned", "org/codec-pinned"
+    model_v1 = hubsrv.add_repo_from_dir(model_repo, tiny_model_dir)
+    hubsrv.repos[model_repo].branches["v1"] = model_v1  # a tag
+    codec_v1 = hubsrv.add_repo_from_dir(codec_repo, tiny_codec_dir, extra={"README.md": b"v1\n"})
+    model_v2 = hubsrv.commit(model_repo, {"tokenizer_config.json": Blob.from_bytes(
+        (tiny_model_dir / "tokenizer_config.json").read_bytes() + b"\n", lfs=False)})
+    codec_v2 = hubsrv.commit(codec_repo, {"README.md": Blob.from_bytes(b"v2\n", lfs=False)})
+
+    old = hub.download_weights(model_cfg(tmp_path, source=model_repo, revision="v1", codec_source=codec_repo,
+                                         codec_revision=codec_v1), settings_for(hubsrv))
+    assert (old.revision, old.requested_revision) == (model_v1, "v1")
+    assert (old.codec_revision, old.codec_requested_revision) == (codec_v1, codec_v1)
+    assert (Path(old.codec_path) / "README.md").read_text() == "v1\n"
+    assert (tmp_path / "models--org--omni-pinned" / "refs" / "v1").read_text() == model_v1
+    assert not (tmp_path / "models--org--codec-pinned" / "refs").exists(), "a commit needs no ref"
+
+    hubsrv.reset_counters()
+    new = hub.download_weights(model_cfg(tmp_path, source=model_repo, codec_source=codec_repo), settings_for(hubsrv))
+    assert (new.revision, new.codec_revision) == (model_v2, codec_v2)
+    assert (Path(new.codec_path) / "README.md").read_text() == "v2\n"
+    assert hubsrv.served_by_file(model_repo) == {"tokenizer_config.json": _wanted(hubsrv, model_repo)["tokenizer_config.json"]}
+    assert hubsrv.served_by_file(codec_repo) == {"README.md": 3}, "files unchanged between commits share their blobs"
 
 
 def test_kill_mid_file_then_vss_resumes_it(hubsrv, tmp_path):
     pause_at = 12 * (1 << 20) + 12_345
-    before = download_and_kill(hubsrv, "vss", REPO, tmp_path, BIG, pause_at)
+    before = download_and_kill(hubsrv, "vss", REPO, tmp_path, BIG, pause_at, codec_repo=CODEC)
     assert before >= pause_at
+    assert hubsrv.served_by_file(CODEC) == _wanted(hubsrv, CODEC), "the codec completed before the kill"
 
     hubsrv.reset_counters()
     report = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
     served = hubsrv.served_by_file(REPO)
     assert set(served) == {BIG}, f"completed files must not be fetched again: {served}"
+    assert hubsrv.served_by_file(CODEC) == {} and report.codec.bytes_cached == report.codec.bytes_total
     refetched = before + served[BIG] - BIG_SIZE
     print(f"\nkill at {before} B of a {BIG_SIZE} B file: vss re-fetched {refetched} B "
           f"({refetched / BIG_SIZE:.2%} of the file); resumed {report.bytes_resumed} B")
@@ -162,11 +232,15 @@ def test_damaged_files_are_detected_and_fetched_again(hubsrv, tmp_path):
     big.resolve().write_bytes(bytes(data))
     small = (snap / "vision" / "vision_model.pt").resolve()
     small.write_bytes(small.read_bytes()[:-10])  # truncated: the size check tells
+    encoder = (Path(first.codec_path) / codec.ENCODER_CKPT).resolve()
+    encoder.write_bytes(encoder.read_bytes()[:-1])
 
     hubsrv.reset_counters()
     by_size = hub.download_weights(model_cfg(tmp_path, verify="size"), settings_for(hubsrv))
     assert by_size.damaged == ["vision/vision_model.pt"]
+    assert by_size.codec.damaged == [codec.ENCODER_CKPT.as_posix()]
     assert hubsrv.served_by_file(REPO) == {"vision/vision_model.pt": _wanted(hubsrv)["vision/vision_model.pt"]}
+    assert hubsrv.served_by_file(CODEC) == {codec.ENCODER_CKPT.as_posix(): encoder.stat().st_size}
 
     hubsrv.reset_counters()
     full = hub.download_weights(model_cfg(tmp_path, verify="full"), settings_for(hubsrv))
@@ -195,12 +269,15 @@ def test_transient_5xx_on_metadata_is_retried(hubsrv, tmp_path):
     assert sleeps == [2.0, 4.0] and report.revision == hubsrv.head(REPO).oid
 
 
-def test_disk_check_uses_hub_sizes_minus_cache(hubsrv, tmp_path, monkeypatch):
+def test_disk_check_counts_both_repos_minus_cache(hubsrv, tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "_free_bytes", lambda path: 1_000_000)  # a nearly full disk cannot exist here
-    need = hub._fmt(sum(_wanted(hubsrv).values()))
-    with pytest.raises(PreflightError, match=rf"needs {need} more in .* only 1\.0 MB is free"):
+    weights = {repo: {p: n for p, n in _wanted(hubsrv, repo).items() if p not in _configs(hubsrv, repo)}
+               for repo in (REPO, CODEC)}
+    need = hub._fmt(sum(sum(w.values()) for w in weights.values()))
+    with pytest.raises(PreflightError, match=rf"{REPO}@main .* and {CODEC}@main .* needs {need} more in .* "
+                                             r"only 1\.0 MB is free"):
         hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
-    assert hubsrv.served_by_file(REPO) == {}, "nothing fetched before the check"
+    _no_weight_served(hubsrv, REPO, CODEC)
     monkeypatch.undo()
     hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
     monkeypatch.setattr(hub, "_free_bytes", lambda path: 0)
@@ -209,14 +286,79 @@ def test_disk_check_uses_hub_sizes_minus_cache(hubsrv, tmp_path, monkeypatch):
 
 def test_missing_repo_and_revision_are_config_errors(hubsrv, tmp_path):
     with pytest.raises(ModelError, match="org/nope@main: the repo was not found"):
-        hub.download_weights(ModelConfig(source="org/nope", cache_dir=str(tmp_path)), settings_for(hubsrv))
-    with pytest.raises(ModelError, match="revision does not exist"):
+        hub.download_weights(model_cfg(tmp_path, source="org/nope"), settings_for(hubsrv))
+    with pytest.raises(ModelError, match="revision does not exist. Set model.revision"):
         hub.download_weights(model_cfg(tmp_path, revision="v9"), settings_for(hubsrv))
+    with pytest.raises(ModelError) as both:
+        hub.download_weights(model_cfg(tmp_path, revision="v9", codec_source="org/no-codec"), settings_for(hubsrv))
+    assert "model.revision" in str(both.value) and "model.codec_source org/no-codec@main: the repo was not found" in str(
+        both.value), "both problems in one error"
+    with pytest.raises(ModelError, match="Set model.codec_revision"):
+        hub.download_weights(model_cfg(tmp_path, codec_revision="v9"), settings_for(hubsrv))
+
+
+def test_codec_without_encoder_is_refused_before_any_weight_byte(hubsrv, tmp_path):
+    for call in (hub.model_configs, hub.download_weights):
+        with pytest.raises(ModelError) as err:
+            call(model_cfg(tmp_path, codec_source=NO_ENCODER), settings_for(hubsrv))
+        msg = str(err.value)
+        assert f"model.codec_source {NO_ENCODER}@main" in msg and codec.ENCODER_CKPT.as_posix() in msg
+        assert "LongCat-Audio-Codec" in msg and "model.codec_source at" in msg  # the fix
+        _no_weight_served(hubsrv, REPO, NO_ENCODER)
+    assert not (tmp_path / f"models--{NO_ENCODER.replace('/', '--')}" / "refs").exists()
+
+
+def test_preflight_refuses_a_vision_config_vss_cannot_run(hubsrv, tmp_path):
+    for call in (hub.model_configs, hub.download_weights):
+        with pytest.raises(ModelError) as err:
+            call(model_cfg(tmp_path, source=GELU), settings_for(hubsrv))
+        msg = str(err.value)
+        assert f"model.source {GELU}@main" in msg and "vision/config.json" in msg
+        assert "'hidden_act' = 'GELU'" in msg and "SwiGLU" in msg
+        _no_weight_served(hubsrv, GELU, CODEC)
+
+
+def test_preflight_reads_only_configs_and_gives_the_planner_both_sizes(hubsrv, tmp_path, tiny_model_dir):
+    configs_dir, total = hub.model_configs(model_cfg(tmp_path), settings_for(hubsrv))
+    assert configs_dir == tmp_path / "models--org--tiny-omni" / "snapshots" / hubsrv.head(REPO).oid
+    assert total == sum(_wanted(hubsrv, REPO).values()) + sum(_wanted(hubsrv, CODEC).values())
+    assert set(hubsrv.served_by_file(REPO)) == _configs(hubsrv, REPO)
+    assert set(hubsrv.served_by_file(CODEC)) == _configs(hubsrv, CODEC)
+    # What the planner does with it: the same shape as the checkpoint itself.
+    from_hub = hardware.model_shape(model_cfg(tmp_path), configs_dir)
+    assert from_hub.model_dump(exclude={"source"}) == hardware.model_shape(
+        ModelConfig(source=str(tiny_model_dir))).model_dump(exclude={"source"})
+
+    hubsrv.reset_counters()
+    report = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
+    assert not set(hubsrv.served_by_file(REPO)) & _configs(hubsrv, REPO), "configs are not fetched twice"
+    assert report.total().bytes_total == total
+
+
+def test_a_decoder_the_checkpoint_names_is_fetched_even_at_24k(hubsrv, tmp_path, tiny_model_dir):
+    repo = "org/omni-24k"
+    hubsrv.add_repo_from_dir(repo, tiny_model_dir)
+    named = tmp_path / "config.yaml"
+    codec.write_decoder_config(named, DecoderConfig.tiny("24k"), ckpt_path=DECODERS_24K[0])
+    hubsrv.commit(repo, {"audio_codec/config.yaml": Blob.from_file(named, lfs=False)})
+
+    report = hub.download_weights(model_cfg(tmp_path / "cache", source=repo), settings_for(hubsrv))
+    served = hubsrv.served_by_file(CODEC)
+    assert DECODERS_24K[0] in served and DECODERS_24K[1] not in served
+    assert codec.decoder_files(Path(report.path), Path(report.codec_path)).checkpoint.name == Path(DECODERS_24K[0]).name
+
+
+def test_a_local_codec_is_used_in_place_next_to_a_hub_model(hubsrv, tmp_path, tiny_codec_dir):
+    report = hub.download_weights(model_cfg(tmp_path, codec_source=str(tiny_codec_dir)), settings_for(hubsrv))
+    assert report.codec_path == str(tiny_codec_dir.absolute()) and report.codec_revision is None
+    assert not report.codec_downloaded and report.codec.bytes_total == 0
+    assert report.downloaded and report.revision == hubsrv.head(REPO).oid
+    assert hubsrv.served_by_file(CODEC) == {}
 
 
 def test_private_repo_needs_a_valid_token_and_never_shows_it(hubsrv, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
-    cfg = ModelConfig(source=PRIVATE, cache_dir=str(tmp_path))
+    cfg = model_cfg(tmp_path, source=PRIVATE)
     with pytest.raises(ModelError, match="private/gated"):
         hub.download_weights(cfg, settings_for(hubsrv))
     with pytest.raises(HubError, match="refused the token from environment variable HF_TOKEN") as bad:

@@ -23,10 +23,10 @@ TARGETS = "lora.targets=[attention, projectors, audio_heads, experts]"
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_model_dir, demo_data_dir):
+def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
     cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}"])
     report = data.validate_dataset(cfg.data)
-    return data.prepare_dataset(report.valid, cfg.data, tiny_model_dir, tmp_path_factory.mktemp("prepared"))
+    return data.prepare_dataset(report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared"))
 
 
 def _cfg(tmp_path, name):

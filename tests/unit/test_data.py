@@ -28,25 +28,20 @@ def dataset(tmp_path):
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    d = tmp_path / "model"
-    (d / "vision").mkdir(parents=True)
-    (d / "audio").mkdir()
-    (d / "vision" / "config.json").write_text(
-        json.dumps(
-            {
-                "image_size": SIZE,
-                "patch_size": 14,
-                "temporal_patch_size": 2,
-                "image_mean": [0.5, 0.5, 0.5],
-                "image_std": [0.5, 0.5, 0.5],
-            }
-        )
-    )
-    (d / "audio" / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000, "num_mel_bins": 80}))
-    (d / "audio" / "global_cmvn").write_text(json.dumps({"mean": [0.0] * 80, "istd": [1.0] * 80}))
-    codec.write_tiny_codec_config(d)
-    return d
+def model_dir(tmp_path, tiny_model_dir):
+    # a private copy: some tests edit its files
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+
+
+@pytest.fixture
+def codec_dir(tiny_codec_dir):
+    return tiny_codec_dir
+
+
+def _audio_frames(seconds: float) -> int:
+    """<|audio_pad|> count of the official rule: (L - 400) // 160 + 1 fbank frames, spliced 8 to 1."""
+    frames = (int(seconds * 16000) - 400) // 160 + 1
+    return (frames + 7) // 8
 
 
 def _cfg(root, **kw):
@@ -171,7 +166,7 @@ def test_skip_lists_the_skipped_samples_in_the_report(dataset):
     assert [s.name for s in data.select_samples(report, "skip")] == ["01", "03"]
 
 
-def test_too_long_is_an_error_or_a_warning_and_a_crop(dataset, model_dir, tmp_path):
+def test_too_long_is_an_error_or_a_warning_and_a_crop(dataset, model_dir, codec_dir, tmp_path):
     # The clips are 2 s; the limit is data.max_seconds, else data.audio_seconds.
     strict = data.validate_dataset(_cfg(dataset, max_seconds=1.5, on_too_long="error"))
     assert strict.valid == []
@@ -186,10 +181,11 @@ def test_too_long_is_an_error_or_a_warning_and_a_crop(dataset, model_dir, tmp_pa
     assert len(report.warnings) == 1
     assert "3 samples are longer than data.max_seconds=1.5 s and will be cropped" in report.warnings[0]
     assert "warning: longer than data.max_seconds=1.5" in report.table()
-    data.prepare_dataset(report.samples[:1], cfg, model_dir, tmp_path / "prep")
+    data.prepare_dataset(report.samples[:1], cfg, model_dir, codec_dir, tmp_path / "prep")
     (item,) = data.load_prepared(tmp_path / "prep")
-    # 1.5 s: kaldi fbank (25 ms windows every 10 ms) -> 148 frames; codec: ceil(24000/960) = 25.
-    assert item["fbank"].shape == (148, 80) and item["codes"].shape == (25, 4)
+    # 1.5 s: 148 fbank frames, spliced 8 to 1 -> 19 feature frames; codec: ceil(24000/960) = 25.
+    assert item["audio_features"].shape == (_audio_frames(1.5), 1200) == (19, 1200)
+    assert item["codes"].shape == (25, 4)
 
     by_audio_seconds = data.validate_dataset(_cfg(dataset, audio_seconds=1.0))
     assert "data.audio_seconds=1" in by_audio_seconds.warnings[0]
@@ -248,56 +244,71 @@ def test_fingerprint_tracks_the_files(dataset):
 # --- preparation ----------------------------------------------------------------------------------
 
 
-def test_prepare_writes_exact_tensors(dataset, model_dir, tmp_path):
+def test_prepare_writes_exact_tensors(dataset, model_dir, codec_dir, tmp_path):
+    from vss_core import model, sequence
+    from vss_core.model import audio, vision
+
     cfg = _cfg(dataset)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    prepared = data.prepare_dataset(samples, cfg, model_dir, tmp_path / "prep")
+    prepared = data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
     assert prepared.samples == ["01", "02", "03"]
     assert prepared.files == [str(tmp_path / "prep" / f"{n}.pt") for n in prepared.samples]
     assert prepared.skipped == [] and prepared.reused == []
     assert (tmp_path / "prep" / "manifest.json").is_file()
     items = data.load_prepared(tmp_path / "prep")
     assert len(items) == 3
+    configs = model.CheckpointConfigs(model_dir)
     for item in items:
-        assert set(item) == {"frames", "fbank", "codes"}
-        assert item["frames"].shape == (8, 3, SIZE, SIZE) and item["frames"].dtype == torch.float32
-        # 2 s of audio: kaldi fbank, 25 ms windows every 10 ms -> 198 frames; codec: ceil(32000/960) = 34.
-        assert item["fbank"].shape == (198, 80) and item["fbank"].dtype == torch.float32
+        assert set(item) == {"pixel_values", "grid_shapes", "audio_features", "codes", *sequence.SEQUENCE_KEYS}
+        # 8 frames -> 4 frame pairs, each (1, h, w) patches of 2 x 3 x 14 x 14
+        assert item["grid_shapes"].shape == (4, 3) and (item["grid_shapes"][:, 0] == 1).all()
+        assert item["pixel_values"].shape == (int(item["grid_shapes"].prod(1).sum()), 1176)
+        # 2 s of audio: official features, 1200-d at 80 ms; codec: ceil(32000/960) = 34 frames of 4 codes.
+        assert item["audio_features"].shape == (_audio_frames(2.0), 1200)
         assert item["codes"].shape == (34, 4) and item["codes"].dtype == torch.int64
-        assert item["frames"].min() >= -1.0 and item["frames"].max() <= 1.0  # (x - 0.5) / 0.5
-        assert torch.isfinite(item["fbank"]).all()
-    # The codes are the codec's tokens of out.wav.
+        assert torch.isfinite(item["audio_features"]).all() and torch.isfinite(item["pixel_values"]).all()
+        # the sequence holds one <|image_pad|> per projected vision token and one <|audio_pad|> per frame
+        ids = configs.special_ids
+        assert int((item["input_ids"] == ids.image_pad).sum()) == int(item["grid_shapes"].prod(1).sum()) // 2
+        assert int((item["input_ids"] == ids.audio_pad).sum()) == item["audio_features"].shape[0]
+        assert int((item["codec_labels"][:, 0] == 2).sum()) == 1  # one segment: one codec EOS target
+    # The codes are the codec's ids of out.wav; the features the official features of in.wav.
     wave, _ = sf.read(dataset / "01" / "out.wav", dtype="float32")
-    assert torch.equal(items[0]["codes"], codec.TinyCodec().encode(torch.from_numpy(wave)))
+    assert torch.equal(items[0]["codes"], codec.load_encoder(codec_dir).encode(torch.from_numpy(wave)))
+    wave_in, _ = sf.read(dataset / "01" / "in.wav", dtype="float32")
+    feats, mask = audio.FeatureExtractor.from_dir(model_dir / "audio")(torch.from_numpy(wave_in)[None], torch.tensor([len(wave_in)]))
+    assert torch.equal(items[0]["audio_features"], feats[0][mask[0]])
     # 8 frames at 2 fps do not fit in a 2 s clip: they are spread over it, so the frames move.
-    assert not torch.equal(items[0]["frames"][0], items[0]["frames"][-1])
+    n = int(item["grid_shapes"][0].prod())
+    assert not torch.equal(items[0]["pixel_values"][:n], items[0]["pixel_values"][-n:])
+    assert vision.VisionConfig.from_json(vision.TINY_VISION_CONFIG, "x").patch_dim == 1176
 
 
-def test_audio_is_cropped_and_frames_follow_fps(dataset, model_dir, tmp_path):
+def test_audio_is_cropped_and_frames_follow_fps(dataset, model_dir, codec_dir, tmp_path):
     cfg = _cfg(dataset, audio_seconds=1.0, video_frames=2, video_fps=1.0)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    data.prepare_dataset(samples[:1], cfg, model_dir, tmp_path / "prep")
+    data.prepare_dataset(samples[:1], cfg, model_dir, codec_dir, tmp_path / "prep")
     (item,) = data.load_prepared(tmp_path / "prep")
-    assert item["fbank"].shape == (98, 80)
+    assert item["audio_features"].shape == (13, 1200)  # the official 13 pads for 1 s
     assert item["codes"].shape == (17, 4)
-    assert item["frames"].shape == (2, 3, SIZE, SIZE)
+    assert item["grid_shapes"].shape == (1, 3)  # one frame pair
 
 
-def test_prepare_reuses_the_cache_and_redoes_on_change(dataset, model_dir, tmp_path):
+def test_prepare_reuses_the_cache_and_redoes_on_change(dataset, model_dir, codec_dir, tmp_path):
     out = tmp_path / "prep"
     cfg = _cfg(dataset)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    first = data.prepare_dataset(samples, cfg, model_dir, out)
+    first = data.prepare_dataset(samples, cfg, model_dir, codec_dir, out)
     mtimes = {f: os.stat(f).st_mtime_ns for f in first.files}
 
-    again = data.prepare_dataset(samples, cfg, model_dir, out)
+    again = data.prepare_dataset(samples, cfg, model_dir, codec_dir, out)
     assert again.reused == ["01", "02", "03"]
     assert again.settings_key == first.settings_key
     assert {f: os.stat(f).st_mtime_ns for f in again.files} == mtimes
 
     # A run that stopped before writing the manifest resumes from the keys inside the files.
     (out / "manifest.json").unlink()
-    resumed = data.prepare_dataset(samples, cfg, model_dir, out)
+    resumed = data.prepare_dataset(samples, cfg, model_dir, codec_dir, out)
     assert resumed.reused == ["01", "02", "03"]
     assert {f: os.stat(f).st_mtime_ns for f in resumed.files} == mtimes
 
@@ -306,46 +317,48 @@ def test_prepare_reuses_the_cache_and_redoes_on_change(dataset, model_dir, tmp_p
     st = wav.stat()
     os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    touched = data.prepare_dataset(samples, cfg, model_dir, out)
+    touched = data.prepare_dataset(samples, cfg, model_dir, codec_dir, out)
     assert touched.reused == ["01", "03"]
 
     # A changed setting redoes everything.
     changed = _cfg(dataset, video_frames=4)
-    redone = data.prepare_dataset(samples, changed, model_dir, out)
+    redone = data.prepare_dataset(samples, changed, model_dir, codec_dir, out)
     assert redone.reused == [] and redone.settings_key != first.settings_key
     assert all(os.stat(f).st_mtime_ns != mtimes[f] for f in redone.files)
-    assert data.load_prepared(out)[0]["frames"].shape == (4, 3, SIZE, SIZE)
+    assert data.load_prepared(out)[0]["grid_shapes"].shape == (2, 3)
 
     # So does a changed model preprocessing config.
-    (model_dir / "audio" / "global_cmvn").write_text(json.dumps({"mean": [1.0] * 80, "istd": [1.0] * 80}))
-    assert data.prepare_dataset(samples, changed, model_dir, out).reused == []
+    from vss_core.model import audio
+
+    audio.write_kaldi_cmvn(model_dir / "audio" / "global_cmvn", mean=[1.0] * 80, var=[2.0] * 80, count=10.0)
+    assert data.prepare_dataset(samples, changed, model_dir, codec_dir, out).reused == []
 
 
-def test_worker_processes_give_the_same_result(dataset, model_dir, tmp_path):
+def test_worker_processes_give_the_same_result(dataset, model_dir, codec_dir, tmp_path):
     cfg = _cfg(dataset)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    data.prepare_dataset(samples, cfg, model_dir, tmp_path / "one")
-    data.prepare_dataset(samples, _cfg(dataset, workers=2), model_dir, tmp_path / "two")
+    data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "one")
+    data.prepare_dataset(samples, _cfg(dataset, workers=2), model_dir, codec_dir, tmp_path / "two")
     for a, b in zip(data.load_prepared(tmp_path / "one"), data.load_prepared(tmp_path / "two")):
         for k in a:
             assert torch.equal(a[k], b[k])
 
 
-def test_invalid_samples_are_skipped_not_prepared(dataset, model_dir, tmp_path):
+def test_invalid_samples_are_skipped_not_prepared(dataset, model_dir, codec_dir, tmp_path):
     (dataset / "02" / "out.wav").unlink()
     cfg = _cfg(dataset, on_invalid="skip")
     report = data.validate_dataset(cfg)
-    prepared = data.prepare_dataset(report.samples, cfg, model_dir, tmp_path / "prep")
+    prepared = data.prepare_dataset(report.samples, cfg, model_dir, codec_dir, tmp_path / "prep")
     assert prepared.samples == ["01", "03"] and prepared.skipped == ["02"]
 
 
-def test_incomplete_model_dir_names_every_problem(dataset, model_dir, tmp_path):
+def test_incomplete_model_dir_names_every_problem(dataset, model_dir, codec_dir, tmp_path):
     (model_dir / "vision" / "config.json").unlink()
     (model_dir / "audio_codec" / "config.yaml").unlink()
     cfg = _cfg(dataset, sample_rate=22050)
     samples = data.validate_dataset(cfg).samples
     with pytest.raises(ModelError) as err:
-        data.prepare_dataset(samples, cfg, model_dir, tmp_path / "prep")
+        data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
     msg = str(err.value)
     assert str(model_dir / "vision" / "config.json") in msg
     assert str(model_dir / "audio_codec" / "config.yaml") in msg
@@ -439,29 +452,27 @@ def test_content_fingerprint_sees_what_stat_cannot(dataset, monkeypatch):
 
 def _all_frames_at(path, times, size):
     """The baseline: decode every frame, then pick the one shown at each time (as _read_frames does)."""
-    mean = std = torch.tensor([0.5, 0.5, 0.5])
     with av.open(str(path)) as c:
         frames = list(c.decode(video=0))
     picked = []
     for t in times:
         later = [f for f in frames if f.time >= t - 0.05 / 2]
-        picked.append(data._frame_to_tensor(later[0] if later else frames[-1], size, mean, std))
-    return torch.stack(picked), len(frames)
+        picked.append(data._frame_to_array(later[0] if later else frames[-1]))
+    return picked, len(frames)
 
 
 def test_frames_are_reached_by_seeking_not_by_decoding_everything(tmp_path):
     (d,) = demo.write_demo_dataset(tmp_path / "long", samples=1, seconds=20.0, fps=20)  # 400 frames, GOP 20
-    mean = std = torch.tensor([0.5, 0.5, 0.5])
     for times in ([0.0, 5.0, 10.0, 15.0], [2.0, 2.5, 3.0, 3.5], [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]):
-        frames, decoded = data._read_frames(d / "in.mp4", times, SIZE, mean, std)
+        frames, decoded = data._read_frames(d / "in.mp4", times)
         expected, total = _all_frames_at(d / "in.mp4", times, SIZE)
-        assert torch.equal(frames, expected)
+        assert len(frames) == len(expected) and all(np.array_equal(a, b) for a, b in zip(frames, expected))
         assert total == 400
         # At most one GOP (20 frames) per wanted frame, and never past the last one.
         assert decoded <= 20 * len(times) and decoded <= 80
 
 
-def test_other_rates_channels_codecs_and_sizes_are_converted(tmp_path, model_dir):
+def test_other_rates_channels_codecs_and_sizes_are_converted(tmp_path, model_dir, codec_dir):
     reference = tmp_path / "ref"
     demo.write_demo_dataset(reference, samples=1, seconds=2.0, seed=3)
     variants = {
@@ -469,7 +480,7 @@ def test_other_rates_channels_codecs_and_sizes_are_converted(tmp_path, model_dir
         "vp9": {"video_codec": "libvpx-vp9", "size": (160, 128), "fps": 25, "in_rate": 22050},
     }
     ref_cfg = _cfg(reference)
-    data.prepare_dataset(data.validate_dataset(ref_cfg).samples, ref_cfg, model_dir, tmp_path / "prep-ref")
+    data.prepare_dataset(data.validate_dataset(ref_cfg).samples, ref_cfg, model_dir, codec_dir, tmp_path / "prep-ref")
     (ref,) = data.load_prepared(tmp_path / "prep-ref")
     for name, kwargs in variants.items():
         root = tmp_path / name
@@ -481,14 +492,13 @@ def test_other_rates_channels_codecs_and_sizes_are_converted(tmp_path, model_dir
         assert s.video.codec == {"mpeg4": "mpeg4", "vp9": "vp9"}[name]
         assert (s.video.width, s.video.height) == kwargs["size"]
         assert (s.in_audio.sample_rate, s.in_audio.channels) == (kwargs["in_rate"], kwargs.get("in_channels", 1))
-        data.prepare_dataset(report.samples, cfg, model_dir, tmp_path / f"prep-{name}")
+        data.prepare_dataset(report.samples, cfg, model_dir, codec_dir, tmp_path / f"prep-{name}")
         (item,) = data.load_prepared(tmp_path / f"prep-{name}")
-        assert item["frames"].shape == ref["frames"].shape == (8, 3, SIZE, SIZE)
-        assert item["fbank"].shape == ref["fbank"].shape == (198, 80)
+        assert item["audio_features"].shape == ref["audio_features"].shape == (_audio_frames(2.0), 1200)
         assert torch.equal(item["codes"], ref["codes"])  # out.wav is the same 16 kHz mono file
-        # The same pictures and the same speech, converted: close to the reference, not equal.
-        assert (item["frames"] - ref["frames"]).abs().mean() < 0.08
-        corr = torch.corrcoef(torch.stack([item["fbank"].flatten(), ref["fbank"].flatten()]))[0, 1]
+        # The same speech, converted: close to the reference, not equal. (Frames of other sizes
+        # resize to other native-resolution grids, so their patches are not comparable one to one.)
+        corr = torch.corrcoef(torch.stack([item["audio_features"].flatten(), ref["audio_features"].flatten()]))[0, 1]
         assert corr > 0.95
 
 

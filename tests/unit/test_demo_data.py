@@ -25,7 +25,8 @@ def test_writes_real_h264_and_16k_mono_wavs(tmp_path):
     dirs = demo.write_demo_dataset(tmp_path / "d", samples=3, seconds=2.0)
     assert [d.name for d in dirs] == ["01", "02", "03"]
     for d in dirs:
-        assert sorted(p.name for p in d.iterdir()) == ["in.mp4", "in.wav", "out.wav"]
+        assert sorted(p.name for p in d.iterdir()) == ["in.mp4", "in.wav", "out.txt", "out.wav"]
+        assert (d / "out.txt").read_text().startswith("The ")
         with av.open(str(d / "in.mp4")) as c:
             v = c.streams.video[0]
             assert v.codec_context.name == "h264"

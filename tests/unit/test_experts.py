@@ -12,8 +12,11 @@ from safetensors.torch import save_file
 from transformers import LongcatFlashConfig, LongcatFlashForCausalLM
 from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashExperts, LongcatFlashMoE
 
-from vss_core import experts, plan
+from vss_core import data, experts, plan
 from vss_core import model as omni
+from vss_core.config import DataConfig
+from vss_core.errors import ModelError
+from vss_core.model.checkpoint import llm_config
 
 # (tokens, hidden, expert ffn, routed, zero, top-k)
 SHAPES = [(37, 64, 32, 4, 2, 2), (64, 48, 24, 8, 4, 4), (5, 32, 16, 6, 0, 3), (128, 64, 32, 16, 8, 8)]
@@ -21,7 +24,7 @@ SHAPES = [(37, 64, 32, 4, 2, 2), (64, 48, 24, 8, 4, 4), (5, 32, 16, 6, 0, 3), (1
 
 def _config(hidden: int, ffn: int, routed: int, zero: int, topk: int) -> LongcatFlashConfig:
     cfg = dict(omni.TINY_LLM_CONFIG, hidden_size=hidden, expert_ffn_hidden_size=ffn, n_routed_experts=routed)
-    return omni._llm_config(dict(cfg, zero_expert_num=zero, moe_topk=topk))
+    return llm_config(dict(cfg, zero_expert_num=zero, moe_topk=topk))
 
 
 def _pair(
@@ -233,7 +236,7 @@ def test_omni_model_builds_routed_experts_and_planner_counts_what_it_allocates(t
 
 def _transformers_llm(seed: int) -> LongcatFlashForCausalLM:
     torch.manual_seed(seed)
-    llm = LongcatFlashForCausalLM(omni._llm_config(omni.TINY_LLM_CONFIG))
+    llm = LongcatFlashForCausalLM(llm_config(omni.TINY_LLM_CONFIG))
     with torch.no_grad():
         for name, p in llm.named_parameters():
             if p.ndim > 1:
@@ -241,8 +244,22 @@ def _transformers_llm(seed: int) -> LongcatFlashForCausalLM:
     return llm.eval()
 
 
+@pytest.fixture(scope="module")
+def prepared_sample(tiny_model_dir: Path, tiny_codec_dir: Path, demo_data_dir: Path, tmp_path_factory) -> dict:
+    """One prepared demo sample (1 s, 2 frames); every tiny checkpoint has the same tokenizer."""
+    out = tmp_path_factory.mktemp("prepared")
+    cfg = DataConfig(root=str(demo_data_dir), video_frames=2, video_fps=2.0, audio_seconds=1.0, workers=1,
+                     validation_cache=str(out / "validation-cache"))
+    samples = data.select_samples(data.validate_dataset(cfg), "fail")
+    data.prepare_dataset(samples[:1], cfg, tiny_model_dir, tiny_codec_dir, out / "prep")
+    (item,) = data.load_prepared(out / "prep")
+    return item
+
+
 @pytest.mark.parametrize("zero_rows", ["dropped", "kept"])
-def test_checkpoint_written_from_transformers_module_gives_its_outputs(tmp_path: Path, zero_rows: str) -> None:
+def test_checkpoint_written_from_transformers_module_gives_its_outputs(
+    tmp_path: Path, zero_rows: str, prepared_sample: dict
+) -> None:
     """A vss checkpoint whose LLM weights come from transformers' LongcatFlashForCausalLM, its
     gate_up_proj with the zero-expert rows dropped (as the real checkpoint) or kept (as transformers'
     state dict has them): load_omni's model gives transformers' logits and loss."""
@@ -251,7 +268,9 @@ def test_checkpoint_written_from_transformers_module_gives_its_outputs(tmp_path:
     state = {k: v.contiguous() for k, v in ref.state_dict().items()}
     if zero_rows == "dropped":
         state = experts.zero_expert_rows_dropped(state, ref.config)
-    torch.save({"weight": state.pop(omni._EMBED_KEY).clone()}, model_dir / "language_model_embedding.pt")
+    # the official layout: embed_tokens and lm_head stay in the safetensors (language_model_embedding.pt
+    # is the omni text embedding, a separate file)
+    assert "model.embed_tokens.weight" in state and "lm_head.weight" in state
     save_file({k: v.clone() for k, v in state.items()}, str(model_dir / "model.safetensors"))
 
     loaded = omni.load_omni(model_dir).eval()
@@ -266,12 +285,11 @@ def test_checkpoint_written_from_transformers_module_gives_its_outputs(tmp_path:
     reference = omni.load_omni(model_dir).eval()
     for ref_layer, layer in zip(ref.model.layers, reference.llm.model.layers):
         layer.mlp.experts = ref_layer.mlp.experts
-    gen = torch.Generator().manual_seed(2)
-    codes = torch.stack([torch.randint(0, n, (40,), generator=gen) for n in (64, 16, 16, 16)], 1)
-    sample = {"frames": torch.rand(4, 3, 56, 56, generator=gen), "fbank": torch.randn(250, 80, generator=gen)}
-    batch = omni.collate([dict(sample, codes=codes)])
+    batch = omni.collate([prepared_sample])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch).loss, reference(**batch).loss, rtol=1e-5, atol=1e-6)
+        ours, theirs = loaded(**batch), reference(**batch)
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.codebook_losses, theirs.codebook_losses, rtol=1e-5, atol=1e-6)
 
 
 def test_per_expert_checkpoint_as_published_loads_into_the_fused_module(tmp_path) -> None:
@@ -305,5 +323,5 @@ def test_per_expert_checkpoint_as_published_loads_into_the_fused_module(tmp_path
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     del per_expert["llm.model.layers.0.mlp.experts.1.up_proj.weight".removeprefix("llm.")]
     save_file(per_expert, str(dst / "model.safetensors"))
-    with pytest.raises(omni.ModelError, match=r"experts\.1\.up_proj\.weight"):
+    with pytest.raises(ModelError, match=r"experts\.1\.up_proj\.weight"):
         omni.load_omni(dst)

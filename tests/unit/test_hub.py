@@ -1,15 +1,20 @@
-"""vss_core.hub and the Hub settings without a server: layout, settings, retries, messages."""
+"""vss_core.hub and the Hub settings without a server: local sources, patterns, settings, retries, messages."""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import logging
+import shutil
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from vss_core import hub
+from vss_core import codec, hub
 from vss_core.config import ModelConfig, UploadConfig
 from vss_core.errors import ModelError
+from vss_core.model import checkpoint
 from vss_core.settings import Settings, load_settings
 
 
@@ -18,18 +23,98 @@ class Sleeps(list):
         self.append(seconds)
 
 
-def test_local_source_is_used_in_place_after_layout_check(tiny_model_dir):
-    report = hub.download_weights(ModelConfig(source=str(tiny_model_dir)), Settings())
+def _copy(src: Path, dst: Path) -> Path:
+    return Path(shutil.copytree(src, dst))
+
+
+def _matches(path: str, patterns) -> bool:
+    return any(fnmatch.fnmatch(path, pat) for pat in patterns)
+
+
+def test_local_sources_are_used_in_place_after_validation(tiny_model_dir, tiny_codec_dir):
+    report = hub.download_weights(ModelConfig(source=str(tiny_model_dir), codec_source=str(tiny_codec_dir)), Settings())
     assert report.path == str(tiny_model_dir.absolute()) and not report.downloaded and report.revision is None
+    assert report.codec_path == str(tiny_codec_dir.absolute()) and not report.codec_downloaded
+    assert report.codec_revision is None and report.total().bytes_total == 0
+    configs_dir, total = hub.model_configs(ModelConfig(source=str(tiny_model_dir), codec_source=str(tiny_codec_dir)),
+                                           Settings())
+    assert configs_dir == tiny_model_dir.absolute() and total == 0
 
 
-def test_incomplete_local_source_lists_every_missing_file(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
+def test_incomplete_local_sources_list_every_problem_at_once(tmp_path, tiny_codec_dir):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    codec_dir = _copy(tiny_codec_dir, tmp_path / "codec")
+    (codec_dir / codec.ENCODER_CKPT).unlink()
     with pytest.raises(ModelError) as err:
-        hub.download_weights(ModelConfig(source=str(tmp_path)), Settings())
+        hub.download_weights(ModelConfig(source=str(model_dir), codec_source=str(codec_dir)), Settings())
     msg = str(err.value)
     assert "language_model_embedding.pt" in msg and "audio_codec/config.yaml" in msg and "*.safetensors" in msg
+    assert "vision/config.json" in msg and "tokenizer" in msg
+    assert str(codec_dir / codec.ENCODER_CKPT) in msg and "model.codec_source" in msg
     assert "vss tiny-model" in msg
+
+
+def test_missing_local_directories_are_named(tmp_path):
+    with pytest.raises(ModelError) as err:
+        hub.download_weights(ModelConfig(source=str(tmp_path / "nope"), codec_source=str(tmp_path / "nocodec")),
+                             Settings())
+    assert f"model.source: {tmp_path / 'nope'} does not exist" in str(err.value)
+    assert f"model.codec_source: {tmp_path / 'nocodec'} does not exist" in str(err.value)
+
+
+def test_local_checkpoint_with_a_vision_config_vss_cannot_run_is_refused(tmp_path, tiny_model_dir, tiny_codec_dir):
+    model_dir = _copy(tiny_model_dir, tmp_path / "model")
+    vision = json.loads((model_dir / "vision" / "config.json").read_text())
+    (model_dir / "vision" / "config.json").write_text(json.dumps(dict(vision, hidden_act="GELU")))
+    with pytest.raises(ModelError) as err:
+        hub.download_weights(ModelConfig(source=str(model_dir), codec_source=str(tiny_codec_dir)), Settings())
+    msg = str(err.value)
+    assert str(model_dir / "vision" / "config.json") in msg and "'hidden_act' = 'GELU'" in msg
+
+
+def test_a_decoder_named_nowhere_is_refused_naming_the_key(tmp_path, tiny_model_dir, tiny_codec_dir):
+    model_dir = _copy(tiny_model_dir, tmp_path / "model")
+    cfg_path = model_dir / checkpoint.CODEC_CONFIG
+    codec.write_decoder_config(cfg_path, codec.TINY_DECODER, ckpt_path="ckpts/nope.pt")
+    with pytest.raises(ModelError, match=r"codec_config.ckpt_path 'ckpts/nope.pt' .* is neither in the checkpoint"):
+        hub.download_weights(ModelConfig(source=str(model_dir), codec_source=str(tiny_codec_dir)), Settings())
+    cfg_path.write_text("codec_config:\n  decoder_type: 48k\n  ckpt_path: ckpts/LongCatAudioCodec_decoder_16k_4codebooks.pt\n")
+    with pytest.raises(ModelError, match=r"codec_config.decoder_type: '48k'"):
+        hub.download_weights(ModelConfig(source=str(model_dir), codec_source=str(tiny_codec_dir)), Settings())
+
+
+def test_allow_patterns_cover_the_layouts_and_leave_the_rest(tiny_model_dir, tiny_codec_dir):
+    for f in tiny_model_dir.rglob("*"):
+        if f.is_file():
+            assert _matches(f.relative_to(tiny_model_dir).as_posix(), hub.ALLOW_PATTERNS), f
+    for rel in [*checkpoint.PT_FILES, checkpoint.GLOBAL_CMVN.as_posix(), hub.INDEX_FILE,
+                "model-00001-of-00071.safetensors"]:
+        assert _matches(rel, hub.ALLOW_PATTERNS), rel
+    assert hub._model_config_files() >= {checkpoint.VISION_CONFIG.as_posix(), checkpoint.CODEC_CONFIG.as_posix(),
+                                         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    assert not _matches("original/consolidated.pth", hub.ALLOW_PATTERNS)
+    for f in tiny_codec_dir.rglob("*"):
+        if f.is_file():
+            assert _matches(f.relative_to(tiny_codec_dir).as_posix(), hub.CODEC_ALLOW_PATTERNS), f
+    for rel in (codec.ENCODER_CKPT.as_posix(), codec.ENCODER_CMVN.as_posix(), codec.DECODER_16K):
+        assert _matches(rel, hub.CODEC_ALLOW_PATTERNS)
+    for rel in ("ckpts/LongCatAudioCodec_decoder_24k_4codebooks.pt", "ckpts/LongCatAudioCodec_decoder_24k_2codebooks.pt",
+                "networks/semantic_codec.py"):
+        assert not _matches(rel, hub.CODEC_ALLOW_PATTERNS), rel
+
+
+def test_weights_report_totals_both_repos():
+    report = hub.WeightsReport(
+        path="/m", source="org/m", revision="a" * 40, downloaded=True, files=3, bytes_total=30, bytes_downloaded=20,
+        damaged=["x.pt"], codec_path="/c", codec_source="org/c", codec_revision="b" * 40,
+        codec=hub.DownloadTally(files=2, bytes_total=5, bytes_downloaded=5, damaged=["ckpts/e.pt"]),
+    )
+    total = report.total()
+    assert (total.files, total.bytes_total, total.bytes_downloaded) == (5, 35, 25)
+    assert total.damaged == ["model.source:x.pt", "model.codec_source:ckpts/e.pt"]
+    assert hub.WeightsReport.model_validate_json(report.model_dump_json()) == report
 
 
 def test_settings_token_sources_and_cache(tmp_path):
@@ -49,7 +134,7 @@ def test_hf_transfer_warns_once(tmp_path, caplog, monkeypatch):
     hub._warn_hf_transfer_once.cache_clear()
     monkeypatch.setattr(hub, "_is_local_source", lambda source: False)
     s = Settings(hf_transfer_requested=True, hf_endpoint="http://127.0.0.1:9")  # nothing listens on port 9
-    cfg = ModelConfig(source="org/x", cache_dir=str(tmp_path))
+    cfg = ModelConfig(source="org/x", codec_source="org/c", cache_dir=str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="vss_core.hub"):
         for _ in range(2):
             with pytest.raises(Exception):

@@ -8,34 +8,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from vss_core import lora
+from vss_core import data, lora
 from vss_core import model as omni
-from vss_core.config import LoraConfig
+from vss_core.config import DataConfig, LoraConfig
+from vss_core.model.checkpoint import build_tiny_model
 from vss_core.errors import ConfigError
 
-CODEBOOK_SIZES = [64, 16, 16, 16]
 MLA = ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
+DATA = {"video_frames": 4, "video_fps": 2.0, "audio_seconds": 2.0, "workers": 1}
 
 
 @pytest.fixture()
-def tiny() -> omni.OmniModel:
-    return omni.build_tiny_model(0)
+def tiny(tiny_model_dir: Path) -> omni.OmniModel:
+    return build_tiny_model(tiny_model_dir, 0)
 
 
 @pytest.fixture(scope="module")
-def batch() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    samples = []
-    for fbank_len, code_len in [(300, 50), (290, 47)]:
-        codes = torch.stack([torch.randint(0, n, (code_len,), generator=gen) for n in CODEBOOK_SIZES], 1)
-        samples.append(
-            {
-                "frames": torch.rand(4, 3, 56, 56, generator=gen),
-                "fbank": torch.randn(fbank_len, 80, generator=gen),
-                "codes": codes,
-            }
-        )
-    return omni.collate(samples)
+def batch(tiny_model_dir: Path, tiny_codec_dir: Path, demo_data_dir: Path, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Two demo samples prepared into the official voice-chat sequence, batched for OmniModel.forward."""
+    cfg = DataConfig(root=str(demo_data_dir), **DATA)
+    samples = data.validate_dataset(cfg).samples[:2]
+    prepared = data.prepare_dataset(samples, cfg, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("lora-prep"))
+    return omni.collate(data.load_prepared(prepared.dir))
 
 
 def test_attention_resolves_to_the_ten_mla_projections(tiny: omni.OmniModel) -> None:
@@ -48,7 +42,12 @@ def test_other_sets_resolve(tiny: omni.OmniModel) -> None:
     dense, _ = lora.resolve_targets(tiny, ["dense_mlp"])
     assert len(dense) == 6 and all(".mlps." in n for n in dense)
     proj, _ = lora.resolve_targets(tiny, ["projectors"])
-    assert proj == ["audio_projector.0", "audio_projector.2", "vision_projector.0", "vision_projector.2"]
+    # the official projector names: vision p0.1 / p0.3 + proj (p0.0 is its LayerNorm), audio 0 and 2
+    assert proj == [
+        "audio_projector.0", "audio_projector.2", "vision_projector.p0.1", "vision_projector.p0.3", "vision_projector.proj",
+    ]
+    heads, _ = lora.resolve_targets(tiny, ["audio_heads"])
+    assert heads == [f"audio_output_layer.audio_output_layers.{i}" for i in range(4)]  # embedding.* stays frozen
 
 
 @pytest.mark.parametrize("alias", ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -64,7 +63,7 @@ def test_source_document_aliases_map_to_attention_with_a_warning(
 
 def test_audio_aliases(tiny: omni.OmniModel) -> None:
     names, warnings = lora.resolve_targets(tiny, ["audio_encoder", "audio_decoder"])
-    heads = [f"audio_heads.{i}" for i in range(4)]
+    heads = [f"audio_output_layer.audio_output_layers.{i}" for i in range(4)]
     assert names == heads + ["audio_projector.0", "audio_projector.2"]
     assert len(warnings) == 2
 
@@ -122,7 +121,9 @@ def test_a_few_adam_steps_lower_the_loss(tiny: omni.OmniModel, batch: dict) -> N
     assert losses[-1] < losses[0] - 0.02
 
 
-def test_adapter_save_writes_config_and_weights(tiny: omni.OmniModel, batch: dict, tmp_path: Path) -> None:
+def test_adapter_save_writes_config_and_weights(
+    tiny: omni.OmniModel, batch: dict, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     import peft
 
     peft_model = lora.apply_lora(tiny, LoraConfig(rank=4, alpha=8, dropout=0.0, targets=["attention"]))
@@ -133,17 +134,14 @@ def test_adapter_save_writes_config_and_weights(tiny: omni.OmniModel, batch: dic
     assert (tmp_path / "adapter_config.json").is_file()
     assert (tmp_path / "adapter_model.safetensors").is_file()
     with torch.no_grad():
-        expected = peft_model(**batch).loss
-        reloaded = peft.PeftModel.from_pretrained(omni.build_tiny_model(0), tmp_path)
-        assert torch.allclose(reloaded(**batch).loss, expected)
+        expected = peft_model.eval()(**batch).loss
+        reloaded = peft.PeftModel.from_pretrained(build_tiny_model(tiny_model_dir, 0), tmp_path).eval()
+        torch.testing.assert_close(reloaded(**batch).loss, expected)
+        assert not torch.allclose(build_tiny_model(tiny_model_dir, 0).eval()(**batch).loss, expected)
 
 
-def test_experts_set_targets_the_fused_expert_parameters():
-    from vss_core import lora as lora_mod
-    from vss_core import model as omni
-    from vss_core.config import LoraConfig
-
-    m = omni.build_tiny_model()
+def test_experts_set_targets_the_fused_expert_parameters(tiny: omni.OmniModel) -> None:
+    lora_mod, m = lora, tiny
     cfg, _ = lora_mod.build_lora_config(m, LoraConfig(rank=4, alpha=8, dropout=0.0, targets=["experts"]))
     assert sorted(cfg.target_parameters) == [
         "llm.model.layers.0.mlp.experts.down_proj",

@@ -55,6 +55,7 @@ def test_tiny_model_counts_match_the_built_model(tiny_model_dir):
     shape = plan.read_model_shape(tiny_model_dir)
     counts = plan.count_params(shape)  # the default plans what vss allocates: routed experts only
     assert counts.total == sum(p.numel() for p in built.parameters())
+    assert counts.parts == {name: sum(p.numel() for p in part.parameters()) for name, part in built.named_children()}
     cfg = config.load_config("cpu-demo").lora
     peft_model = lora.apply_lora(built, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -93,15 +94,25 @@ def test_two_b200_3tb_ram_2tb_disk_fits_and_why(real):
     assert 1.12e12 / GiB < disk.need_gib < 1863
 
 
-def test_eight_h100_512gb_does_not_fit_and_every_suggestion_replans_as_fitting(real):
+def test_eight_h100_512gb_does_not_fit_and_no_pair_of_changes_makes_it(real):
+    # The official token rules put ~8.6k positions in a 16-frame, 30 s sample (the pixel budget is split
+    # over the frame pairs, so fewer frames do not shorten it): the coalesced 2x leaf gather, the eager
+    # attention working set and the RAM all have to change at once, more than one pair of changes.
     cfg = config.load_config("standard-8xh100")
-    ins = plan.inputs_from_config(cfg, real)
-    m = machine(8, 79.6, 512)
-    p = plan.plan(ins, m)
+    p = plan.plan(plan.inputs_from_config(cfg, real), machine(8, 79.6, 512))
     assert not p.fits
     assert p.resource("CPU RAM").fits is False and p.resource("CPU RAM").need_gib > 1.12e12 / GiB > 512
     assert p.resource("GPU").fits is False and p.resource("GPU").need_gib > 2 * LEAF_BYTES / GiB
     assert p.resource("disk").fits is None  # no disk given: reported, not judged
+    assert p.nothing_fits and p.suggestions == [] and "No single change" in p.table()
+
+
+def test_eight_h200_512gb_does_not_fit_and_every_suggestion_replans_as_fitting(real):
+    cfg = config.load_config("standard-8xh100")
+    ins = plan.inputs_from_config(cfg, real)
+    m = machine(8, 139.8, 512)
+    p = plan.plan(ins, m)
+    assert not p.fits and p.resource("CPU RAM").fits is False
     assert p.suggestions and not p.nothing_fits
     assert any("deepspeed.offload_param=nvme" in s.overrides for s in p.suggestions)
     assert any(o.startswith("hardware.nodes=") for s in p.suggestions for o in s.overrides)
@@ -159,3 +170,29 @@ def test_plan_command_on_this_machine_for_cpu_demo(tiny_model_dir, capsys):
     assert cli.main(["plan", "--profile", "cpu-demo", "--json", f"model.source={tiny_model_dir}"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] is True and out["machine"]["source"] == "probed"
+
+
+def test_real_part_counts_and_codec_appear_in_the_json_plan(capsys):
+    from transformers import LongcatFlashConfig as Flash
+
+    from vss_core.model import audio, embeddings, vision
+
+    args = ["plan", "--profile", "conservative-2xb200", "--gpus", "2", "--gpu-memory-gb", "179", "--ram-gb", "3000",
+            "--disk-gb", "1863", "--json"]
+    assert cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    parts, h = out["facts"]["params_by_part"], Flash().hidden_size
+    vis = vision.count_parameters(vision.VisionConfig(**vision.REAL_VISION_SIZES), h)
+    aud = audio.count_parameters(audio.AudioConfig(), h)
+    rows = embeddings.AUDIO_VOCAB_SIZE
+    assert parts["vision_model"] == vis["vision_model"] and 636e6 < parts["vision_model"] < 637e6
+    assert parts["vision_projector"] == vis["vision_projector"] and 113e6 < parts["vision_projector"] < 114e6
+    assert parts["audio_encoder"] == aud["audio_encoder"] and 512e6 < parts["audio_encoder"] < 513e6
+    assert parts["audio_projector"] == aud["audio_projector"] and 75e6 < parts["audio_projector"] < 76e6
+    assert parts["audio_embedding"] == 4 * rows * h and parts["audio_output_layer"] == 7 * rows * h
+    assert parts["text_embedding"] == Flash().vocab_size * h
+    assert out["facts"]["total_params"] == sum(parts.values())
+    codec = out["facts"]["codec_params"]
+    assert 514e6 < codec["semantic_tokenizer"] < 515e6 and 21.9e6 < codec["acoustic_encoder"] < 22e6
+    assert 162e6 < codec["decoder_16k"] < 163e6
+    assert any("codec" in a and "no training rank" in a for a in out["assumptions"])

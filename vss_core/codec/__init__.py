@@ -1,226 +1,270 @@
-"""Speech codec: waveform <-> 4 codebooks per 60 ms frame (1 semantic + 3 acoustic).
+"""LongCat-Audio-Codec in vss: the speech LongCat-Flash-Omni hears as targets and speaks.
 
-The model speaks in LongCat-Audio-Codec tokens (16 kHz, 16.67 Hz, 1 semantic codebook of 8192 and
-3 acoustic codebooks of 90). vss cannot run that codec yet, so the tiny model and the tests use
-`TinyCodec`, the project's own small deterministic codec with the same interface: 16 kHz, hop 960
-samples, 4 codes per frame, column 0 semantic. `load_codec(model_dir)` picks the codec a checkpoint
-names in `audio_codec/config.yaml`.
+4 codebooks per 60 ms frame at 16 kHz (hop 960): a semantic code in [0, 8192) from the semantic
+tokenizer (`semantic`) and 3 acoustic codes in [0, 8100) = a*90+b from the acoustic encoder and its
+grouped residual quantizers (`acoustic`, `quantizer`); the decoder (`decoder`) turns them back into a
+16 kHz or 24 kHz waveform. Each part follows the official code (meituan-longcat/LongCat-Audio-Codec,
+`networks/`, `semantic_tokenizer_general/`) and loads its official checkpoint by its real key names.
+
+Files, as the Hub repo `meituan-longcat/LongCat-Audio-Codec` lays them out (`model.codec_source`):
+
+    ckpts/LongCatAudioCodec_encoder.pt         semantic tokenizer (semantic_tokenizer.*) + acoustic
+                                               encoder (encoder.*, acoustic_quantizer.*)
+    ckpts/LongCatAudioCodec_encoder_cmvn.npy   the semantic tokenizer's CMVN stats
+    ckpts/LongCatAudioCodec_decoder_16k_4codebooks.pt (and the 24k ones)
+    configs/*.yaml, semantic_tokenizer_general/configs/*.yaml   optional: the GitHub repo's configs;
+                                               absent, vss uses the official values it carries
+
+The omni checkpoint names its decoder in `audio_codec/config.yaml` (the official post-processor's
+`load_decoder(config_path)`); its `ckpt_path` is resolved against the checkpoint's `audio_codec/`,
+the checkpoint, then the codec directory. The official encoder load is `strict=False`; vss names
+every missing, unexpected or mis-shaped key instead.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import yaml
 
+from vss_core.codec import acoustic, decoder as decoder_lib, semantic
+from vss_core.codec.decoder import DecoderConfig
 from vss_core.errors import ModelError, bullet_list
 
-CODEC_CONFIG = Path("audio_codec") / "config.yaml"
-TINY_TYPE = "vss-tiny"
-TINY_CONFIG = {
-    "type": TINY_TYPE,
-    "sample_rate": 16000,
-    "hop_samples": 960,
-    "codebook_sizes": [64, 16, 16, 16],
-    "seed": 0,
-}
+SAMPLE_RATE = acoustic.SAMPLE_RATE
+HOP_SAMPLES = acoustic.HOP_SAMPLES
+FRAME_RATE = SAMPLE_RATE / HOP_SAMPLES
+ENCODER_YAML = Path("configs/LongCatAudioCodec_encoder.yaml")
+ENCODER_CKPT = Path("ckpts/LongCatAudioCodec_encoder.pt")
+ENCODER_CMVN = Path(semantic.CMVN_FILE)
+SEMANTIC_YAMLS = (Path(semantic.CONFIG_DIR) / semantic.TOKENIZER_YAML, Path(semantic.CONFIG_DIR) / semantic.INFER_YAML)
+DECODER_16K = "ckpts/LongCatAudioCodec_decoder_16k_4codebooks.pt"
+TINY_DECODER = DecoderConfig.tiny("16k")
 
 
-@runtime_checkable
-class SpeechCodec(Protocol):
-    """What vss needs from a speech codec."""
-
-    sample_rate: int
-    frame_rate: float
-    codebook_sizes: tuple[int, int, int, int]
-
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """[samples] float32 in [-1, 1] at sample_rate -> int64 [frames, 4] (column 0 semantic)."""
-        ...
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """int64 [frames, 4] -> float32 [frames * hop] waveform at sample_rate."""
-        ...
-
-
-class TinyCodec:
-    """A small, deterministic, real codec with LongCat-Audio-Codec's interface.
-
-    Each 960-sample frame (60 ms at 16 kHz) becomes 4 codes:
-      0. semantic: the nearest entry (cosine) of a fixed, seeded codebook of normalised log
-         band-energy vectors (16 bands of the frame's spectrum);
-      1. loudness: frame RMS in dB, quantised over [-80, 0] dBFS;
-      2. brightness: spectral centroid, quantised over [0, sample_rate/2];
-      3. noisiness: spectral flatness, quantised over [0, 1].
-    Decoding shapes white noise (seeded by the codes) with the codebook entry's band gains and scales
-    it to the coded loudness: crude, but a real waveform with the coded envelope and spectrum.
-    """
-
-    bands = 16
-    min_db = -80.0
-
-    def __init__(
-        self,
-        sample_rate: int = 16000,
-        hop_samples: int = 960,
-        codebook_sizes: tuple[int, int, int, int] = (64, 16, 16, 16),
-        seed: int = 0,
-    ) -> None:
-        problems = []
-        if sample_rate <= 0:
-            problems.append(f"sample_rate={sample_rate} must be positive")
-        if hop_samples < 2 * self.bands:
-            problems.append(f"hop_samples={hop_samples} must be at least {2 * self.bands}")
-        if len(codebook_sizes) != 4 or any(int(s) < 2 for s in codebook_sizes):
-            problems.append(f"codebook_sizes={list(codebook_sizes)} must be 4 sizes, each at least 2")
-        if problems:
-            raise ModelError(f"invalid TinyCodec settings:\n{bullet_list(problems)}")
-        self.sample_rate = int(sample_rate)
-        self.hop = int(hop_samples)
-        self.frame_rate = self.sample_rate / self.hop
-        self.codebook_sizes = tuple(int(s) for s in codebook_sizes)
-        self.seed = int(seed)
-        n_bins = self.hop // 2 + 1
-        # Bands spaced evenly on a mel-like (log) scale above 60 Hz; bin 0 (DC) is left out.
-        hz = torch.linspace(0, self.sample_rate / 2, n_bins)
-        edges = torch.logspace(math.log10(60.0), math.log10(self.sample_rate / 2), self.bands + 1)
-        band = torch.bucketize(hz, edges[1:-1])  # 0..bands-1 for every bin
-        band[hz < 1.0] = -1
-        self._band_of_bin = band
-        self._band_matrix = torch.zeros(n_bins, self.bands)
-        valid = band >= 0
-        self._band_matrix[valid.nonzero().squeeze(1), band[valid]] = 1.0
-        self._band_matrix /= self._band_matrix.sum(0).clamp(min=1.0)
-        self._hz = hz
-        gen = torch.Generator().manual_seed(self.seed)
-        # Smooth random spectral shapes (cumulative sums of noise), normalised like the features.
-        raw = torch.cumsum(torch.randn(self.codebook_sizes[0], self.bands, generator=gen), dim=1)
-        self.codebook = self._normalise(raw)
-        self._window = torch.hann_window(self.hop, periodic=True)
-
-    # -- features --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _normalise(v: torch.Tensor) -> torch.Tensor:
-        v = v - v.mean(dim=-1, keepdim=True)
-        return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-
-    def _frames(self, wave: torch.Tensor) -> torch.Tensor:
-        if wave.dim() != 1:
-            raise ValueError(f"TinyCodec.encode wants a 1-D waveform [samples], got shape {tuple(wave.shape)}")
-        n_frames = max(1, math.ceil(wave.numel() / self.hop))
-        padded = torch.zeros(n_frames * self.hop, dtype=torch.float32)
-        padded[: wave.numel()] = wave.to(torch.float32)
-        return padded.view(n_frames, self.hop)
-
-    @staticmethod
-    def _quantise(x: torch.Tensor, low: float, high: float, size: int) -> torch.Tensor:
-        q = torch.floor((x - low) / (high - low) * size)
-        return q.clamp(0, size - 1).to(torch.int64)
-
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """[samples] float32 in [-1, 1] at 16 kHz -> int64 [ceil(samples / 960), 4]."""
-        frames = self._frames(torch.nan_to_num(wave.detach().cpu().float()).clamp(-1.0, 1.0))
-        power = torch.fft.rfft(frames * self._window, dim=-1).abs().pow(2)  # [F, bins]
-        band_energy = power @ self._band_matrix  # [F, bands]
-        log_bands = torch.log(band_energy + 1e-10)
-        semantic = (self._normalise(log_bands) @ self.codebook.T).argmax(dim=-1)
-        rms = frames.pow(2).mean(dim=-1).sqrt()
-        loud_db = 20 * torch.log10(rms + 1e-10)
-        total = power.sum(dim=-1).clamp(min=1e-12)
-        centroid = (power * self._hz).sum(dim=-1) / total
-        spec = power[:, 1:] + 1e-12
-        flatness = torch.exp(torch.log(spec).mean(dim=-1)) / spec.mean(dim=-1)
-        silent = rms < 10 ** (self.min_db / 20)
-        centroid = torch.where(silent, torch.zeros_like(centroid), centroid)
-        flatness = torch.where(silent, torch.zeros_like(flatness), flatness)
-        codes = torch.stack(
-            [
-                semantic,
-                self._quantise(loud_db, self.min_db, 0.0, self.codebook_sizes[1]),
-                self._quantise(centroid, 0.0, self.sample_rate / 2, self.codebook_sizes[2]),
-                self._quantise(flatness, 0.0, 1.0, self.codebook_sizes[3]),
-            ],
-            dim=-1,
-        )
-        return codes.to(torch.int64)
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """int64 [frames, 4] -> float32 [frames * 960] waveform in [-1, 1]."""
-        if codes.dim() != 2 or codes.shape[1] != 4:
-            raise ValueError(f"TinyCodec.decode wants codes of shape [frames, 4], got {tuple(codes.shape)}")
-        codes = codes.to(torch.int64).cpu()
-        sizes = torch.tensor(self.codebook_sizes)
-        codes = torch.minimum(codes.clamp(min=0), sizes - 1)
-        n = codes.shape[0]
-        gen = torch.Generator().manual_seed(self.seed + 1)
-        noise = torch.randn(n, self.hop, generator=gen)
-        spectrum = torch.fft.rfft(noise, dim=-1)
-        # Codebook entries are unit-norm log shapes; scale them back to a few nats of dynamic range.
-        band_gain = torch.exp(1.5 * self.codebook[codes[:, 0]] * math.sqrt(self.bands) / 2)  # [F, bands]
-        bin_gain = torch.zeros(n, self._band_of_bin.numel())
-        valid = self._band_of_bin >= 0
-        bin_gain[:, valid] = band_gain[:, self._band_of_bin[valid]]
-        frames = torch.fft.irfft(spectrum * bin_gain, n=self.hop, dim=-1)
-        loud_db = self.min_db + (codes[:, 1].float() + 0.5) * (-self.min_db / self.codebook_sizes[1])
-        target_rms = 10 ** (loud_db / 20)
-        target_rms = torch.where(codes[:, 1] == 0, torch.zeros_like(target_rms), target_rms)
-        frames = frames / frames.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp(min=1e-9) * target_rms[:, None]
-        # Short linear fades at frame edges avoid clicks between frames of different loudness.
-        fade = min(64, self.hop // 4)
-        ramp = torch.linspace(0.0, 1.0, fade)
-        frames[:, :fade] *= ramp
-        frames[:, -fade:] *= ramp.flip(0)
-        return frames.reshape(-1).clamp(-1.0, 1.0)
-
-
-def write_tiny_codec_config(model_dir: Path) -> Path:
-    """Write `model_dir/audio_codec/config.yaml` selecting TinyCodec; returns the file."""
-    path = Path(model_dir) / CODEC_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(TINY_CONFIG, sort_keys=False))
-    return path
-
-
-def load_codec(model_dir: Path) -> SpeechCodec:
-    """The speech codec a checkpoint names in `model_dir/audio_codec/config.yaml`.
-
-    Raises:
-        ModelError: the file is missing or unreadable, names a codec vss cannot run (the real
-            LongCat-Audio-Codec), or has invalid TinyCodec settings.
-    """
-    path = Path(model_dir) / CODEC_CONFIG
-    if not path.is_file():
-        raise ModelError(
-            f"codec config {path} does not exist: the checkpoint at {model_dir} lacks audio_codec/config.yaml. "
-            "Check model.source points at a complete LongCat-Flash-Omni checkpoint (or the tiny one vss writes)."
-        )
+def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any] | None:
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ModelError(f"codec config {path} cannot be read: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("type") != TINY_TYPE:
-        raise ModelError(
-            f"codec config {path} does not describe vss's tiny codec (type: {TINY_TYPE}); it looks like the "
-            "real LongCat-Audio-Codec, which vss cannot run yet. Train with a checkpoint whose "
-            f"audio_codec/config.yaml has type: {TINY_TYPE}, or prepare codec tokens with LongCat-Audio-Codec yourself."
-        )
-    problems = []
-    for key in ("sample_rate", "hop_samples", "codebook_sizes", "seed"):
-        if key not in raw:
-            problems.append(f"{key}: missing (expected e.g. {key}: {TINY_CONFIG[key]})")
-    sizes = raw.get("codebook_sizes")
-    if sizes is not None and (not isinstance(sizes, list) or len(sizes) != 4 or not all(isinstance(s, int) for s in sizes)):
-        problems.append(f"codebook_sizes: must be a list of 4 integers (got {sizes!r})")
-    for key in ("sample_rate", "hop_samples", "seed"):
-        if key in raw and not isinstance(raw[key], int):
-            problems.append(f"{key}: must be an integer (got {raw[key]!r})")
+        problems.append(f"{path}: not readable YAML ({exc})")
+        return None
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: must hold a YAML mapping")
+        return None
+    return raw
+
+
+def encoder_configs(codec_dir: Path) -> tuple[semantic.SemanticTokenizerConfig, acoustic.AcousticEncoderConfig]:
+    """The codec directory's own configs, or the official values where it has none (Hub snapshot)."""
+    problems: list[str] = []
+    sem_cfg, ac_cfg = semantic.OFFICIAL_SEMANTIC_CONFIG, acoustic.AcousticEncoderConfig.official()
+    tok_path, infer_path = (codec_dir / p for p in SEMANTIC_YAMLS)
+    if tok_path.is_file() or infer_path.is_file():
+        tok, inf = _read_yaml(tok_path, problems), _read_yaml(infer_path, problems)
+        if tok is not None and inf is not None:
+            try:
+                sem_cfg = semantic.SemanticTokenizerConfig.from_yaml_dicts(tok, inf, str(codec_dir))
+            except ModelError as exc:
+                problems.append(str(exc))
+    if (codec_dir / ENCODER_YAML).is_file():
+        raw = _read_yaml(codec_dir / ENCODER_YAML, problems)
+        if raw is not None:
+            try:
+                ac_cfg = acoustic.AcousticEncoderConfig.from_yaml(raw.get("codec_config", raw), str(codec_dir / ENCODER_YAML))
+            except ModelError as exc:
+                problems.append(str(exc))
     if problems:
-        raise ModelError(f"codec config {path} is invalid:\n{bullet_list(problems)}")
+        raise ModelError(f"codec {codec_dir}: invalid config:\n{bullet_list(problems)}")
+    return sem_cfg, ac_cfg
+
+
+def _require(codec_dir: Path, rels: list[Path]) -> None:
+    missing = [str(codec_dir / r) for r in rels if not (codec_dir / r).is_file()]
+    if missing:
+        raise ModelError(
+            f"codec {codec_dir} is incomplete: missing {', '.join(missing)}. model.codec_source must be "
+            "LongCat-Audio-Codec (the Hub repo meituan-longcat/LongCat-Audio-Codec, or `vss tiny-model` for the demo)."
+        )
+
+
+def encoder_fingerprint(codec_dir: Path) -> str:
+    """A key over what the encoder's codes depend on (configs, checkpoint size/mtime), for caches.
+
+    Raises:
+        ModelError: a file is missing or a config is invalid.
+    """
+    codec_dir = Path(codec_dir)
+    _require(codec_dir, [ENCODER_CKPT, ENCODER_CMVN])
+    sem_cfg, ac_cfg = encoder_configs(codec_dir)
+    h = hashlib.sha256(repr((sem_cfg, ac_cfg)).encode())
+    for rel in (ENCODER_CKPT, ENCODER_CMVN):
+        st = (codec_dir / rel).stat()
+        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+class CodecEncoder(torch.nn.Module):
+    """Waveform -> the 4 codec ids per 60 ms frame the LLM speaks in (semantic first)."""
+
+    sample_rate = SAMPLE_RATE
+    frame_rate = FRAME_RATE
+
+    def __init__(self, sem_cfg: semantic.SemanticTokenizerConfig, ac_cfg: acoustic.AcousticEncoderConfig) -> None:
+        super().__init__()
+        self.semantic_tokenizer = semantic.SemanticTokenizer(sem_cfg)
+        self.acoustic = acoustic.AcousticEncoder(ac_cfg)
+
+    @torch.no_grad()
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+        """[samples] float32 in [-1, 1] at 16 kHz (at most 30 s) -> int64 [frames, 4], frames = ceil(L/960).
+
+        As the official `LongCatAudioCodecEncoder.forward`: the wave is right-padded to a multiple of
+        960 and both paths encode the whole padded signal, so they give the same number of frames.
+
+        Raises:
+            ValueError: empty or longer than the codec's 30 s.
+        """
+        wave = self.acoustic.preprocess(wave.reshape(1, -1).float())
+        n = torch.tensor([wave.shape[-1]])
+        sem, _ = self.semantic_tokenizer(wave, n)
+        ac, _ = self.acoustic.encode(wave)
+        frames = min(sem.shape[1], ac.shape[1])
+        return torch.cat([sem[0, :frames, None], ac[0, :frames]], dim=-1).to(torch.int64)
+
+
+def load_encoder(codec_dir: Path) -> CodecEncoder:
+    """The codec encoder of a LongCat-Audio-Codec directory, every key checked, eval mode, fp32.
+
+    Raises:
+        ModelError: a file is missing, a config invalid, or a checkpoint key missing/unexpected/mis-shaped.
+    """
+    codec_dir = Path(codec_dir)
+    _require(codec_dir, [ENCODER_CKPT, ENCODER_CMVN])
+    enc = CodecEncoder(*encoder_configs(codec_dir))
+    state = acoustic.read_checkpoint(codec_dir / ENCODER_CKPT)
+    problems: list[str] = []
     try:
-        return TinyCodec(raw["sample_rate"], raw["hop_samples"], tuple(raw["codebook_sizes"]), raw["seed"])
+        enc.semantic_tokenizer.load_cmvn_file(codec_dir / ENCODER_CMVN)
+        enc.semantic_tokenizer.load_checkpoint_state(state, str(codec_dir / ENCODER_CKPT))
     except ModelError as exc:
-        raise ModelError(f"codec config {path}: {exc}") from None
+        problems.append(str(exc))
+    try:
+        rest = enc.acoustic.load_official_state_dict(state, str(codec_dir / ENCODER_CKPT))
+        stray = [k for k in rest if not k.startswith(semantic.CHECKPOINT_PREFIX)]
+        if stray:
+            problems.append(f"{codec_dir / ENCODER_CKPT}: unexpected key(s) {', '.join(sorted(stray)[:12])}")
+    except ModelError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ModelError(f"codec encoder {codec_dir} does not load:\n{bullet_list(problems)}")
+    return enc.eval()
+
+
+# --- the decoder ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderFiles:
+    config: DecoderConfig
+    checkpoint: Path
+
+
+def decoder_files(model_dir: Path, codec_dir: Path | None) -> DecoderFiles:
+    """The decoder the omni checkpoint's `audio_codec/config.yaml` names, and where its weights are.
+
+    Raises:
+        ModelError: the config is missing/invalid or its ckpt_path is found nowhere.
+    """
+    path = Path(model_dir) / "audio_codec" / "config.yaml"
+    problems: list[str] = []
+    if not path.is_file():
+        raise ModelError(f"{path}: file missing (the speech decoder's config of the checkpoint)")
+    raw = _read_yaml(path, problems)
+    if raw is not None:
+        section = raw.get("codec_config", raw)
+        try:
+            cfg = DecoderConfig.from_yaml(section, str(path))
+        except ModelError as exc:
+            problems.append(str(exc))
+        ckpt = section.get("ckpt_path") if isinstance(section, dict) else None
+        if not isinstance(ckpt, str) or not ckpt:
+            problems.append(f"{path}: codec_config.ckpt_path must name the decoder's .pt file")
+    if problems:
+        raise ModelError(f"decoder config {path} is invalid:\n{bullet_list(problems)}")
+    candidates = [Path(ckpt)] if Path(ckpt).is_absolute() else [path.parent / Path(ckpt).name, Path(model_dir) / ckpt]
+    if not Path(ckpt).is_absolute() and codec_dir is not None:
+        candidates.append(Path(codec_dir) / ckpt)
+    for c in candidates:
+        if c.is_file():
+            return DecoderFiles(cfg, c)
+    raise ModelError(
+        f"{path}: ckpt_path {ckpt!r} found nowhere (looked at {', '.join(map(str, candidates))}); "
+        "download the codec (model.codec_source) or fix the path"
+    )
+
+
+def load_decoder(model_dir: Path, codec_dir: Path | None) -> decoder_lib.Decoder:
+    """The speech decoder of the omni checkpoint, loaded strictly, eval mode (`sample_rate` = its output rate).
+
+    Raises:
+        ModelError: see `decoder_files`, or a key missing/unexpected/mis-shaped.
+    """
+    files = decoder_files(model_dir, codec_dir)
+    dec = decoder_lib.Decoder.from_checkpoint(files.checkpoint, files.config)
+    dec.sample_rate = dec.output_rate
+    return dec.eval()
+
+
+def decode_codes(dec: decoder_lib.Decoder, codes: torch.Tensor) -> torch.Tensor:
+    """int64 [frames, 4] raw codec ids (column 0 semantic) -> float32 [samples] at the decoder's rate."""
+    if codes.numel() == 0:
+        return torch.zeros(0)
+    return dec.decode(codes[None, :, 0], codes[None, :, 1:])[0].float()
+
+
+def write_decoder_config(path: Path, cfg: DecoderConfig, ckpt_path: str = DECODER_16K) -> Path:
+    """Write a decoder config in the official yaml layout (`configs/LongCatAudioCodec_decoder_*.yaml`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"codec_config": {**cfg.to_yaml(), "ckpt_path": ckpt_path}}, sort_keys=False))
+    return path
+
+
+def write_tiny_codec(codec_dir: Path, seed: int = 0) -> Path:
+    """A random-weight LongCat-Audio-Codec of tiny sizes in the official repo layout (configs + ckpts).
+
+    Hop 960 at 16 kHz and the 4-codebook id ranges as the real codec ([0, 64) semantic, [0, K*K)
+    acoustic, tiny K); the semantic tokenizer's codebook is spread around its hidden states so the
+    codes vary with the input (random N(0,1) centroids would all lose to one).
+    """
+    codec_dir = Path(codec_dir)
+    sem_cfg, ac_cfg = semantic.TINY_SEMANTIC_CONFIG, acoustic.AcousticEncoderConfig.tiny()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        enc = CodecEncoder(sem_cfg, ac_cfg)
+        dec = decoder_lib.Decoder(TINY_DECODER)
+        for m in (enc, dec):
+            for name, p in m.named_parameters():
+                if p.dim() >= 2 and "weight_g" not in name:
+                    torch.nn.init.normal_(p, std=0.3)
+        cb = enc.semantic_tokenizer.kmeans.codebook
+        cb.copy_(torch.randn_like(cb) * 0.05)
+    (codec_dir / "ckpts").mkdir(parents=True, exist_ok=True)
+    for rel, data in zip(SEMANTIC_YAMLS, sem_cfg.to_yaml_dicts()):
+        (codec_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (codec_dir / rel).write_text(yaml.safe_dump(data, sort_keys=False))
+    (codec_dir / ENCODER_YAML).parent.mkdir(parents=True, exist_ok=True)
+    (codec_dir / ENCODER_YAML).write_text(
+        yaml.safe_dump({"codec_config": {**ac_cfg.to_yaml(), "ckpt_path": str(ENCODER_CKPT)}}, sort_keys=False)
+    )
+    write_decoder_config(codec_dir / "configs" / "LongCatAudioCodec_decoder_16k_4codebooks.yaml", TINY_DECODER)
+    dim = sem_cfg.fbank.feature_dim
+    semantic.write_cmvn(codec_dir / ENCODER_CMVN, torch.full((dim,), 8.0), torch.full((dim,), 2.0))
+    state = {f"{semantic.CHECKPOINT_PREFIX}{k}": v for k, v in enc.semantic_tokenizer.state_dict().items()}
+    state.update(enc.acoustic.state_dict())
+    torch.save(state, codec_dir / ENCODER_CKPT)
+    torch.save(dec.state_dict(), codec_dir / DECODER_16K)
+    return codec_dir
