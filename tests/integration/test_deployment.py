@@ -58,9 +58,12 @@ def _flow_runs(env) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_served_deployments_refuse_bad_params_retrain_on_data_events_and_reuse(tmp_path, tiny_model_dir, demo_data_dir):
+def test_served_deployments_refuse_bad_params_retrain_on_data_events_and_reuse(
+    tmp_path, tiny_model_dir, tiny_codec_dir, demo_data_dir
+):
     # The demo-cpu deployment's own paths (.vss/demo/...), relative to where `vss serve` runs.
     shutil.copytree(tiny_model_dir, tmp_path / ".vss/demo/tiny-model")
+    shutil.copytree(tiny_codec_dir, tmp_path / ".vss/demo/tiny-codec")
     shutil.copytree(demo_data_dir, tmp_path / ".vss/demo/data")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"

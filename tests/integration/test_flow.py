@@ -17,6 +17,7 @@ from tests.hubserver import HubServer
 
 pytestmark = pytest.mark.integration
 REPO, ADAPTER_REPO = "org/tiny-omni", "me/vss-adapter"
+CODEC_REPO = "org/tiny-codec"
 TOKEN = "hf_flowtest_SECRETVALUE_4242424242"
 
 
@@ -29,16 +30,17 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="module")
-def hub_server(tiny_model_dir):
+def hub_server(tiny_model_dir, tiny_codec_dir):
     with HubServer(tokens={TOKEN: "write"}) as srv:
         srv.add_repo_from_dir(REPO, tiny_model_dir)
+        srv.add_repo_from_dir(CODEC_REPO, tiny_codec_dir)
         yield srv
 
 
-def _overrides(out: Path, data_dir, model_source, **extra_training):
+def _overrides(out: Path, data_dir, model_source, codec_source=CODEC_REPO, **extra_training):
     return {
         "data": {"root": str(data_dir)},
-        "model": {"source": str(model_source), "cache_dir": str(out / "hf-cache")},
+        "model": {"source": str(model_source), "codec_source": str(codec_source), "cache_dir": str(out / "hf-cache")},
         "training": {"output_dir": str(out / "runs"), "monitor_interval_s": 2, **extra_training},
     }
 
@@ -111,7 +113,7 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
 
 
 def test_swap_growth_stops_training_after_a_checkpoint_and_a_rerun_resumes(
-    prefect_harness, monkeypatch, tmp_path, tiny_model_dir, demo_data_dir
+    prefect_harness, monkeypatch, tmp_path, tiny_model_dir, tiny_codec_dir, demo_data_dir
 ):
     from vss_core.launch import TrainingStoppedError
 
@@ -124,7 +126,7 @@ def test_swap_growth_stops_training_after_a_checkpoint_and_a_rerun_resumes(
         used = 0 if calls["n"] <= 3 else 6 * 1024**3
         return s._replace(total=max(s.total, 8 * 1024**3), used=used)
 
-    overrides = _overrides(tmp_path, demo_data_dir, tiny_model_dir)
+    overrides = _overrides(tmp_path, demo_data_dir, tiny_model_dir, tiny_codec_dir)
     monkeypatch.setattr(psutil, "swap_memory", swapping)
     with pytest.raises(TrainingStoppedError, match=r"stopped cleanly at step \d+ after saving checkpoint.*swap"):
         _run(profile="cpu-demo", overrides=overrides)
