@@ -87,7 +87,7 @@ class LoraConfig(_Section):
     targets: list[str] = Field(
         default_factory=lambda: ["attention"],
         min_length=1,
-        description="LoRA target sets (attention, dense_mlp, projectors, audio_heads, experts) or module-name suffixes.",
+        description="LoRA target sets (attention, dense_mlp, projectors, audio_heads, text_head, experts) or module-name suffixes.",
     )
 
 

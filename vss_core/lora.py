@@ -36,6 +36,8 @@ TARGET_SETS: dict[str, str] = {
     "projectors": r"(vision_projector\.(p0\.\d+|proj)|audio_projector\.\d+)",
     # the 4 speech heads of the official AudioOutputLayer (its `embedding.*` tables stay frozen)
     "audio_heads": r"audio_output_layer\.audio_output_layers\.\d+",
+    # the LLM's text output head (the text stream the model speaks along): LoRA on lm_head
+    "text_head": r"llm\.lm_head",
 }
 
 # source-document name -> (set, why)

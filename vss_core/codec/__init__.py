@@ -233,6 +233,43 @@ def write_decoder_config(path: Path, cfg: DecoderConfig, ckpt_path: str = DECODE
     return path
 
 
+def _calibration_speech(seconds: float = 6.0) -> torch.Tensor:
+    """Speech-like audio (the demo's harmonic voice at several pitches) to place tiny codebooks on."""
+    import numpy as np
+
+    from vss_core import demo
+
+    rng = np.random.default_rng(1234)
+    parts = [demo._speech_pair(rng, seconds / 3, (c, 0, 0))[i % 2] for i, c in enumerate((0, 128, 255))]
+    return torch.from_numpy(np.concatenate(parts)).float()
+
+
+@torch.no_grad()
+def _calibrate(enc: CodecEncoder) -> None:
+    """Put every tiny codebook entry on a latent of real-looking speech, as training leaves them.
+
+    Random codebooks all lose to one entry (the nearest-entry search of a random codebook picks the
+    same code for every frame); k-means-like entries spread over the latents make the tiny codes
+    follow the signal. Entries are latents of evenly spaced calibration frames, stage by stage on the
+    residual (semantic: L2-normalised hidden states, as the official search compares them).
+    """
+    wave = enc.acoustic.preprocess(_calibration_speech()[None])
+    hidden, _ = enc.semantic_tokenizer.encode_hidden(wave, torch.tensor([wave.shape[-1]]))
+    h = torch.nn.functional.normalize(hidden[0], dim=-1)  # [F, d]
+    cb = enc.semantic_tokenizer.kmeans.codebook  # [d, K]
+    pick = torch.linspace(0, h.shape[0] - 1, cb.shape[1]).round().long()
+    cb.copy_((h[pick] + 0.01 * torch.randn_like(h[pick])).t())
+    z, _ = enc.acoustic.encode_latents(wave)
+    residual = z
+    for stage in enc.acoustic.acoustic_quantizer.quantizers:
+        for proj, book in ((stage.in_proj_a, stage.codebook_a), (stage.in_proj_b, stage.codebook_b)):
+            lat = proj(residual)[0].t()  # [F, d]
+            idx = torch.linspace(0, lat.shape[0] - 1, book.weight.shape[0]).round().long()
+            book.weight.copy_(lat[idx] + 0.01 * torch.randn_like(lat[idx]))
+        z_q, _, _ = stage(residual)
+        residual = residual - z_q
+
+
 def write_tiny_codec(codec_dir: Path, seed: int = 0) -> Path:
     """A random-weight LongCat-Audio-Codec of tiny sizes in the official repo layout (configs + ckpts).
 
@@ -250,8 +287,7 @@ def write_tiny_codec(codec_dir: Path, seed: int = 0) -> Path:
             for name, p in m.named_parameters():
                 if p.dim() >= 2 and "weight_g" not in name:
                     torch.nn.init.normal_(p, std=0.3)
-        cb = enc.semantic_tokenizer.kmeans.codebook
-        cb.copy_(torch.randn_like(cb) * 0.05)
+        _calibrate(enc)
     (codec_dir / "ckpts").mkdir(parents=True, exist_ok=True)
     for rel, data in zip(SEMANTIC_YAMLS, sem_cfg.to_yaml_dicts()):
         (codec_dir / rel).parent.mkdir(parents=True, exist_ok=True)
