@@ -518,7 +518,52 @@ def _sample_report(sample_dir: Path, problems: list[str], probe: dict[str, Any],
     report.in_audio = AudioInfo.model_validate(probe["in_audio"]) if probe["in_audio"] else None
     report.out_audio = AudioInfo.model_validate(probe["out_audio"]) if probe["out_audio"] else None
     _apply_limits(report, cfg)
+    _check_texts(report, sample_dir, cfg)
     return report
+
+
+# Characters per text token the length check assumes (byte-level BPE on English is ~4; on Chinese
+# ~1.5, so the check only catches transcripts FAR too long; preparation checks the exact token count).
+CHARS_PER_TOKEN = 4
+_SPECIAL_STRINGS = ("<|audio|>", "<|/audio|>", "<|audio_pad|>", "<begin-of-system>", "<begin-of-user>",
+                    "<begin-of-assistant>", "<begin-of-voice-assistant>", "<|image_pad|>", "<image>")
+
+
+def _check_texts(report: SampleReport, sample_dir: Path, cfg: DataConfig) -> None:
+    """The optional texts: UTF-8, no special strings of the model's template, a transcript that can
+    fit in the answer (a segment of N codec frames has N + 1 text positions, `vss_core.sequence`)."""
+    for fname in TEXT_FILES:
+        path = sample_dir / fname
+        if not path.is_file():
+            continue
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            report.problems.append(f"{fname} is not UTF-8 text (byte {exc.start}); save it as UTF-8")
+            continue
+        specials = [t for t in _SPECIAL_STRINGS if t in text]
+        if specials:
+            report.problems.append(f"{fname} contains the model's special token(s) {', '.join(specials)}; remove them")
+        if fname != "out.txt":
+            continue
+        if not text:
+            report.warnings.append("out.txt is empty: the sample trains as one without a transcript (speech only, no text loss)")
+            continue
+        if "</pause>" in text:
+            report.problems.append(
+                "out.txt contains </pause>: answers of several segments need each segment's own audio, which vss "
+                "does not split yet; remove </pause> (one segment) or split the sample"
+            )
+        if report.out_audio is not None and report.out_audio.duration_s > 0:
+            seconds = min(report.out_audio.duration_s, cfg.crop_seconds)
+            positions = math.ceil(seconds * 16000 / 960) + 1  # codec frames at 16.67 Hz, + the EOS position
+            if len(text) > CHARS_PER_TOKEN * positions:
+                report.problems.append(
+                    f"out.txt is far longer than out.wav allows: {len(text)} characters for {seconds:.2f} s of speech "
+                    f"({positions} text positions, about {CHARS_PER_TOKEN} characters each); shorten the transcript "
+                    "or check it belongs to this out.wav"
+                )
 
 
 # --- the cache ------------------------------------------------------------------------------------

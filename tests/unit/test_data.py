@@ -527,3 +527,53 @@ def test_vss_validate_json_prints_the_full_report_and_exits_by_policy(dataset, t
     capsys.readouterr()
     assert cli.main(["validate", str(tmp_path / "nowhere"), cache, "--json"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- the optional texts ---------------------------------------------------------------------------
+
+
+def test_text_files_are_validated(dataset):
+    (dataset / "01" / "out.txt").write_bytes(b"caf\xe9 latin-1")
+    (dataset / "02" / "out.txt").write_text("   \n")
+    (dataset / "03" / "out.txt").write_text("word " * 200 + "</pause> more <|audio_pad|>")
+    (dataset / "03" / "in.txt").write_text("What is shown?")
+    report = data.validate_dataset(_cfg(dataset))
+    by = {s.name: s for s in report.samples}
+    assert by["01"].problems == ["out.txt is not UTF-8 text (byte 3); save it as UTF-8"]
+    assert not by["02"].problems and "out.txt is empty" in by["02"].warnings[0]
+    text = " ".join(by["03"].problems)
+    assert "contains </pause>" in text and "<|audio_pad|>" in text
+    assert "far longer than out.wav allows" in text and "2.00 s of speech" in text
+    # The texts are part of the data: changing one changes the fingerprint.
+    before = report.fingerprint
+    (dataset / "02" / "out.txt").write_text("The red shape moves.\n")
+    assert data.validate_dataset(_cfg(dataset)).fingerprint != before
+
+
+def test_transcript_trains_the_text_stream_and_no_transcript_trains_speech_only(dataset, model_dir, codec_dir, tmp_path):
+    from vss_core import model, sequence
+
+    (dataset / "02" / "out.txt").unlink()
+    cfg = _cfg(dataset)
+    samples = data.select_samples(data.validate_dataset(cfg), "fail")
+    data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
+    with_text, without, _ = data.load_prepared(tmp_path / "prep")
+    ids = model.CheckpointConfigs(model_dir).special_ids
+    tok = sequence.load_tokenizer(model_dir)
+    # the text targets are the transcript's tokens then EOS, in order
+    expected = sequence.encode_text(tok, (dataset / "01" / "out.txt").read_text().strip()) + [ids.text_eos]
+    assert with_text["text_labels"][with_text["text_labels"] != -100].tolist() == expected
+    assert (without["text_labels"] == -100).all()
+    for item in (with_text, without):  # speech targets either way: every frame, then codec EOS
+        sem = item["codec_labels"][:, 0]
+        assert sem[sem != -100].tolist() == (item["codes"][:, 0] + 32).tolist() + [2]
+
+
+def test_a_transcript_too_long_for_its_audio_fails_preparation_naming_the_sample(dataset, model_dir, codec_dir, tmp_path):
+    # 70 characters of rare letters: within the rough check (4 per position) but more tokens than positions
+    (dataset / "02" / "out.txt").write_text("Qzx9 " * 14)
+    cfg = _cfg(dataset, audio_seconds=1.0)
+    samples = data.select_samples(data.validate_dataset(cfg), "fail")
+    with pytest.raises(DatasetError) as err:
+        data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
+    assert "02:" in str(err.value) and "positions" in str(err.value)
