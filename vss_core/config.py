@@ -484,6 +484,10 @@ def deepspeed_config(cfg: VSSConfig) -> dict[str, Any]:
         "train_batch_size": tr.micro_batch_size * tr.gradient_accumulation_steps * world,
         "gradient_clipping": tr.gradient_clipping,
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        # The MoE router's score-correction bias stays fp32 under zero.Init's bf16 (DeepSpeed keeps
+        # matching buffers in fp32: deepspeed/runtime/keep_in_fp32.py); partitioned parameters share
+        # one dtype, so the router's classifier weight is stored bf16 there (it computes in fp32).
+        "data_types": {"keep_in_fp32_modules": ["e_score_correction_bias"]},
         "zero_optimization": zero,
         "steps_per_print": 10**9,  # vss logs steps itself
         "wall_clock_breakdown": False,

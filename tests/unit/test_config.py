@@ -45,6 +45,7 @@ def test_conservative_profile_values_match_design():
     assert zero["reduce_bucket_size"] == 50_000_000
     ds = deepspeed_config(cfg)
     assert ds["bf16"] == {"enabled": True}
+    assert ds["data_types"] == {"keep_in_fp32_modules": ["e_score_correction_bias"]}  # the router bias stays fp32
     assert ds["activation_checkpointing"]["partition_activations"] is True
     assert ds["activation_checkpointing"]["contiguous_memory_optimization"] is True
     assert ds["train_batch_size"] == 1 * 64 * 2

@@ -305,7 +305,8 @@ def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, zero_config: 
     weights (the published layout) are fused; a fused `gate_up_proj` with zero-expert rows is read
     for its routed rows only; `model.mtp.*` keys are listed in the log and not loaded. The router
     (`mlp.router.classifier`, `e_score_correction_bias`) stays fp32 when `dtype` is bf16 (without ZeRO-3;
-    under ZeRO-3 DeepSpeed keeps one dtype per partitioned model and the router computes in fp32 anyway).
+    under ZeRO-3 too: the bias through the DeepSpeed config's `data_types.keep_in_fp32_modules`, the
+    weight as an fp32 partitioned parameter of its own, `_router_weights_to_fp32`).
 
     Raises:
         ModelError: a file is missing or unreadable, a config key is missing, or a weight is missing,
@@ -371,6 +372,8 @@ def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, zero_config: 
 
         with deepspeed.zero.Init(config_dict_or_path=zero_config, dtype=dtype):
             model = cfgs.build()
+        if dtype != torch.float32:
+            _router_weights_to_fp32(model, zero_config)
     else:
         model = cfgs.build().to(dtype)
         for name, t in [*model.named_parameters(), *model.named_buffers()]:
@@ -379,6 +382,25 @@ def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, zero_config: 
     model.skipped_keys = mtp
     _copy_weights(model, sources, partitioned=zero_config is not None)
     return model
+
+
+def _router_weights_to_fp32(model: nn.Module, zero_config: dict[str, Any]) -> None:
+    """Re-create each MoE router's classifier weight as an fp32 ZeRO-3 parameter.
+
+    `zero.Init(dtype=bf16)` makes every parameter it creates bf16; transformers keeps this one in fp32
+    (`_keep_in_fp32_modules = ["classifier.weight"]`). A parameter converted by `zero.Init(module=...)`
+    keeps its own dtype (deepspeed/runtime/zero/partition_parameters.py `_convert_to_zero_parameters`)
+    and ZeRO-3 all-gathers coalesced parameters grouped by dtype, so an fp32 partition beside the bf16
+    ones is supported. The weight is filled from the checkpoint afterwards like any other.
+    """
+    import deepspeed
+
+    for name, module in model.named_modules():
+        if name.endswith("mlp.router"):
+            clf = module.classifier
+            shape = tuple(clf.weight.ds_shape)
+            clf.weight = nn.Parameter(torch.empty(shape, dtype=torch.float32), requires_grad=clf.weight.requires_grad)
+            deepspeed.zero.Init(module=clf, config_dict_or_path=zero_config)
 
 
 _PER_EXPERT = re.compile(r"(?P<prefix>.+\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight")
