@@ -43,7 +43,8 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
     result.add("validate data", "ok", f"{len(dataset.valid)} valid, {len(dataset.invalid)} invalid, "
                f"{len(dataset.reused)} unchanged (not probed again)")
     weights = stages.download_weights(cfg.model)
-    result.add("download weights", "ok", weights.path + ("" if weights.downloaded else " (local, used in place)"))
+    result.add("download weights", "ok", f"{weights.path}{'' if weights.downloaded else ' (local, used in place)'}; "
+               f"codec {weights.codec_path}{'' if weights.codec_downloaded else ' (local)'}")
     prepared = stages.prepare_dataset(
         dataset, cfg.data, weights.path, weights.codec_path, str(out / "prepared" / dataset.fingerprint[:16])
     )

@@ -1,7 +1,8 @@
 """LongCat-Audio-Codec's semantic tokenizer, vss's own code: 16 kHz waveform -> one 8192-way code per 60 ms.
 
 Follows `meituan-longcat/LongCat-Audio-Codec` (GitHub; the Hub repo of the same name ships only `ckpts/`):
-- `semantic_tokenizer_general/feature_extractor.py`: `Fbank` (Kaldi-style log-mel filterbank, batched),
+- `semantic_tokenizer_general/feature_extractor.py`: `Fbank` (Kaldi-style log-mel filterbank, batched; the
+  same math as LongCat-Flash-Omni's, computed by the shared `vss_core.fbank`),
   `Cmvn` (global mean / variance normalisation from a numpy file), `FeatureExtractor`.
 - `semantic_tokenizer_general/encoder.py`: `Conv2dSubsampling`, `PositionalEncoding`,
   `TransformerPreLNEncoderLayer`, `TransformerEncoder`, `VGGTFEncoder` (built by `build_VGGtf_encoder`),
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vss_core.errors import ModelError, bullet_list
+from vss_core.fbank import FLOAT32_EPS, FbankConfig, compute_fbank, fbank_lengths, mel_banks, povey_window
 
 CHECKPOINT_PREFIX = "semantic_tokenizer."
 """Prefix of the semantic tokenizer's keys in `ckpts/LongCatAudioCodec_encoder.pt` (attribute name in
@@ -68,50 +70,11 @@ DERIVED_BUFFERS = (
 `strict=False` load: a checkpoint may carry them (then, as in the official load, its values win) or not
 (then the computed ones stay). Every other key must be in the checkpoint."""
 
-_FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
-
-
 # -- configuration ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FbankConfig:
-    """`feature.fbank` of `semantic_tokenizer.infer.yaml`: times in ms, frequencies in Hz (Kaldi meaning)."""
-
-    dither: float
-    frame_length: float
-    frame_shift: float
-    preemphasis: float
-    freq: int
-    high_freq: float
-    low_freq: float
-    num_mel_bins: int
-    padded_num_mel_bins: int | None = None
-
-    @property
-    def window_size(self) -> int:
-        """Samples per analysis window (`Fbank.window_size`)."""
-        return int(self.freq * self.frame_length / 1000)
-
-    @property
-    def window_shift(self) -> int:
-        """Samples between windows (`Fbank.window_shift`)."""
-        return int(self.freq * self.frame_shift / 1000)
-
-    @property
-    def padded_window_size(self) -> int:
-        """FFT size: the window rounded up to a power of two (`next_power_of_2`)."""
-        return 1 if self.window_size <= 0 else 2 ** (self.window_size - 1).bit_length()
-
-    @property
-    def resolved_high_freq(self) -> float:
-        """Upper mel edge in Hz: a negative `high_freq` counts down from Nyquist (`Fbank.__init__`)."""
-        return self.high_freq + self.freq / 2 if self.high_freq < 0 else self.high_freq
-
-    @property
-    def feature_dim(self) -> int:
-        """Width of one fbank frame: `padded_num_mel_bins` (zero columns appended) or `num_mel_bins`."""
-        return self.padded_num_mel_bins if self.padded_num_mel_bins is not None else self.num_mel_bins
+# `feature.fbank` is `vss_core.fbank.FbankConfig` (shared with LongCat-Flash-Omni's audio input), checked in
+# `SemanticTokenizerConfig._problems`.
 
 
 @dataclass(frozen=True)
@@ -270,19 +233,6 @@ class SemanticTokenizerConfig:
                 "model_config": self.model_config,
             }
         }
-        fb = self.fbank
-        fbank = {
-            "dither": fb.dither,
-            "frame_length": fb.frame_length,
-            "frame_shift": fb.frame_shift,
-            "preemphasis": fb.preemphasis,
-            "freq": fb.freq,
-            "high_freq": fb.high_freq,
-            "low_freq": fb.low_freq,
-            "num_mel_bins": fb.num_mel_bins,
-        }
-        if fb.padded_num_mel_bins is not None:
-            fbank["padded_num_mel_bins"] = fb.padded_num_mel_bins
         e = self.encoder
         infer = {
             "feat_dim": e.feat_dim,
@@ -290,7 +240,7 @@ class SemanticTokenizerConfig:
             "right": e.right,
             "stride": e.stride,
             "delta_order": e.delta_order,
-            "feature": {"fbank": fbank, "cmvn_file": self.cmvn_file},
+            "feature": {"fbank": self.fbank.to_dict(), "cmvn_file": self.cmvn_file},
             "encoder": {
                 "type": ENCODER_TYPE,
                 ENCODER_TYPE: {
@@ -554,7 +504,7 @@ def load_cmvn(path: Path | str, dim: int | None = None) -> tuple[torch.Tensor, t
         raise ModelError(f"CMVN file {path}: negative variance in dimensions {negative.tolist()[:10]}; the official Cmvn would normalise them to NaN")
     mean_t = torch.from_numpy(np.ascontiguousarray(mean)).float()
     var_t = torch.from_numpy(np.ascontiguousarray(var)).float()
-    scale_t = 1.0 / torch.clamp(torch.sqrt(var_t), min=_FLOAT32_EPS)
+    scale_t = 1.0 / torch.clamp(torch.sqrt(var_t), min=FLOAT32_EPS)
     return mean_t, scale_t
 
 
@@ -590,38 +540,6 @@ def write_cmvn(path: Path | str, mean: torch.Tensor | np.ndarray, std: torch.Ten
 # -- features -----------------------------------------------------------------------------------------
 
 
-def mel_filterbank(config: FbankConfig) -> torch.Tensor:
-    """Triangular mel filters as `Fbank.__init__` builds them: float32 [padded_window_size / 2 + 1, num_mel_bins].
-
-    Kaldi's mel scale 1127 ln(1 + f / 700); filters evenly spaced in mel between low_freq and the resolved
-    high_freq; the Nyquist bin gets a zero row.
-    """
-    n_bins = config.num_mel_bins
-    n_fft_bins = config.padded_window_size // 2
-    mel_low = 1127.0 * math.log(1.0 + config.low_freq / 700.0)
-    mel_high = 1127.0 * math.log(1.0 + config.resolved_high_freq / 700.0)
-    step = (mel_high - mel_low) / (n_bins + 1)
-    index = torch.arange(n_bins, dtype=torch.float32).unsqueeze(1)
-    left = mel_low + index * step
-    center = mel_low + (index + 1.0) * step
-    right = mel_low + (index + 2.0) * step
-    bin_hz = (config.freq / config.padded_window_size) * torch.arange(n_fft_bins, dtype=torch.float32)
-    bin_mel = 1127.0 * (1.0 + bin_hz / 700.0).log()
-    rising = (bin_mel - left) / (center - left)
-    falling = (right - bin_mel) / (right - center)
-    banks = torch.clamp(torch.minimum(rising, falling), min=0.0)  # [n_bins, n_fft_bins]
-    return F.pad(banks, (0, 1)).t().contiguous()
-
-
-def fbank_lengths(sample_lengths: torch.Tensor, config: FbankConfig) -> torch.Tensor:
-    """Fbank frames per waveform, as `Fbank.forward` counts them: trunc((L - window) / hop) + 1.
-
-    The official rule truncates towards zero, so 240 < L < 400 samples (official config) count one frame
-    although it runs into the padding, and L <= 80 counts -1 (the subsampling rule turns that into 0).
-    """
-    return torch.div(sample_lengths - config.window_size, config.window_shift, rounding_mode="trunc") + 1
-
-
 class Fbank(nn.Module):
     """Batched Kaldi-style log-mel filterbank (`feature_extractor.Fbank`): no DC removal, Povey window.
 
@@ -632,26 +550,17 @@ class Fbank(nn.Module):
     def __init__(self, config: FbankConfig) -> None:
         super().__init__()
         self.config = config
-        self.register_buffer("window", torch.hann_window(config.window_size, periodic=False, dtype=torch.float32).pow(0.85))
-        self.register_buffer("mel_banks", mel_filterbank(config))
-        self.register_buffer("eps", torch.tensor(_FLOAT32_EPS, dtype=torch.float32))
+        self.register_buffer("window", povey_window(config))
+        self.register_buffer("mel_banks", mel_banks(config))
+        self.register_buffer("eps", torch.tensor(FLOAT32_EPS, dtype=torch.float32))
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, L] int16-range samples, [B] valid lengths -> ([B, T, feature_dim] log energies, [B] frames)."""
-        cfg = self.config
-        batch, n_samples = wave.shape
-        if n_samples < cfg.window_size:  # as the official code: no frame at all
-            return wave.new_zeros(batch, 0, cfg.feature_dim), torch.zeros_like(lengths)
-        frames = wave.unfold(1, cfg.window_size, cfg.window_shift)  # [B, T, window]
-        if cfg.dither != 0.0:
-            frames = frames + torch.randn_like(frames) * cfg.dither
-        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # replicate-pad by one sample
-        frames = (frames - cfg.preemphasis * previous) * self.window.to(frames.dtype)
-        power = torch.fft.rfft(frames, n=cfg.padded_window_size).abs().pow(2)
-        energy = torch.maximum(power @ self.mel_banks.to(power.dtype), self.eps.to(power.dtype)).log()
-        if cfg.feature_dim > cfg.num_mel_bins:
-            energy = F.pad(energy, (0, cfg.feature_dim - cfg.num_mel_bins))
-        return energy, fbank_lengths(lengths, cfg)
+        """[B, L] int16-range samples, [B] valid lengths -> ([B, T, feature_dim] log energies, [B] frames).
+
+        `vss_core.fbank.compute_fbank` (shared with LongCat-Flash-Omni's audio input) on this module's
+        buffers, with the official frame count (`fbank_lengths`).
+        """
+        return compute_fbank(wave, lengths, self.config, self.window, self.mel_banks, self.eps)
 
 
 class Cmvn(nn.Module):

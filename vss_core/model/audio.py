@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vss_core.errors import ModelError, bullet_list
+from vss_core.fbank import FbankConfig, compute_fbank, mel_banks, povey_window
 
 AUDIO_DIR = "audio"
 CONFIG_FILE = "config.json"
@@ -52,9 +53,6 @@ PROJECTOR_FILE = "audio_projector.pt"
 
 # data/audio_feature.py FeatureProcessor.__call__: the [-1, 1] waveform is scaled to int16 range.
 WAVE_SCALE = 32768.0
-# data/audio_feature.py: MEL_SCALE_FACTOR, FREQ_SCALE_FACTOR (Kaldi's mel scale).
-_MEL_FACTOR = 1127.0
-_MEL_BREAK_HZ = 700.0
 # data/audio_feature.py Fbank.__init__: frequencies official Fbank accepts (it asserts).
 SAMPLE_RATES = (8000, 16000)
 ACTIVATIONS = ("relu6", "relu2", "relu")
@@ -308,48 +306,8 @@ class AudioConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def _next_power_of_2(x: int) -> int:
-    return 1 if x == 0 else 2 ** (x - 1).bit_length()
-
-
-@dataclass(frozen=True)
-class FbankConfig:
-    """Section `fbank` (official `Fbank.__init__`, data/audio_feature.py). Times in ms, Hz."""
-
-    dither: float
-    frame_length: float
-    frame_shift: float
-    preemphasis: float
-    freq: int
-    high_freq: float
-    low_freq: float
-    num_mel_bins: int
-    padded_num_mel_bins: int | None = None
-
-    @property
-    def window_samples(self) -> int:
-        """Frame length in samples: official `int(freq * frame_length / 1000)`."""
-        return int(self.freq * self.frame_length / 1000)
-
-    @property
-    def hop_samples(self) -> int:
-        """Frame shift in samples: official `int(freq * frame_shift / 1000)`."""
-        return int(self.freq * self.frame_shift / 1000)
-
-    @property
-    def fft_size(self) -> int:
-        """The window zero-padded to the next power of two."""
-        return _next_power_of_2(self.window_samples)
-
-    @property
-    def effective_high_freq(self) -> float:
-        """Official rule: a negative `high_freq` is an offset from Nyquist, anything else is in Hz."""
-        return self.high_freq + self.freq / 2 if self.high_freq < 0 else self.high_freq
-
-    @property
-    def output_dim(self) -> int:
-        """Log-mel width after the optional zero padding (`padded_num_mel_bins`)."""
-        return self.padded_num_mel_bins or self.num_mel_bins
+# Section `fbank` is `vss_core.fbank.FbankConfig` (official `Fbank.__init__`, data/audio_feature.py),
+# validated by `_read_fbank` below.
 
 
 @dataclass(frozen=True)
@@ -398,7 +356,7 @@ class PreprocessorConfig:
     @property
     def cmvn_dim(self) -> int:
         """Width the cmvn stats must have: log-mel x (delta_order + 1)."""
-        return self.fbank.output_dim * (self.delta.delta_order + 1)
+        return self.fbank.feature_dim * (self.delta.delta_order + 1)
 
     @property
     def feature_dim(self) -> int:
@@ -408,7 +366,7 @@ class PreprocessorConfig:
     @property
     def frame_seconds(self) -> float:
         """Duration of one output frame (one audio token): hop x splice stride."""
-        return self.fbank.hop_samples * self.splice.stride / self.fbank.freq
+        return self.fbank.window_shift * self.splice.stride / self.fbank.freq
 
     @classmethod
     def from_json(cls, raw: dict[str, Any], path: Path | str) -> PreprocessorConfig:
@@ -443,14 +401,7 @@ class PreprocessorConfig:
     def to_json(self) -> dict[str, Any]:
         """The original JSON object with the validated values written back."""
         out = copy.deepcopy(self.raw)
-        fbank = {
-            k: getattr(self.fbank, k)
-            for k in ("dither", "frame_length", "frame_shift", "preemphasis", "freq", "high_freq",
-                      "low_freq", "num_mel_bins")
-        }
-        if self.fbank.padded_num_mel_bins is not None:
-            fbank["padded_num_mel_bins"] = self.fbank.padded_num_mel_bins
-        out.setdefault("fbank", {}).update(fbank)
+        out.setdefault("fbank", {}).update(self.fbank.to_dict())
         out.setdefault("delta", {}).update(
             {"delta_order": self.delta.delta_order, "window_size": self.delta.window_size}
         )
@@ -495,16 +446,16 @@ def _read_fbank(f: _Fields) -> FbankConfig:
                 "the official Fbank reads 0 as 0 Hz (not Kaldi's 'Nyquist'); "
                 f"write {nyquist:g} or a negative offset from Nyquist",
             )
-        elif not low_freq < cfg.effective_high_freq <= nyquist:
+        elif not low_freq < cfg.resolved_high_freq <= nyquist:
             f.problem(
                 "high_freq",
                 high_freq,
-                f"gives an upper edge of {cfg.effective_high_freq:g} Hz; it must lie in "
+                f"gives an upper edge of {cfg.resolved_high_freq:g} Hz; it must lie in "
                 f"(low_freq={low_freq:g}, Nyquist={nyquist:g}]",
             )
-        if frame_length > 0 and cfg.window_samples < 1:
+        if frame_length > 0 and cfg.window_size < 1:
             f.problem("frame_length", frame_length, "gives a window of 0 samples")
-        if frame_shift > 0 and cfg.hop_samples < 1:
+        if frame_shift > 0 and cfg.window_shift < 1:
             f.problem("frame_shift", frame_shift, "gives a hop of 0 samples")
     return cfg
 
@@ -547,7 +498,7 @@ def audio_token_count(num_samples: int, preproc_cfg: PreprocessorConfig) -> int:
     count of the pad token is also an empty list).
     """
     fb = preproc_cfg.fbank
-    frames = (int(num_samples) - fb.window_samples) // fb.hop_samples + 1
+    frames = (int(num_samples) - fb.window_size) // fb.window_shift + 1
     stride = preproc_cfg.splice.stride
     return max(0, (frames + stride - 1) // stride)
 
@@ -629,33 +580,6 @@ def write_kaldi_cmvn(path: Path | str, mean: Any, var: Any, count: float) -> Pat
 # --------------------------------------------------------------------------------------------
 
 
-def _mel(freq: float) -> float:
-    return _MEL_FACTOR * math.log(1.0 + freq / _MEL_BREAK_HZ)
-
-
-def mel_banks(cfg: FbankConfig) -> torch.Tensor:
-    """Triangular mel filters [fft_size // 2 + 1, num_mel_bins], float32, Nyquist row zero.
-
-    Official `Fbank.__init__` (data/audio_feature.py): Kaldi's mel scale 1127 ln(1 + f/700),
-    num_mel_bins triangles evenly spaced in mel between low_freq and the effective high_freq,
-    evaluated at the FFT bin frequencies k * freq / fft_size for k < fft_size / 2. Computed in
-    float32 in the official order of operations, so the filters are the official ones bit for bit
-    (a float64 build differs by ~1e-5).
-    """
-    f32 = torch.float32
-    lo = _mel(float(cfg.low_freq))
-    hi = _mel(float(cfg.effective_high_freq))
-    step = (hi - lo) / (cfg.num_mel_bins + 1)
-    b = torch.arange(cfg.num_mel_bins, dtype=f32).unsqueeze(1)
-    left, center, right = lo + b * step, lo + (b + 1.0) * step, lo + (b + 2.0) * step
-    hz = (cfg.freq / cfg.fft_size) * torch.arange(cfg.fft_size // 2, dtype=f32)
-    m = (_MEL_FACTOR * (1.0 + hz / _MEL_BREAK_HZ).log()).unsqueeze(0)
-    up = (m - left) / (center - left)
-    down = (right - m) / (right - center)
-    tri = torch.maximum(torch.zeros(1, dtype=f32), torch.minimum(up, down))
-    return F.pad(tri, (0, 1)).t().contiguous()
-
-
 def delta_kernels(delta_order: int, window_size: int) -> list[torch.Tensor]:
     """Kernel of each delta order 1..delta_order (length 2*i*window_size + 1), float32.
 
@@ -708,12 +632,11 @@ class FeatureExtractor(nn.Module):
         if mean.numel() != preproc_cfg.cmvn_dim:
             raise ModelError(
                 f"{cmvn_path}: cmvn stats have {mean.numel()} dims but the preprocessor config gives "
-                f"{preproc_cfg.cmvn_dim} (fbank bins {preproc_cfg.fbank.output_dim} x (delta_order "
+                f"{preproc_cfg.cmvn_dim} (fbank bins {preproc_cfg.fbank.feature_dim} x (delta_order "
                 f"{preproc_cfg.delta.delta_order} + 1)); the two files do not belong together"
             )
         fb = preproc_cfg.fbank
-        window = torch.hann_window(fb.window_samples, periodic=False, dtype=torch.float32).pow(0.85)
-        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("window", povey_window(fb), persistent=False)
         self.register_buffer("mel_banks", mel_banks(fb), persistent=False)
         self.register_buffer("cmvn_mean", mean, persistent=False)
         self.register_buffer("cmvn_scale", scale, persistent=False)
@@ -770,28 +693,11 @@ class FeatureExtractor(nn.Module):
     def _fbank(
         self, wave: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Official `Fbank.forward`: frames without DC removal, dither, per-frame preemphasis
-        (x[0] replicated before the frame), povey window (hann^0.85), zero pad to a power of two,
-        |rfft|^2, mel filters, log(max(., float32 eps))."""
-        fb = self.cfg.fbank
-        W, H = fb.window_samples, fb.hop_samples
-        B, L = wave.shape
-        if L < W:
-            return wave.new_zeros(B, 0, fb.output_dim), torch.zeros_like(lengths)
-        frames = wave.unfold(1, W, H)  # [B, 1 + (L - W) // H, W]
-        if fb.dither != 0.0:
-            noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
-            frames = frames + noise * fb.dither
-        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
-        frames = (frames - fb.preemphasis * previous) * self.window
-        frames = F.pad(frames, (0, fb.fft_size - W))
-        power = torch.fft.rfft(frames).abs().pow(2)
-        eps = torch.finfo(torch.float32).eps
-        logmel = torch.clamp_min(power @ self.mel_banks, eps).log()
-        if fb.output_dim > fb.num_mel_bins:
-            logmel = F.pad(logmel, (0, fb.output_dim - fb.num_mel_bins))
-        lens = (torch.div(lengths - W, H, rounding_mode="floor") + 1).clamp(min=0)
-        return logmel, lens
+        """Official `Fbank.forward` (`vss_core.fbank.compute_fbank`, shared with the codec's semantic
+        tokenizer); frame counts only whole frames, never negative (`whole_frames_only`)."""
+        return compute_fbank(
+            wave, lengths, self.cfg.fbank, self.window, self.mel_banks, generator=generator, whole_frames_only=True
+        )
 
     def _delta(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Official `Delta.forward`: [x, d1 x, ..., dk x] along features; order i applies its
