@@ -20,7 +20,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import stages
-from vss_core import config, runs
+from vss_core import config, data, runs
 
 Overrides = config.VSSOverrides
 
@@ -45,9 +45,10 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
     weights = stages.download_weights(cfg.model)
     result.add("download weights", "ok", f"{weights.path}{'' if weights.downloaded else ' (local, used in place)'}; "
                f"codec {weights.codec_path}{'' if weights.codec_downloaded else ' (local)'}")
-    prepared = stages.prepare_dataset(
-        dataset, cfg.data, weights.path, weights.codec_path, str(out / "prepared" / dataset.fingerprint[:16])
-    )
+    # keyed by the data and by every setting that shapes a prepared file: runs that differ never share one
+    prepared_dir = data.prepared_dir(out / "prepared", dataset.fingerprint, Path(weights.path),
+                                     Path(weights.codec_path), cfg.data)
+    prepared = stages.prepare_dataset(dataset, cfg.data, weights.path, weights.codec_path, str(prepared_dir))
     result.add("prepare data", "ok", f"{len(prepared.samples)} samples ({len(prepared.reused)} reused) in {prepared.dir}")
 
     run, cfg = stages.open_run(cfg, weights, dataset, prepared)

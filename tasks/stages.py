@@ -1,7 +1,9 @@
 """The six stages of the `vss` flow as Prefect tasks.
 
 Each task is one vss_core call plus logging and an artifact; no business branching lives here.
-Retries only where they help: the network stages. Config errors and invalid data are not retried.
+Retries only where they help, one layer per call: Hub requests are retried inside vss_core.hub (so the Hub
+stages have no task retries); training is retried once (it resumes). Config errors, invalid data and bugs
+are never retried.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from pydantic import SecretStr
 
 from tasks import events
 from vss_core import data, hardware, hub, launch, runs
 from vss_core.config import DataConfig, ModelConfig, UploadConfig, VSSConfig
+from vss_core.errors import VSSError
 from vss_core.runs import RunPaths
 from vss_core.settings import Settings, load_settings
 
@@ -46,12 +50,20 @@ def settings() -> Settings:
     return found
 
 
-def _retry_network(task, old_state, new_state) -> bool:
-    """Retry only errors that a second try can fix (network/Hub), never config or data errors."""
+def is_retryable(exc: BaseException) -> bool:
+    """The allow-list of what a task retry can fix: a transient network or Hub failure (connection error,
+    timeout, HTTP 5xx/408/429, a HubError marked retryable; `hub.is_transient`) and a vss error that says
+    it is retryable (a TrainingError: the training process died and resumes from its last checkpoint).
+    Anything else (a TypeError, a bad upload.repo_id, a refused file name, config or data errors) is not."""
+    return hub.is_transient(exc) or (isinstance(exc, VSSError) and bool(exc.retryable))
+
+
+def _retry_transient(task, old_state, new_state) -> bool:
+    """Prefect retry condition: retry only what `is_retryable` allows."""
     try:
         new_state.result()
     except Exception as exc:
-        return bool(getattr(exc, "retryable", False)) or not hasattr(exc, "retryable")
+        return is_retryable(exc)
     return False
 
 
@@ -87,8 +99,9 @@ def validate_dataset(cfg: DataConfig) -> data.DatasetReport:
     return report
 
 
-@task(name="download_weights", retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=_retry_network,
-      cache_policy=NO_CACHE)
+# No task retries for the Hub stages: vss_core.hub is their one retry layer (each request retried alone, with
+# backoff, on transient errors only), so a task retry would only repeat what it already retried.
+@task(name="download_weights", retries=0, cache_policy=NO_CACHE)
 def download_weights(cfg: ModelConfig) -> hub.WeightsReport:
     report = hub.download_weights(cfg, settings())
     if report.downloaded:
@@ -144,12 +157,17 @@ def open_run(cfg: VSSConfig, weights: hub.WeightsReport, dataset: data.DatasetRe
     return run, effective
 
 
-@task(name="run_training", retries=1, retry_condition_fn=_retry_network, cache_policy=NO_CACHE)
+@task(name="run_training", retries=1, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
 def run_training(cfg: VSSConfig, run: RunPaths, model_dir: str, prepared_dir: str) -> launch.TrainingReport:
     logger = get_run_logger()
     monitor = _TrainingMonitor(logger)
-    report = launch.run_training(cfg, run, Path(model_dir), Path(prepared_dir), on_line=logger.info,
-                                 on_metrics=monitor.metrics, on_resources=monitor.resources)
+    try:
+        report = launch.run_training(cfg, run, Path(model_dir), Path(prepared_dir), on_line=logger.info,
+                                     on_metrics=monitor.metrics, on_resources=monitor.resources)
+    except (TerminationSignal, KeyboardInterrupt):  # a cancel (SIGTERM from the runner) or Ctrl-C
+        logger.warning("Training cancelled: its DeepSpeed process group was ended. A re-run resumes from the "
+                       "last complete checkpoint in %s.", run.checkpoints)
+        raise
     if report.reused:
         logger.info("This run's adapter already exists (same data and config): nothing to train. %s", report.adapter_dir)
     for change in report.step_downs:
@@ -165,8 +183,7 @@ def run_training(cfg: VSSConfig, run: RunPaths, model_dir: str, prepared_dir: st
     return report
 
 
-@task(name="upload_adapter", retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=_retry_network,
-      cache_policy=NO_CACHE)
+@task(name="upload_adapter", retries=0, cache_policy=NO_CACHE)  # retried per request in vss_core.hub
 def upload_adapter(adapter_dir: str, cfg: UploadConfig) -> hub.UploadReport:
     report = hub.upload_adapter(Path(adapter_dir), cfg, settings())
     get_run_logger().info(report.message)

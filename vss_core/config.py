@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from vss_core.errors import ConfigError, bullet_list
 
@@ -24,6 +24,35 @@ PROFILE_PACKAGE = "vss_core.profiles"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _repo_id_problem(value: str) -> str | None:
+    """Why `value` is not an owner/name Hub repo id (huggingface_hub's own rule), or None when it is one."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError as exc:
+        return str(exc).split(". Use `repo_type`", 1)[0].rstrip(".")
+    if value.count("/") != 1:
+        return f"a repo id is owner/name, got {value!r}"
+    return None
+
+
+def _check_source(value: str) -> str:
+    """A model source: a local path, or else a Hub repo id (owner/name).
+
+    A path (starting with '/', '~' or '.', or of more than two parts) is not required to exist here:
+    the config is also built where it does not (a profile naming a folder `vss demo` makes later, a
+    re-validation elsewhere); the download stage checks it, before any Hub call.
+    """
+    if Path(value).expanduser().is_dir() or value.startswith(("/", "~", ".")) or value.count("/") > 1:
+        return value
+    problem = _repo_id_problem(value)
+    if problem:
+        raise ValueError(f"neither an existing directory nor a Hub repo id: {problem}. Use "
+                         "owner/name (e.g. meituan-longcat/LongCat-Flash-Omni) or the path of a local checkpoint")
+    return value
 
 
 class HardwareConfig(_Section):
@@ -78,6 +107,11 @@ class ModelConfig(_Section):
         ),
     )
     download_workers: int = Field(8, ge=1, le=64, description="Files downloaded in parallel from the Hub.")
+
+    @field_validator("source", "codec_source")
+    @classmethod
+    def _source_is_a_dir_or_a_repo(cls, value: str) -> str:
+        return _check_source(value)
 
 
 class LoraConfig(_Section):
@@ -183,6 +217,11 @@ class TrainingConfig(_Section):
     swap_stop_gb: float = Field(
         1.0, gt=0, description="Stop training cleanly (after a checkpoint) when swap in use grows by more than this (GiB)."
     )
+    ram_stop_gb: float = Field(
+        2.0, ge=0, le=4096,
+        description="On a machine without swap: stop training cleanly (after a checkpoint) when available RAM "
+        "falls below this (GiB); 0 turns this guard off.",
+    )
     oom_step_downs: int = Field(
         3, ge=0, le=10, description="CUDA out-of-memory retries, each with the next memory-only step-down."
     )
@@ -199,6 +238,19 @@ class TrainingConfig(_Section):
     text_loss_weight: float = Field(
         1.0, ge=0, description="Cross-entropy weight of the text stream (the transcript the model speaks along)."
     )
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_one_folder_name(cls, value: str | None) -> str | None:
+        # The run directory is output_dir/run_name: anything but one plain folder name would put it elsewhere.
+        if value is None:
+            return value
+        if value in ("", ".", "..") or any(c in value for c in "/\\\0") or Path(value).is_absolute():
+            raise ValueError(
+                "must be one folder name inside training.output_dir (no '/', '\\', "
+                "'.' or '..'); use e.g. 'my-run', or leave it unset for a generated name"
+            )
+        return value
 
 
 class DeepSpeedConfig(_Section):
@@ -247,6 +299,15 @@ class UploadConfig(_Section):
     max_attempts: int = Field(
         5, ge=1, le=20, description="Attempts per Hub call on transient errors (5xx, dropped connections), with backoff."
     )
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id_is_owner_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else _repo_id_problem(value)
+        if problem:
+            raise ValueError(f"not a Hub repo id: {problem}. Use owner/name, e.g. "
+                             "you/longcat-flash-omni-vss-lora")
+        return value
 
 
 class VSSConfig(_Section):

@@ -22,6 +22,9 @@ The user's contract: `<root>/<sample>/{in.mp4, in.wav, out.wav}`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -29,6 +32,7 @@ import multiprocessing
 import os
 import stat
 import struct
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,13 +52,17 @@ SAMPLE_FILES = ("in.mp4", "in.wav", "out.wav")
 TEXT_FILES = ("out.txt", "in.txt", "system.txt")
 MANIFEST = "manifest.json"
 # Bump when the content of prepared files changes, so old caches are not reused.
-PREPARE_FORMAT = 3
+PREPARE_FORMAT = 4
 # Bump when what a probe reads or reports changes, so old validation caches are not reused.
-PROBE_FORMAT = 1
+PROBE_FORMAT = 2
 MIN_FBANK_SECONDS = 0.025  # one 25 ms fbank window
 # A file this much longer than the limit is "too long"; container durations are rounded to a frame.
 DURATION_TOLERANCE_S = 0.05
 FLOOR_DBFS = -120.0  # the level reported for digital silence (JSON has no -inf)
+# A float WAV's full scale is 1.0. Far above it, the features overflow: the official front end scales
+# samples by 32768 and squares them in float32 (1e20 x 32768 squared is inf), and the fbank turns NaN.
+# 16 (+24 dBFS) is far beyond any clipping a real recording shows, and far below any overflow.
+MAX_FLOAT_PEAK = 16.0
 _DEMO_FIX = "generate a demo dataset with `vss demo-data DIR`, or point data.root at a directory of sample folders"
 
 
@@ -272,11 +280,15 @@ def _check_video_end(container: Any, stream: Any, first: Any, duration: float, f
         return None  # a one- or two-frame clip: the first frame decoding is the whole check
     seek_to = max(start, expected_last - 1.0)
     container.seek(int(seek_to / tb), stream=stream, backward=True, any_frame=False)
-    last_t = None
+    last_t = last_end = None
     try:
         for frame in container.decode(stream):
             if frame.time is not None:
                 last_t = float(frame.time)
+                # A variable-frame-rate clip may hold its last frame far longer than the average frame
+                # (a screen recording, a phone clip): its end is its own duration, not 1/fps.
+                own = float(frame.duration * tb) if frame.duration else 0.0
+                last_end = last_t + (own if own > 0 else frame_s)
     except Exception as exc:  # noqa: BLE001
         reached = f"; frames decode up to {last_t:.2f} s" if last_t is not None else ""
         return (
@@ -285,10 +297,10 @@ def _check_video_end(container: Any, stream: Any, first: Any, duration: float, f
         )
     if last_t is None:
         return f"in.mp4 is truncated: no frame decodes after {seek_to:.2f} s of a declared {duration:.2f} s"
-    if last_t < expected_last - max(2 * frame_s, 0.1):
+    if last_end is not None and last_end < start + duration - frame_s - max(2 * frame_s, 0.1):
         return (
             f"in.mp4 is truncated: the container declares {duration:.2f} s but frames decode only up to "
-            f"{last_t + frame_s:.2f} s"
+            f"{last_end - start:.2f} s"
         )
     return None
 
@@ -333,10 +345,10 @@ def _probe_wav(path: Path, label: str) -> tuple[AudioInfo | None, list[str]]:
         return None, [f"{label} cannot be read ({_error_text(exc)})"]
     if truncated:
         problems.append(truncated)
-    frames, sumsq, bad = 0, 0.0, 0
+    frames, sumsq, bad, peak = 0, 0.0, 0, 0.0
     try:
         with sf.SoundFile(str(path)) as f:
-            rate, channels, declared = f.samplerate, f.channels, f.frames
+            rate, channels, declared, subtype = f.samplerate, f.channels, f.frames, f.subtype
             for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
                 frames += block.shape[0]
                 finite = np.isfinite(block)
@@ -344,6 +356,8 @@ def _probe_wav(path: Path, label: str) -> tuple[AudioInfo | None, list[str]]:
                     bad += int((~finite).sum())
                     block = np.where(finite, block, 0.0)
                 sumsq += float(np.square(block, dtype=np.float64).sum())
+                if block.size:
+                    peak = max(peak, float(np.abs(block).max()))
     except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError/RuntimeError/TypeError
         return None, [f"{label} cannot be decoded as audio ({_error_text(exc)})"]
     if frames < declared and not truncated:
@@ -359,10 +373,21 @@ def _probe_wav(path: Path, label: str) -> tuple[AudioInfo | None, list[str]]:
         problems.append(f"{label} is {info.duration_s * 1000:.1f} ms long; needs at least 25 ms (one fbank window)")
     if bad:
         problems.append(f"{label} contains {bad} NaN/Inf samples")
+    if peak > MAX_FLOAT_PEAK:
+        problems.append(
+            f"{label} ({subtype} samples) peaks at {peak:.3g}, where full scale is 1.0: its features would "
+            f"overflow to NaN. Normalise it to [-1, 1] (e.g. divide by its peak) and save it again"
+        )
     return info, problems
 
 
 # --- validating one sample ------------------------------------------------------------------------
+
+
+def _link_error(exc: BaseException) -> str:
+    if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+        return "a symlink loop"
+    return _error_text(exc)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -381,7 +406,12 @@ def _locate(
     problems: list[str] = []
     rows: list[tuple[str, Any]] = []
     if sample_dir.is_symlink():
-        real_dir = sample_dir.resolve()
+        try:
+            real_dir = sample_dir.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            problems.append(f"the sample folder is a link that cannot be followed ({_link_error(exc)}); replace it "
+                            "with a real folder")
+            return present, problems, [("dir", "broken link")]
         if not _inside(real_dir, root):
             problems.append(
                 f"the sample folder is a link to {real_dir}, outside the dataset root {root}: "
@@ -402,7 +432,12 @@ def _locate(
             continue
         real = f
         if stat.S_ISLNK(st.st_mode):
-            real = f.resolve()
+            try:
+                real = f.resolve()
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+                problems.append(f"{fname} is a link that leads nowhere ({_link_error(exc)}); replace it with the file")
+                rows.append((fname, "broken link"))
+                continue
             if not _inside(real, root):
                 problems.append(
                     f"{fname} is a link to {real}, outside the dataset root {root}: "
@@ -413,7 +448,7 @@ def _locate(
             try:
                 st = real.stat()
             except OSError as exc:
-                problems.append(f"{fname} is a link that leads nowhere ({_error_text(exc)})")
+                problems.append(f"{fname} is a link that leads nowhere ({_link_error(exc)})")
                 rows.append((fname, "broken link"))
                 continue
         rows.append((fname, st.st_size, st.st_mtime_ns, st.st_ino))
@@ -799,8 +834,7 @@ def _model_preprocessing(model_dir: Path, codec_dir: Path, cfg: DataConfig) -> d
             "and model.codec_source at LongCat-Audio-Codec."
         )
     ck = model_lib.checkpoint
-    small = [model_dir / ck.VISION_CONFIG, model_dir / ck.PREPROCESSOR_CONFIG, model_dir / ck.GLOBAL_CMVN]
-    small += sorted(p for p in model_dir.glob("*.json") if "token" in p.name)
+    small = _preprocessing_files(model_dir)
     return {
         "format": PREPARE_FORMAT,
         "model_files": _file_digest(small),
@@ -825,12 +859,24 @@ class _Preparer:
         self.codec = codec_lib.load_encoder(codec_dir) if codec_dir is not None else None
 
 
-_PREPARERS: dict[tuple[str, str | None], _Preparer] = {}
+def _preprocessing_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's small files that shape a prepared sample (configs, cmvn, tokenizer)."""
+    ck = model_lib.checkpoint
+    small = [model_dir / ck.VISION_CONFIG, model_dir / ck.PREPROCESSOR_CONFIG, model_dir / ck.GLOBAL_CMVN]
+    return small + sorted(p for p in model_dir.glob("*.json") if "token" in p.name)
+
+
+_PREPARERS: dict[tuple[str, str | None, str, str | None], _Preparer] = {}
 
 
 def _preparer(model_dir: Path, codec_dir: Path | None) -> _Preparer:
-    key = (str(model_dir), None if codec_dir is None else str(codec_dir))
+    """The preparer of these directories, reused within a process while their files are unchanged
+    (keyed by the files' content, so an edited config or cmvn is never served from memory)."""
+    codec_key = None if codec_dir is None else codec_lib.encoder_fingerprint(codec_dir)
+    key = (str(model_dir), None if codec_dir is None else str(codec_dir),
+           _file_digest(_preprocessing_files(Path(model_dir))), codec_key)
     if key not in _PREPARERS:
+        _PREPARERS.clear()  # one checkpoint at a time: drop what an older version of the files loaded
         _PREPARERS[key] = _Preparer(model_dir, codec_dir)
     return _PREPARERS[key]
 
@@ -953,6 +999,9 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     sample_dir = Path(job["path"])
     prep = _preparer(Path(job["model_dir"]), Path(job["codec_dir"]))
     inputs = _prepare_inputs(sample_dir, s, job["duration_s"], prep)
+    for key in ("pixel_values", "audio_features"):
+        if not torch.isfinite(inputs[key]).all():  # never write a file that would train on NaN
+            raise DatasetError(f"{key} of {sample_dir} are not finite (NaN/Inf); check in.mp4 and in.wav decode to sane values")
     target = _read_mono(sample_dir / "out.wav", prep.codec.sample_rate, s["crop_seconds"])
     codes = prep.codec.encode(target).to(torch.int64)
     seq = _sequence(prep, inputs, codes, _read_text(sample_dir / "out.txt"))
@@ -964,10 +1013,14 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     return job["name"], job["key"], _shapes_of(item | {"codes": codes})
 
 
+SHAPE_KEYS = ("patches", "audio_frames", "audio_width", "code_frames", "tokens")
+
+
 def _shapes_of(item: dict[str, torch.Tensor]) -> dict[str, int]:
     return {
         "patches": item["pixel_values"].shape[0],
         "audio_frames": item["audio_features"].shape[0],
+        "audio_width": item["audio_features"].shape[1],
         "code_frames": item["codes"].shape[0],
         "tokens": item["input_ids"].shape[0],
     }
@@ -1020,7 +1073,7 @@ def _cached(path: Path, entry: dict[str, Any] | None, key: str) -> dict[str, int
         return None
     if entry is not None and entry.get("key") == key:
         try:
-            return {k: int(entry[k]) for k in ("patches", "audio_frames", "code_frames", "tokens")}
+            return {k: int(entry[k]) for k in SHAPE_KEYS}
         except (KeyError, TypeError, ValueError):
             pass
     if entry is not None:
@@ -1050,8 +1103,91 @@ def _file_stats(sample_dir: Path) -> list[tuple[str, int, int]]:
     return stats
 
 
+def prepared_key(model_dir: Path, codec_dir: Path, cfg: DataConfig) -> str:
+    """The sha256 of everything that shapes a prepared file: the data settings (frames, fps, crop,
+    rate), the checkpoint's preprocessing files (vision and audio configs, cmvn, tokenizer) and the
+    codec encoder, by content, so a new revision of either counts. A prepared folder is named by it
+    (`prepared_dir`) so two preparations with different settings never share one.
+
+    Raises:
+        ModelError: the checkpoint's or the codec's configs are missing or invalid (all problems).
+    """
+    return _sha256_json(_model_preprocessing(Path(model_dir), Path(codec_dir), cfg))
+
+
+def prepared_dir(base: Path, fingerprint: str, model_dir: Path, codec_dir: Path, cfg: DataConfig) -> Path:
+    """`base/<data fingerprint[:16]>-<prepared_key[:16]>`: the folder one dataset prepared one way lives in.
+
+    Raises:
+        ModelError: as `prepared_key`.
+    """
+    return Path(base) / f"{fingerprint[:16]}-{prepared_key(model_dir, codec_dir, cfg)[:16]}"
+
+
+LOCK_FILE = ".prepare.lock"
+
+
+@contextlib.contextmanager
+def _prepare_lock(out_dir: Path, timeout_s: float | None):
+    """Hold `out_dir/.prepare.lock` (flock) so two preparations of one folder never interleave.
+
+    A second preparation waits for the first (then reuses what it wrote); with a timeout it gives up.
+
+    Raises:
+        DatasetError: the lock is still held after timeout_s (the holder is named).
+    """
+    path = out_dir / LOCK_FILE
+    handle = open(path, "a+")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise DatasetError(
+                        f"prepared data folder {out_dir} is being written by {holder} (lock {path}); waited "
+                        f"{timeout_s:g} s. Wait for that preparation to finish and run again (it then reuses "
+                        "its files), or stop it."
+                    ) from None
+                time.sleep(0.2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the flock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_stale_temps(out_dir: Path) -> list[str]:
+    """Delete `.NAME.tmp-PID[-...]` files whose writer is dead (a killed preparation leaves them)."""
+    removed = []
+    for tmp in out_dir.glob(".*.tmp-*"):
+        pid_text = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp.name)
+    return removed
+
+
 def prepare_dataset(
-    samples: list[SampleReport], cfg: DataConfig, model_dir: Path, codec_dir: Path, out_dir: Path
+    samples: list[SampleReport], cfg: DataConfig, model_dir: Path, codec_dir: Path, out_dir: Path,
+    lock_timeout_s: float | None = None,
 ) -> PreparedDataset:
     """Turn samples into model inputs: `out_dir/<sample>.pt` (frames, fbank, codes) and manifest.json.
 
@@ -1062,10 +1198,17 @@ def prepare_dataset(
     and the checkpoint's preprocessing config) is reused. Invalid samples are skipped and named.
     Work is spread over cfg.workers processes (0 = one per CPU core).
 
+    The folder is written under a file lock (`.prepare.lock`): a second preparation of the same
+    folder waits for the first (lock_timeout_s: give up after that long; None: wait). Temporary
+    files left by a killed preparation (their writer's pid is dead) are deleted first. A manifest
+    made with other settings (`prepared_key`) is replaced, never merged: the folder holds one
+    preparation only.
+
     Raises:
         ModelError: the checkpoint's vision/audio preprocessing config or codec config is missing or invalid.
             This includes data.sample_rate differing from the rate the audio encoder wants.
-        DatasetError: no valid sample was given, or a sample fails to prepare (all failures listed).
+        DatasetError: no valid sample was given, a sample fails to prepare (all failures listed), or
+            another preparation holds the folder past lock_timeout_s.
     """
     model_dir, codec_dir, out_dir = Path(model_dir), Path(codec_dir), Path(out_dir)
     settings = _model_preprocessing(model_dir, codec_dir, cfg)
@@ -1075,11 +1218,26 @@ def prepare_dataset(
     if not good:
         raise DatasetError(f"data: no valid sample to prepare (given {len(samples)}). Run validation first and fix the files.")
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _prepare_lock(out_dir, lock_timeout_s):
+        _remove_stale_temps(out_dir)
+        return _prepare_locked(good, skipped, cfg, settings, settings_key, model_dir, codec_dir, out_dir)
+
+
+def _prepare_locked(
+    good: list[SampleReport], skipped: list[str], cfg: DataConfig, settings: dict[str, Any], settings_key: str,
+    model_dir: Path, codec_dir: Path, out_dir: Path,
+) -> PreparedDataset:
     manifest_path = out_dir / MANIFEST
     try:
-        old_entries = {e["name"]: e for e in json.loads(manifest_path.read_text()).get("samples", [])}
+        old = json.loads(manifest_path.read_text())
+        old_entries = {e["name"]: e for e in old.get("samples", [])} if old.get("settings_key") == settings_key else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         old_entries = {}
+    if not old_entries:
+        # No manifest of these settings: the manifest must not list files of other settings while this
+        # preparation rewrites the folder (a crash midway leaves none rather than a mixed one).
+        with contextlib.suppress(FileNotFoundError):
+            manifest_path.unlink()
 
     jobs, reused, results = [], [], {}
     for s in good:
@@ -1149,19 +1307,31 @@ def prepare_dataset(
 def load_prepared(prepared_dir: Path) -> list[dict[str, torch.Tensor]]:
     """The prepared samples in manifest order: dicts with frames, fbank and codes tensors.
 
+    Every file is checked against itself and the manifest before anything is returned: every tensor
+    present, pixel_values rows == the patches its grid_shapes describe, audio_features as wide as
+    the manifest records (the same width for every sample), the sequence tensors of one length, and
+    each shape as the manifest records it. A folder mixing files of different preparations fails here.
+
     Raises:
-        DatasetError: the manifest or a sample file is missing or unreadable.
+        DatasetError: the manifest or a sample file is missing, unreadable or inconsistent (all listed).
     """
     prepared_dir = Path(prepared_dir)
     manifest_path = prepared_dir / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
         entries = manifest["samples"]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "file" in e for e in entries):
+            raise ValueError("'samples' must be a list of entries with a 'file'")
     except FileNotFoundError:
         raise DatasetError(f"{manifest_path} does not exist: prepare the dataset first (the prepare data stage).") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{manifest_path} is unreadable ({_error_text(exc)}): prepare the dataset again.") from None
+    widths = {int(e["audio_width"]) for e in entries if isinstance(e.get("audio_width"), int)}
     out, problems = [], []
+    if manifest.get("format") != PREPARE_FORMAT:
+        problems.append(f"{manifest_path} is of format {manifest.get('format')!r}, this vss reads {PREPARE_FORMAT}")
+    if len(widths) > 1:
+        problems.append(f"{manifest_path} records audio_features of different widths {sorted(widths)}")
     for entry in entries:
         path = prepared_dir / entry["file"]
         try:
@@ -1172,10 +1342,65 @@ def load_prepared(prepared_dir: Path) -> list[dict[str, torch.Tensor]]:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{path} is unreadable ({_error_text(exc)})")
             continue
-        out.append({k: v for k, v in item.items() if isinstance(v, torch.Tensor)})
+        if not isinstance(item, dict):
+            problems.append(f"{path} holds a {type(item).__name__}, not a prepared sample")
+            continue
+        tensors = {k: v for k, v in item.items() if isinstance(v, torch.Tensor)}
+        problems += [f"{path}: {p}" for p in _item_problems(tensors, entry, item.get("key"))]
+        out.append(tensors)
     if problems:
-        raise DatasetError(f"prepared data in {prepared_dir} is incomplete:\n{bullet_list(problems)}\nPrepare the dataset again.")
+        raise DatasetError(
+            f"prepared data in {prepared_dir} is incomplete or inconsistent:\n{bullet_list(problems)}\n"
+            f"Prepare the dataset again (delete {prepared_dir} and re-run; the prepare data stage rewrites it)."
+        )
     return out
+
+
+def _item_problems(item: dict[str, torch.Tensor], entry: dict[str, Any], key: Any) -> list[str]:
+    """What is wrong with one loaded sample file, against itself and its manifest entry."""
+    required = ("pixel_values", "grid_shapes", "audio_features", "codes", *sequence.SEQUENCE_KEYS)
+    missing = [k for k in required if k not in item]
+    if missing:
+        return [f"lacks {', '.join(missing)}"]
+    problems = []
+    if entry.get("key") is not None and key != entry.get("key"):
+        problems.append(f"was made with other inputs or settings (key {str(key)[:12]}, manifest {str(entry['key'])[:12]})")
+    grids = item["grid_shapes"]
+    if grids.ndim != 2 or grids.shape[1] != 3:
+        problems.append(f"grid_shapes has shape {tuple(grids.shape)}, not [frames, 3]")
+    else:
+        patches = int(grids.prod(dim=1).sum())
+        if item["pixel_values"].shape[0] != patches:
+            problems.append(f"pixel_values has {item['pixel_values'].shape[0]} rows but grid_shapes describe {patches}")
+    feats = item["audio_features"]
+    if feats.ndim != 2:
+        problems.append(f"audio_features has shape {tuple(feats.shape)}, not [frames, width]")
+    elif "audio_width" in entry and feats.shape[1] != int(entry["audio_width"]):
+        problems.append(f"audio_features is {feats.shape[1]} wide, the manifest says {entry['audio_width']}")
+    lengths = {k: item[k].shape[0] for k in sequence.SEQUENCE_KEYS}
+    if len(set(lengths.values())) > 1:
+        problems.append("sequence tensors differ in length (" + ", ".join(f"{k} {n}" for k, n in lengths.items()) + ")")
+    try:
+        shapes = _shapes_of(item)
+    except (IndexError, RuntimeError):
+        return problems
+    differ = [f"{k} {shapes[k]} (manifest {entry[k]})" for k in SHAPE_KEYS if k in entry and shapes[k] != entry[k]]
+    if differ:
+        problems.append("does not match the manifest: " + ", ".join(differ))
+    return problems
+
+
+def prepared_names(prepared_dir: Path) -> list[str]:
+    """The sample names of a prepared folder, in manifest order (the order `load_prepared` returns).
+
+    Raises:
+        DatasetError: the manifest is missing or unreadable.
+    """
+    path = Path(prepared_dir) / MANIFEST
+    try:
+        return [str(e["name"]) for e in json.loads(path.read_text())["samples"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path} is unreadable ({_error_text(exc)}): prepare the dataset again.") from None
 
 
 # --- watching for data updates --------------------------------------------------------------------

@@ -34,10 +34,24 @@ class TrainingError(VSSError):
     retryable = True
 
 
-class HubError(VSSError):
-    """Talking to the Hugging Face Hub (or a compatible server) failed."""
+class TrainingDivergedError(TrainingError):
+    """The loss became NaN/Inf: a retry would hit the same sample and the same loss."""
 
-    retryable = True
+    retryable = False
+
+
+# The training process logs this with the step and samples; the launcher turns it into TrainingDivergedError.
+NONFINITE_MARK = "the loss is not finite (NaN/Inf)"
+
+
+class HubError(VSSError):
+    """Talking to the Hugging Face Hub (or a compatible server) failed.
+
+    `retryable` is True only when the failure was transient (a 5xx/408/429 answer, a dropped connection, a
+    timeout), set where the error is raised; vss_core.hub has already retried those per request.
+    """
+
+    retryable = False
 
 
 def bullet_list(problems: list[str]) -> str:

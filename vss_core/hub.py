@@ -26,10 +26,22 @@ the same steps; a local directory as source is used in place.
    `model.verify=full` also hashes every file; a damaged file is deleted and fetched again.
 
 Upload: creates the repo (private unless configured), adds a model card if the adapter has none, and
-uploads the folder with upload_folder (unchanged files are not committed again). Transient errors (5xx,
-dropped connections) are retried with backoff; an auth failure names the repo and the token's source.
-With no token the upload is skipped and the adapter stays in the run directory. The token comes from
-`Settings`, never from a parameter, and never appears in a message.
+uploads the folder with upload_folder (unchanged files are not committed again). An auth failure names the
+repo and the token's source. With no token the upload is skipped and the adapter stays in the run directory.
+The token comes from `Settings`, never from a parameter, and never appears in a message.
+
+Retries: this module is the one retry layer for Hub calls. Each Hub request (model info, file list,
+metadata, each file, each upload step) is retried here, alone, on what a second try can fix (`is_transient`:
+connection errors, timeouts, HTTP 5xx/408/429), with backoff, up to DOWNLOAD_ATTEMPTS (download) or
+upload.max_attempts (upload). Here because a retry then repeats only the failed request: no second preflight,
+no re-hash of the cached files under model.verify=full, a dropped stream resumed at its byte, and every
+caller (the Prefect flow, `vss infer`, a script) gets the same. The Prefect tasks therefore do not retry
+these stages (tasks/stages.py). Everything else (a bad repo id, 4xx, a refused file name, a bug) fails on the
+first try.
+
+Path safety: every file name, commit and blob name the Hub sends is checked before it becomes a path; a
+name that is absolute or climbs out of its directory (`..`) refuses the repo, naming the file, before
+anything is written or removed.
 """
 
 from __future__ import annotations
@@ -97,7 +109,7 @@ CODEC_CONFIG_PATTERNS = ("configs/*.yaml", "semantic_tokenizer_general/configs/*
 RESUME_MIN_BYTES = 1 << 20
 # Bytes written to the partial file at a time: a kill loses at most this much of the file in flight.
 STREAM_CHUNK = 1 << 20
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+TRANSIENT_STATUS = {408, 429}  # and every 5xx (`is_transient`)
 DOWNLOAD_ATTEMPTS = 5  # per file, without progress; a chunk received resets the count (like huggingface_hub)
 
 T = TypeVar("T")
@@ -436,7 +448,18 @@ def _resolve(spec: _Spec, client: _Client) -> _Repo:
             lambda: client.api.model_info(spec.source, revision=spec.revision, files_metadata=True),
             f"model info of {where}", DOWNLOAD_ATTEMPTS, client.sleep,
         )
+        if not _is_commit(info.sha):
+            raise ModelError(f"{spec.key} {where}: the Hub answered the commit {info.sha!r}, not a 40-hex git commit; "
+                             "vss refuses to use it as a cache path. Check the mirror (HF_ENDPOINT).")
         listing = _listing(client.api, spec.source, info.sha, info.siblings or [], client.sleep)
+    unsafe = sorted(f.path for f in listing.values() if not _safe_relative(f.path)) + sorted(
+        f"{f.path} (blob {f.etag!r})" for f in listing.values() if f.etag is not None and not _safe_name(f.etag))
+    if unsafe:
+        raise ModelError(
+            f"{spec.key} {where}: the repo lists file names that point outside its directory (absolute, or with "
+            f"'..'): {', '.join(repr(u) for u in unsafe)}. vss refused the repo before writing or deleting any file; "
+            "use another repo or revision, or check the mirror (HF_ENDPOINT)."
+        )
     return _Repo(
         spec=spec, commit=info.sha, listing=listing,
         files=[f for p, f in sorted(listing.items()) if _matches(p, spec.patterns)],
@@ -456,6 +479,23 @@ def _listing(api, repo_id: str, commit: str, siblings, sleep: Sleep) -> dict[str
         rows = [(s.rfilename, s.lfs.size if s.lfs else s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
                 for s in siblings]
     return {p: _RemoteFile(path=p, size=size, sha256=sha, blob_id=blob) for p, size, sha, blob in rows}
+
+
+def _safe_relative(name: str) -> bool:
+    """A repo file name that stays inside its directory: relative, no '..' part, no backslash or NUL, not empty."""
+    if not name or "\\" in name or "\0" in name or name.startswith("/") or PurePosixPath(name).is_absolute():
+        return False
+    parts = name.split("/")
+    return all(part not in ("", ".", "..") for part in parts) and not (len(parts[0]) >= 2 and parts[0][1] == ":")
+
+
+def _safe_name(name: str) -> bool:
+    """A single path component (a blob name): no separator, not '.' or '..'."""
+    return bool(name) and "/" not in name and "\\" not in name and "\0" not in name and name not in (".", "..")
+
+
+def _is_commit(sha: object) -> bool:
+    return isinstance(sha, str) and len(sha) == 40 and all(c in "0123456789abcdef" for c in sha)
 
 
 def _fetch_configs(repo: _Repo, paths: Iterable[str], client: _Client) -> None:
@@ -701,10 +741,10 @@ def _fetch_file(f: _RemoteFile, *, repo: _Repo, client: _Client) -> None:
             _drop_partials(storage, f, client.cache_dir, tally)
         blob = storage / "blobs" / (f.etag or "-")
         had_blob = blob.is_file()
-        hf.hf_hub_download(
+        _retrying(lambda: hf.hf_hub_download(
             repo.spec.source, f.path, revision=repo.commit, cache_dir=str(client.cache_dir), endpoint=client.endpoint,
             token=client.token, library_name="vss",
-        )
+        ), f.path, DOWNLOAD_ATTEMPTS, client.sleep)
         if f.size < RESUME_MIN_BYTES:
             tally.add(**({"cached": f.size} if had_blob else {"downloaded": f.size, "fetched": 1}))
         if pointer.stat().st_size == f.size and (client.verify != "full" or _hash_ok(pointer, f)):
@@ -756,6 +796,9 @@ def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> None:
             f"(model info {f.size}, resolve {meta.size}). Run again; if it persists, check the mirror (HF_ENDPOINT)."
         )
     etag = meta.etag or f.etag
+    if not etag or not _safe_name(etag):
+        raise HubError(f"{where}: the Hub named the blob of {f.path} {etag!r}, not a plain file name; vss refused it "
+                       "before writing anything. Check the mirror (HF_ENDPOINT).")
     blobs = storage / "blobs"
     blob = blobs / etag
     blobs.mkdir(parents=True, exist_ok=True)
@@ -935,16 +978,34 @@ def _backoff(attempt: int, base: float = 2.0, cap: float = 60.0) -> float:
     return min(cap, base * 2 ** (attempt - 1))
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """A failure a second try can fix: 5xx/408/429 answers, dropped or refused connections, timeouts."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError
+def is_transient(exc: BaseException) -> bool:
+    """True for a failure a second try can fix, and only those (an allow-list): an HTTP 5xx, 408 or 429 answer,
+    a refused or dropped connection, a timeout, or a vss HubError marked retryable (raised for one of those).
 
+    Everything else is not transient: 4xx answers, an invalid repo id (HFValidationError), a refused file name,
+    vss config/data/model errors, and programming errors such as TypeError.
+    """
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if isinstance(exc, HubError):
+        return bool(exc.retryable)
     if isinstance(exc, HfHubHTTPError):
-        return exc.response is not None and exc.response.status_code in TRANSIENT_STATUS
-    return isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)) and not isinstance(
-        exc, httpx2.ProxyError
-    )
+        status = exc.response.status_code if exc.response is not None else None
+        return status is not None and (status >= 500 or status in TRANSIENT_STATUS)
+    if isinstance(exc, LocalEntryNotFoundError):  # hf_hub_download's wrapper of a failed request
+        return exc.__cause__ is not None and is_transient(exc.__cause__)
+    if isinstance(exc, httpx2.ProxyError):  # a misconfigured proxy stays misconfigured
+        return False
+    transient: tuple[type[BaseException], ...] = (httpx2.TransportError, ConnectionError, TimeoutError)
+    try:
+        import requests
+
+        transient += (requests.ConnectionError, requests.Timeout)
+    except ImportError:  # requests is optional for huggingface_hub 2.x
+        pass
+    return isinstance(exc, transient)
+
 
 
 def _retrying(fn: Callable[[], T], what: str, attempts: int, sleep: Sleep) -> T:
@@ -953,7 +1014,7 @@ def _retrying(fn: Callable[[], T], what: str, attempts: int, sleep: Sleep) -> T:
         try:
             return fn()
         except Exception as exc:
-            if attempt == attempts or not _is_transient(exc):
+            if attempt == attempts or not is_transient(exc):
                 raise
             delay = _backoff(attempt)
             log.warning("%s failed (%s), attempt %d/%d; retrying in %.0fs", what, _short(exc), attempt, attempts, delay)
@@ -980,7 +1041,13 @@ class _hub_errors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None or isinstance(exc, (HubError, ModelError, PreflightError)) or not isinstance(exc, Exception):
             return False
-        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HFValidationError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         source = self.settings.hf_token_source or "none configured"
         status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -1006,11 +1073,25 @@ class _hub_errors:
             if self.kind == "upload":
                 err = HubError(str(err))
                 err.retryable = False
-        elif _is_transient(exc) or isinstance(exc, HfHubHTTPError | OSError):
+        elif isinstance(exc, HFValidationError):  # refused by huggingface_hub before any request
+            key = "upload.repo_id" if self.kind == "upload" else self.where.split(" ")[0]
+            err = (HubError if self.kind == "upload" else ModelError)(
+                f"{self.where}: not a valid Hub repo id or revision ({exc}). Set {key} to 'owner/name' "
+                f"(letters, digits, '-', '_', '.'){tail}."
+            )
+            err.retryable = False
+        elif is_transient(exc):
             err = HubError(
                 f"{self.where}: the Hub ({self.settings.hf_endpoint or 'huggingface.co'}) failed: {_short(exc)}. "
                 f"Transient errors were retried; run again later (completed files are kept){tail}."
             )
+            err.retryable = True
+        elif isinstance(exc, HfHubHTTPError | OSError):
+            err = HubError(
+                f"{self.where}: the Hub ({self.settings.hf_endpoint or 'huggingface.co'}) failed: {_short(exc)}. "
+                f"A second try would fail the same way; check the repo, the file and the mirror (HF_ENDPOINT){tail}."
+            )
+            err.retryable = False
         else:
             return False
         raise _redacted(err, self.settings) from None
@@ -1020,7 +1101,7 @@ def _redacted(err: Exception, settings: Settings) -> Exception:
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     if token and token in str(err):
         new = type(err)(str(err).replace(token, "***"))
-        new.retryable = getattr(err, "retryable", True)
+        new.retryable = getattr(err, "retryable", False)
         return new
     return err
 

@@ -2,6 +2,12 @@
 
 gloo can abort at teardown after a successful run (DESIGN.md), so the outcome is the adapter and
 train_summary.json on disk, not the exit code alone.
+
+Nothing outlives its run: the launcher starts in its own session (process group), which is ended as
+a whole when the caller is interrupted or cancelled (KeyboardInterrupt, Prefect's TerminationSignal
+on SIGTERM); each rank dies with its parent and watches this process's pid (vss_core.train
+`die_with_parent`), so even a SIGKILL of this process ends the ranks; and no run starts while ranks
+of an earlier run of its directory are alive.
 """
 
 from __future__ import annotations
@@ -9,7 +15,9 @@ from __future__ import annotations
 import collections
 import contextvars
 import json
+import logging
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -22,13 +30,15 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from vss_core.config import VSSConfig
-from vss_core.errors import TrainingError
-from vss_core.monitor import ResourceSample, sample_resources
-from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_config, write_json_atomic
+from vss_core.errors import NONFINITE_MARK, TrainingDivergedError, TrainingError
+from vss_core.monitor import ResourceSample, sample_resources, stop_reason
+from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, refuse_live_ranks, write_config, write_json_atomic
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 OOM_MARKERS = ("CUDA out of memory", "torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
 STEP_DOWNS = "step_downs.json"
+STOP_GRACE_S = 20.0  # after SIGTERM, how long the launcher's group gets to exit before SIGKILL
+log = logging.getLogger(__name__)
 
 
 class TrainingReport(BaseModel):
@@ -51,7 +61,7 @@ class TrainingOOMError(TrainingError):
 
 
 class TrainingStoppedError(TrainingError):
-    """Training stopped cleanly on purpose (swap growth); retrying would stop again."""
+    """Training stopped cleanly on purpose (swap growth, low RAM); retrying would stop again."""
 
     retryable = False
 
@@ -85,11 +95,10 @@ def build_command(
         master_port = master_port or free_port()
     if master_port:
         cmd += ["--master_port", str(master_port)]
+    cmd += ["--module", "vss_core.train", "--config", run.config]
+    if not hw.hostfile:  # ranks on this machine watch this process; a remote node cannot see its pid
+        cmd += ["--parent-pid", str(os.getpid())]
     cmd += [
-        "--module",
-        "vss_core.train",
-        "--config",
-        run.config,
         "--model-dir",
         str(model_dir),
         "--prepared-dir",
@@ -182,6 +191,36 @@ def next_step_down(cfg: VSSConfig) -> tuple[VSSConfig, str] | None:
     return None
 
 
+def _guarded(what: str, call: Callable, *args) -> None:
+    """Run one monitor step; an exception is logged and the follower goes on (its guards must not die)."""
+    try:
+        call(*args)
+    except Exception:
+        log.exception("training monitor: %s failed; monitoring continues", what)
+
+
+def _read_new_records(metrics: Path, offset: int) -> tuple[list[dict], int]:
+    """Complete metrics lines past `offset`, and the new offset; a malformed line is logged and skipped."""
+    if not metrics.is_file():
+        return [], offset
+    with open(metrics, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    records = []
+    for line in complete.decode(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            log.warning("training monitor: skipped a malformed line of %s: %r", metrics, line[:200])
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records, offset + len(complete)
+
+
 def _follow(
     run: RunPaths,
     cfg: VSSConfig,
@@ -190,31 +229,70 @@ def _follow(
     on_resources: Callable[[ResourceSample], None],
     sampler: Callable[[], ResourceSample],
 ) -> None:
-    """Follow metrics.jsonl and sample resources until `stop`; ask training to stop on swap growth."""
+    """Follow metrics.jsonl and sample resources until `stop`; ask training to stop on swap growth
+    or, without swap, low RAM (monitor.stop_reason). A failing callback, sampler or malformed line
+    is logged and skipped: the guards keep running."""
     metrics, offset = Path(run.metrics), 0
-    baseline = sampler().swap_used_gb
+    baseline: list[float] = []  # swap in use at the first good sample
+
+    def sample_and_guard() -> None:
+        sample = sampler()
+        if not baseline:
+            baseline.append(sample.swap_used_gb)
+        _guarded("the resources callback", on_resources, sample)
+        reason = stop_reason(sample, baseline[0], cfg.training)
+        stop_file = Path(run.root) / STOP_REQUEST
+        if reason and not stop_file.exists():
+            log.warning("training monitor: asking training to checkpoint and stop: %s", reason)
+            stop_file.write_text(reason)
+
+    def read_metrics() -> None:
+        nonlocal offset
+        records, offset = _read_new_records(metrics, offset)
+        if records:
+            _guarded("the metrics callback", on_metrics, records)
+
+    _guarded("the first resource sample", sample_and_guard)
     next_sample = time.time() + cfg.training.monitor_interval_s
-    while not stop.wait(0.5):
-        if metrics.is_file():
-            with open(metrics) as f:
-                f.seek(offset)
-                chunk = f.read()
-            complete = chunk[: chunk.rfind("\n") + 1]
-            offset += len(complete.encode())
-            records = [json.loads(line) for line in complete.splitlines() if line.strip()]
-            if records:
-                on_metrics(records)
+    while not stop.wait(min(0.5, cfg.training.monitor_interval_s)):
+        _guarded("reading metrics", read_metrics)
         if time.time() >= next_sample:
             next_sample = time.time() + cfg.training.monitor_interval_s
-            sample = sampler()
-            on_resources(sample)
-            grown = sample.swap_used_gb - baseline
-            stop_file = Path(run.root) / STOP_REQUEST
-            if grown > cfg.training.swap_stop_gb and not stop_file.exists():
-                stop_file.write_text(
-                    f"swap in use grew by {grown:.2f} GiB (from {baseline:.2f} to {sample.swap_used_gb:.2f} GiB), "
-                    f"past training.swap_stop_gb={cfg.training.swap_stop_gb:g}"
-                )
+            _guarded("the resource sample", sample_and_guard)
+
+
+def end_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """End the launcher's whole process group (it leads its own session): SIGTERM, then SIGKILL
+    after `grace_s`. Ranks that outlive the launcher itself are in the group and end too."""
+    def signal_group(sig: int) -> bool:
+        try:
+            os.killpg(proc.pid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):  # the group is gone
+            return False
+
+    if not signal_group(signal.SIGTERM):
+        return
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.time() + grace_s
+    while time.time() < deadline and _group_alive(proc.pid):
+        time.sleep(0.2)
+    signal_group(signal.SIGKILL)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        log.error("the training launcher (pid %d) did not exit after SIGKILL", proc.pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def run_training(
@@ -230,15 +308,22 @@ def run_training(
     """Run training to completion, or reuse the adapter this run already produced.
 
     Each output line goes to `on_line` and RUN/train.log; new metrics records to `on_metrics`;
-    resource samples (every training.monitor_interval_s) to `on_resources`. Swap growth past
-    training.swap_stop_gb makes training checkpoint and stop. A CUDA out-of-memory failure is
+    resource samples (every training.monitor_interval_s) to `on_resources` (a callback that raises
+    is logged, not fatal). Swap growth past training.swap_stop_gb, or on a machine without swap
+    available RAM below training.ram_stop_gb, makes training checkpoint and stop. A CUDA out-of-memory failure is
     retried with the next memory-only step-down (up to training.oom_step_downs), each recorded in
     RUN/step_downs.json and in the run's config.json.
 
+    The launcher runs in its own process group, ended as a whole when this call is interrupted
+    (KeyboardInterrupt, a Prefect cancellation's TerminationSignal); ranks also die when this
+    process dies, however it dies.
+
     Raises:
-        TrainingStoppedError: training stopped cleanly on swap growth (not retried: change the config).
+        RunInProgressError: processes of an earlier run of this directory still train (pids named).
+        TrainingStoppedError: training stopped cleanly on swap growth or low RAM (not retried: change the config).
         TrainingError: the process failed, or finished without writing a complete adapter.
     """
+    refuse_live_ranks(run)
     done = completed_report(run, reused=True)
     if done is not None:
         return done
@@ -282,6 +367,7 @@ def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resourc
             env=training_env(cfg),
             cwd=str(Path(run.root)),
             bufsize=1,
+            start_new_session=True,  # its own process group: ended as a whole below
         )
         follower.start()
         tail: collections.deque[str] = collections.deque(maxlen=200)
@@ -294,9 +380,11 @@ def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resourc
                 on_line(line)
             code = proc.wait()
         finally:
-            if proc.poll() is None:  # the caller was interrupted: don't leave ranks running
-                proc.terminate()
-                proc.wait(timeout=60)
+            if proc.poll() is None:  # the caller was interrupted or cancelled: don't leave ranks running
+                log.warning("training interrupted: ending the launcher's process group (pid %d)", proc.pid)
+                end_process_group(proc)
+            elif _group_alive(proc.pid):  # the launcher exited and left ranks behind
+                end_process_group(proc, grace_s=5.0)
             stop.set()
             follower.join(timeout=5)
     wall = time.time() - started
@@ -314,6 +402,9 @@ def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resourc
     if report is None:
         if is_out_of_memory(tail):
             raise TrainingOOMError(f"training ran out of GPU memory. Full log: {run.log}")
+        diverged = [line for line in tail if NONFINITE_MARK in line]
+        if diverged:  # not retried: the same samples give the same loss again
+            raise TrainingDivergedError(f"{diverged[-1].strip()}\nFull log: {run.log}")
         raise TrainingError(
             f"training exited with code {code} without writing a complete adapter to {run.adapter}. "
             f"Full log: {run.log}. Last lines:\n" + "\n".join(list(tail)[-15:])

@@ -1,7 +1,8 @@
 """Resource sampling while training runs: GPU memory and utilisation (NVML), RAM and swap (psutil).
 
 The sampler never raises: a machine without NVML reports no GPUs. Swap growth past a threshold is
-what stops a run cleanly (the source documents: "if swap is used, you're in trouble").
+what stops a run cleanly (the source documents: "if swap is used, you're in trouble"); a machine
+without swap has nothing to grow, so there low available RAM is what stops it (`stop_reason`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class ResourceSample(BaseModel):
     ram_used_gb: float
     ram_total_gb: float
     swap_used_gb: float
+    ram_available_gb: float | None = None  # None: not measured (then no RAM guard)
+    swap_total_gb: float | None = None
 
     def line(self) -> str:
         """One log line a person reads, like a glance at nvidia-smi and free -h."""
@@ -74,4 +77,24 @@ def sample_resources() -> ResourceSample:
         ram_used_gb=(vm.total - vm.available) / GB,
         ram_total_gb=vm.total / GB,
         swap_used_gb=sw.used / GB,
+        ram_available_gb=vm.available / GB,
+        swap_total_gb=sw.total / GB,
     )
+
+
+def stop_reason(sample: ResourceSample, swap_baseline_gb: float, training) -> str | None:
+    """Why training should checkpoint and stop now, or None. `training` is the TrainingConfig.
+
+    Swap in use grown past training.swap_stop_gb since the run started; on a machine without swap,
+    available RAM below training.ram_stop_gb (the next allocation would meet the OOM killer, which
+    leaves no checkpoint).
+    """
+    grown = sample.swap_used_gb - swap_baseline_gb
+    if grown > training.swap_stop_gb:
+        return (f"swap in use grew by {grown:.2f} GiB (from {swap_baseline_gb:.2f} to {sample.swap_used_gb:.2f} GiB), "
+                f"past training.swap_stop_gb={training.swap_stop_gb:g}")
+    no_swap = sample.swap_total_gb == 0 and sample.ram_available_gb is not None
+    if no_swap and training.ram_stop_gb > 0 and sample.ram_available_gb < training.ram_stop_gb:
+        return (f"available RAM fell to {sample.ram_available_gb:.2f} GiB of {sample.ram_total_gb:.1f} GiB on a machine "
+                f"without swap, below training.ram_stop_gb={training.ram_stop_gb:g}")
+    return None

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 from pydantic import BaseModel
 
 from vss_core.config import VSSConfig, deepspeed_config
@@ -105,7 +106,8 @@ def create_run(cfg: VSSConfig) -> RunPaths:
 
 
 # Settings that do not change what training computes: where things go, and the upload stage.
-_NOT_TRAINING_INPUTS = {"training": {"output_dir", "run_name", "monitor_interval_s", "swap_stop_gb", "oom_step_downs"}}
+_NOT_TRAINING_INPUTS = {"training": {"output_dir", "run_name", "monitor_interval_s", "swap_stop_gb", "ram_stop_gb",
+                                     "oom_step_downs"}}
 
 
 def training_key(cfg: VSSConfig, weights: str, dataset_fingerprint: str, prepared_key: str) -> str:
@@ -117,7 +119,35 @@ def training_key(cfg: VSSConfig, weights: str, dataset_fingerprint: str, prepare
 
 
 class RunInProgressError(ConfigError):
-    """Another process holds the run directory."""
+    """Another process holds the run directory, or ranks of an earlier run of it are still alive."""
+
+
+def live_ranks(run: RunPaths) -> list[int]:
+    """Pids of live processes training this run directory: DeepSpeed launchers and ranks started for
+    RUN/config.json (found by their command line), this process excluded."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if (proc.info["pid"] != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE
+                and run.config in cmdline and "vss_core.train" in cmdline):
+            found.append(proc.info["pid"])
+    return sorted(found)
+
+
+def refuse_live_ranks(run: RunPaths) -> None:
+    """Raise when processes of an earlier run of this directory still train (e.g. orphaned ranks).
+
+    Raises:
+        RunInProgressError: naming their pids and how to end them.
+    """
+    pids = live_ranks(run)
+    if pids:
+        listed = ", ".join(f"pid {pid}" for pid in pids)
+        raise RunInProgressError(
+            f"run directory {run.root} is still being trained by processes of an earlier run ({listed}): "
+            "starting beside them would mix two trainings in one directory. Wait for them to exit, or end "
+            f"them (`kill {' '.join(map(str, pids))}`) and run again: the run resumes from its last complete checkpoint."
+        )
 
 
 def open_run(cfg: VSSConfig, key: str) -> tuple[RunPaths, VSSConfig]:
@@ -157,7 +187,8 @@ def locked(run: RunPaths):
     """Hold the run directory for this process; a second run of the same inputs fails fast.
 
     Raises:
-        RunInProgressError: another live process holds it (its pid is named).
+        RunInProgressError: another live process holds it, or ranks of an earlier run of it are still
+            alive (their pids are named).
     """
     lock_path = Path(run.root) / ".lock"
     handle = open(lock_path, "a+")
@@ -171,6 +202,12 @@ def locked(run: RunPaths):
             f"run directory {run.root} is in use by {holder}: a run with the same inputs is in progress. "
             "Wait for it to finish (a re-run then reuses its adapter) or cancel it."
         ) from None
+    try:
+        refuse_live_ranks(run)
+    except RunInProgressError:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        raise
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")

@@ -1,7 +1,10 @@
 """Training entry point, started by the DeepSpeed launcher (one process per rank):
 
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module vss_core.train \
-        --config RUN/config.json --model-dir MODEL --prepared-dir PREPARED
+        --config RUN/config.json [--parent-pid PID] --model-dir MODEL --prepared-dir PREPARED
+
+Each rank dies with its parent (the DeepSpeed launcher) and, given --parent-pid, with that process
+too (vss passes its own pid): a SIGKILLed vss leaves no rank training (`die_with_parent`).
 
 Set up (distributed, model, LoRA, ZeRO-3 engine), train (resuming from the latest complete
 checkpoint), save the adapter atomically, clean up. Writes into the run directory next to
@@ -20,13 +23,16 @@ configured through DeepSpeed, and the outputs users of the Trainer know (trainin
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -34,11 +40,51 @@ from pathlib import Path
 import torch
 
 from vss_core import data, lora, model as omni
+from vss_core.errors import NONFINITE_MARK, TrainingError
 from vss_core.config import VSSConfig, config_from_json, deepspeed_config
 from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_json_atomic
 
 log = logging.getLogger("vss.train")
 COMPLETE = "COMPLETE"
+
+
+# --- process start: never outlive the run ----------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(watch_pid: int | None = None, interval_s: float = 0.5) -> None:
+    """Make this process die when its parent does (Linux parent-death signal), and — given
+    `watch_pid` — when that process ends (a watchdog thread: the vss process is the launcher's
+    parent, not ours, so its death sends us no signal). Either way the rank is SIGKILLed: its
+    checkpoints are written atomically, so nothing is left half-done that resume would trust."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): relying on the watchdog", ctypes.get_errno())
+    if watch_pid is None:
+        return
+    import psutil
+
+    try:
+        born = psutil.Process(watch_pid).create_time()
+    except psutil.NoSuchProcess:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+
+    def watch() -> None:
+        while True:
+            try:
+                proc = psutil.Process(watch_pid)
+                alive = proc.create_time() == born and proc.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                alive = False
+            if not alive:
+                log.error("vss process %d is gone: this rank stops (resume from the last complete checkpoint)", watch_pid)
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, daemon=True, name="vss-parent-watchdog").start()
 
 
 # --- schedule and data order (plain functions, unit-tested) ---------------------------------------
@@ -227,6 +273,31 @@ def stream_losses(out) -> torch.Tensor:
 # --- main -----------------------------------------------------------------------------------------
 
 
+def nonfinite_samples(loss: torch.Tensor, indices: list[int], rank: int, world: int, micro_batch: int,
+                      all_reduce) -> list[int]:
+    """The samples (indices into the prepared ones) of this micro step whose loss is NaN/Inf, on any rank.
+
+    One small all_reduce, so every rank gets the same answer and all stop together (a rank that
+    stopped alone would leave the others waiting in the next collective).
+    """
+    slots = torch.zeros(world * micro_batch, dtype=torch.float64, device=loss.device)
+    if not torch.isfinite(loss.detach()).all():
+        for j, i in enumerate(indices):
+            slots[rank * micro_batch + j] = i + 1
+    all_reduce(slots)
+    return sorted({int(v) - 1 for v in slots.tolist() if v > 0})
+
+
+def nonfinite_loss_error(step: int, total_steps: int, micro: int, names: list[str]) -> TrainingError:
+    """The error of a non-finite loss at optimizer step `step` (1-based), before its backward pass."""
+    return TrainingError(
+        f"training: {NONFINITE_MARK} at step {step}/{total_steps} (micro batch {micro + 1}) on "
+        f"sample(s) {', '.join(names)}. Training stopped before that update: no checkpoint of it and no adapter "
+        "were written (earlier checkpoints are intact). Check those samples (`vss validate`: levels, NaN), or "
+        "lower training.learning_rate if the loss diverged, then run again (it resumes from the last checkpoint)."
+    )
+
+
 def _optimizer(params, cfg: VSSConfig):
     kwargs = dict(lr=cfg.training.learning_rate, betas=(0.9, 0.95), weight_decay=cfg.training.weight_decay)
     if cfg.deepspeed.offload_optimizer != "none":
@@ -314,6 +385,12 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             lo = (in_epoch * tr.gradient_accumulation_steps + m) * tr.micro_batch_size
             batch = omni.collate([samples[i] for i in order[lo : lo + tr.micro_batch_size]])
             out = engine(**batch, text_weight=tr.text_loss_weight, codebook_weights=tr.codebook_loss_weights)
+            # Before backward: a NaN/Inf loss would poison the weights and every checkpoint after it.
+            bad = nonfinite_samples(out.loss, order[lo : lo + tr.micro_batch_size], rank, world,
+                                    tr.micro_batch_size, dist.all_reduce)
+            if bad:
+                names = data.prepared_names(prepared_dir)
+                raise nonfinite_loss_error(step + 1, total_steps, m, [names[i] for i in bad])
             engine.backward(out.loss)
             engine.step()
             step_losses.append(out.loss.detach().float())
@@ -387,7 +464,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, help="checkpoint directory")
     parser.add_argument("--prepared-dir", required=True, help="prepared dataset directory")
     parser.add_argument("--local_rank", type=int, default=0, help="set by the DeepSpeed launcher")
+    parser.add_argument("--parent-pid", type=int, default=None, help="die when this process (vss) ends")
     args = parser.parse_args(argv)
+    die_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
     # torch.distributed's deprecation notices about its own collectives say nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")

@@ -33,6 +33,10 @@ CODEC = "org/tiny-codec"
 PRIVATE = "org/private-omni"
 NO_ENCODER = "org/codec-without-encoder"
 GELU = "org/omni-gelu-vision"
+# Repos serving a file name outside the snapshot: from <cache>/models--org--x/snapshots/<commit>/ four `..`
+# climb to the cache's parent (matches `*.safetensors`, so a vss without the check would fetch and discard it).
+DOTDOT, DOTDOT_NAME = "org/omni-dotdot", "../../../../victim.safetensors"
+ABSOLUTE, ABSOLUTE_NAME = "org/omni-absolute", "/tmp/vss-absolute-victim/victim.safetensors"
 BIG = "audio_codec/big_dummy.bin"  # matches ALLOW_PATTERNS; LFS-stored (>= 10 MB)
 BIG_SIZE = 24 << 20
 UNWANTED = "original/consolidated.pth"  # matches no allow pattern: must never be fetched
@@ -53,6 +57,8 @@ def server(tiny_model_dir, tiny_codec_dir):
         srv.add_repo_from_dir(NO_ENCODER, tiny_codec_dir)
         srv.commit(NO_ENCODER, {codec.ENCODER_CKPT.as_posix(): None}, message="drop the encoder")
         vision = json.loads((tiny_model_dir / "vision" / "config.json").read_text())
+        srv.add_repo_from_dir(DOTDOT, tiny_model_dir, extra={DOTDOT_NAME: b"evil" * 10})
+        srv.add_repo_from_dir(ABSOLUTE, tiny_model_dir, extra={ABSOLUTE_NAME: b"evil" * 10})
         srv.add_repo_from_dir(GELU, tiny_model_dir)
         srv.commit(GELU, {"vision/config.json": Blob.from_bytes(json.dumps(dict(vision, hidden_act="GELU")).encode(),
                                                                  lfs=False)})
@@ -460,3 +466,44 @@ def test_upload_without_token_is_skipped_and_keeps_the_adapter(hubsrv, adapter):
     report = hub.upload_adapter(adapter, UploadConfig(repo_id="org/adapter-g"), settings_for(hubsrv))
     assert not report.uploaded and "no Hub token" in report.message and str(adapter) in report.message
     assert "org/adapter-g" not in hubsrv.repos and (adapter / "adapter_model.safetensors").is_file()
+
+
+# --- retries and file names the Hub sends -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("repo, name", [(DOTDOT, DOTDOT_NAME), (ABSOLUTE, ABSOLUTE_NAME)])
+def test_a_file_name_outside_the_snapshot_refuses_the_repo_before_any_file(hubsrv, tmp_path, repo, name):
+    cache = tmp_path / "cache"
+    victim = tmp_path / "victim.safetensors"  # where DOTDOT_NAME points: a file of another size, kept
+    victim.write_bytes(b"precious")
+    sleeps = Sleeps()
+    with pytest.raises(ModelError, match="point outside its directory") as err:
+        hub.download_weights(model_cfg(cache, source=repo), settings_for(hubsrv), sleep=sleeps)
+    assert repr(name) in str(err.value) and f"model.source {repo}@main" in str(err.value)
+    assert err.value.retryable is False and sleeps == []
+    assert victim.read_bytes() == b"precious"
+    assert not Path(ABSOLUTE_NAME).exists()
+    refused = cache / f"models--{repo.replace('/', '--')}"
+    assert not refused.exists(), "nothing of the refused repo written, even in the cache"
+    assert {p.name for p in tmp_path.iterdir()} <= {"victim.safetensors", "cache"}
+    assert hubsrv.served_by_file(repo) == {}, "not a byte fetched of the refused repo"
+
+
+def test_a_429_is_retried_and_a_404_is_not(hubsrv, tmp_path):
+    hubsrv.faults.fail_route("model_info", status=429, times=1)
+    sleeps = Sleeps()
+    hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv), sleep=sleeps)
+    assert sleeps == [2.0]
+    sleeps.clear()
+    with pytest.raises(ModelError):
+        hub.download_weights(model_cfg(tmp_path, source="org/nope"), settings_for(hubsrv), sleep=sleeps)
+    assert sleeps == []
+
+
+def test_a_bad_upload_repo_id_is_not_retried(hubsrv, adapter):
+    sleeps = Sleeps()
+    with pytest.raises(HubError, match=r"not a valid Hub repo id .* Set upload.repo_id") as err:
+        # model_copy skips UploadConfig's own check of the id: the Hub layer refuses it too, without a retry
+        bad = UploadConfig(repo_id="org/ok").model_copy(update={"repo_id": "org/../bad name"})
+        hub.upload_adapter(adapter, bad, settings_for(hubsrv, WRITE_TOKEN), sleep=sleeps)
+    assert err.value.retryable is False and sleeps == []

@@ -100,6 +100,8 @@ def test_killed_rank_resumes_on_the_same_trajectory_and_adapter_reloads(tmp_path
     with torch.no_grad():
         loss = plain(**omni.collate([sample])).loss.item()
     summary = json.loads((Path(base_run.root) / "train_summary.json").read_text())
-    assert loss == pytest.approx(summary["eval_loss_sample0"], rel=1e-4)
+    # Same weights, other float32 reduction order (2 ZeRO-3 ranks vs one process, other thread counts):
+    # seen here up to 1.6e-4 relative after the demo's lr 1e-2; the adapter itself moves the loss by ~50%.
+    assert loss == pytest.approx(summary["eval_loss_sample0"], rel=1e-3)
     base_loss = omni.load_omni(tiny_model_dir)(**omni.collate([sample])).loss.item()
     assert abs(base_loss - loss) > 1e-3  # the adapter really changes the model

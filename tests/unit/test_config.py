@@ -143,3 +143,32 @@ def test_typed_overrides_refuse_unknown_keys_and_merge_onto_the_profile():
     with pytest.raises(ValidationError, match="lora.rank"):
         config.VSSOverrides.model_validate({"lora": {"rank": 0}})
     assert config.nested_overrides(["training.epochs=2", "data.root=/x"]) == {"training": {"epochs": 2}, "data": {"root": "/x"}}
+
+
+# --- values checked when a run is created (issue 13 item 5) ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["..", ".", "/tmp/elsewhere", "../up", "a/b", "a\\b", ""])
+def test_run_name_must_stay_inside_output_dir(name):
+    with pytest.raises(ConfigError, match=r"training.run_name: must be one folder name inside training.output_dir"):
+        load_config("cpu-demo", {"training": {"run_name": name}})
+
+
+def test_a_plain_run_name_is_accepted():
+    assert load_config("cpu-demo", ["training.run_name=my-run.2"]).training.run_name == "my-run.2"
+
+
+@pytest.mark.parametrize("repo", ["noowner", "a/b/c", "me/has space", "me/--x", "me/x.git", "../x"])
+def test_upload_repo_id_must_be_owner_name(repo):
+    with pytest.raises(ConfigError, match=r"upload.repo_id: not a Hub repo id: .*Use owner/name"):
+        load_config("cpu-demo", {"upload": {"repo_id": repo}})
+
+
+def test_model_source_is_a_directory_a_path_or_a_repo_id(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config("cpu-demo", {"model": {"source": "not a repo!", "codec_source": "org codec"}})
+    msg = str(err.value)  # both problems at once
+    assert "model.source: neither an existing directory nor a Hub repo id" in msg and "'not a repo!'" in msg
+    assert "model.codec_source: neither an existing directory nor a Hub repo id" in msg
+    for ok in ["meituan-longcat/LongCat-Flash-Omni", str(tmp_path), ".vss/demo/tiny-model", "/not/yet/made"]:
+        assert load_config("cpu-demo", [f"model.source={ok}", "upload.repo_id=me/adapter"]).model.source == ok

@@ -577,3 +577,65 @@ def test_a_transcript_too_long_for_its_audio_fails_preparation_naming_the_sample
     with pytest.raises(DatasetError) as err:
         data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
     assert "02:" in str(err.value) and "positions" in str(err.value)
+
+
+# --- bad input at the edges (issue 13 item 5) -----------------------------------------------------
+
+
+def _write_vfr_mp4(path, size=64):
+    """A valid variable-frame-rate mp4: frames 40 ms apart for 1 s, then the last one held for 0.96 s
+    (as a screen recording or a phone clip holds a still frame)."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.options = {"bf": "0"}
+        stream.codec_context.time_base = Fraction(1, 1000)
+        packets = []
+        for i in range(27):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), i * 9, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i * 40, Fraction(1, 1000)
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        packets[-1].duration = int(0.96 / float(packets[-1].time_base))
+        for packet in packets:
+            container.mux(packet)
+
+
+def test_a_symlink_loop_is_a_problem_of_its_sample_not_a_crash(dataset):
+    (dataset / "01" / "out.wav").unlink()
+    (dataset / "01" / "out.wav").symlink_to("out.wav")  # a link to itself
+    (dataset / "02" / "in.wav").unlink()
+    (dataset / "02" / "in.wav").symlink_to("b.wav")
+    (dataset / "02" / "b.wav").symlink_to("in.wav")  # two links to each other
+    (dataset / "04").symlink_to("04", target_is_directory=True)  # a sample folder that loops
+
+    report = data.validate_dataset(_cfg(dataset))
+    problems = _problems(report)
+    assert "out.wav is a link that leads nowhere (a symlink loop)" in problems["01"]
+    assert "in.wav is a link that leads nowhere (a symlink loop)" in problems["02"]
+    assert problems["03"] == ""
+    assert "04" not in problems and "04" in report.warnings[0]  # not a folder: ignored with a warning
+
+
+def test_a_valid_variable_frame_rate_video_is_accepted_and_prepared(dataset, model_dir, codec_dir, tmp_path):
+    _write_vfr_mp4(dataset / "01" / "in.mp4")
+    report = data.validate_dataset(_cfg(dataset))
+    sample = report.samples[0]
+    assert sample.problems == [], sample.problems
+    assert sample.video.duration_s == pytest.approx(2.0) and sample.video.frames == 27
+    # ...while a cut-off constant-rate file is still caught (test_every_bad_sample_is_named_with_its_reason)
+    prepared = data.prepare_dataset([sample], _cfg(dataset, workers=1), model_dir, codec_dir, tmp_path / "prep")
+    assert torch.isfinite(data.load_prepared(prepared.dir)[0]["pixel_values"]).all()
+
+
+def test_a_float_wav_far_beyond_full_scale_is_rejected_before_it_makes_nan_features(dataset):
+    wave, rate = sf.read(dataset / "01" / "in.wav", dtype="float32")
+    sf.write(dataset / "01" / "in.wav", wave * 1e30, rate, subtype="FLOAT")
+    sf.write(dataset / "02" / "out.wav", np.clip(sf.read(dataset / "02" / "out.wav", dtype="float32")[0] * 1.5, -1.5, 1.5),
+             16000, subtype="FLOAT")  # a little over full scale (clipped mastering): accepted
+    problems = _problems(data.validate_dataset(_cfg(dataset)))
+    assert "in.wav (FLOAT samples) peaks at" in problems["01"] and "Normalise it to [-1, 1]" in problems["01"]
+    assert problems["02"] == "" and problems["03"] == ""

@@ -229,11 +229,13 @@ def test_kv_cached_generation_steps_give_the_training_forward_logits(
     finally:
         forcer.remove()
     assert g.stopped_at_eos and len(g.steps) == T
+    # float32, one step at a time through the KV cache vs the whole sequence at once: the same math in
+    # another reduction order (seen here at ~1e-5 on some runs); a wrong position would differ by O(1).
     gen_text = torch.stack(forcer.text_logits).float()
-    torch.testing.assert_close(gen_text, ref_text, atol=1e-5, rtol=0)
+    torch.testing.assert_close(gen_text, ref_text, atol=1e-4, rtol=1e-4)
     for i in range(4):
         gen_audio = torch.stack([step[i] for step in forcer.audio_logits]).float()
-        torch.testing.assert_close(gen_audio, ref_audio[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(gen_audio, ref_audio[i], atol=1e-4, rtol=1e-4)
     # The state machine fed back exactly the training inputs, and shift_codec_back recovers the training codes.
     fed = torch.tensor(g.steps)
     assert torch.equal(fed[:-1, 0], item["input_ids"][P : P + T - 1])
