@@ -177,14 +177,15 @@ class CheckpointConfigs:
 
 def build_tiny_model(model_dir_with_tokenizer: Path, seed: int = 0) -> OmniModel:
     """The random-weight tiny model (deterministic by seed) for a directory holding its configs."""
-    cfgs = CheckpointConfigs.__new__(CheckpointConfigs)
-    cfgs.llm = llm_config(TINY_LLM_CONFIG)
-    cfgs.vision = vision.VisionConfig.from_json(vision.TINY_VISION_CONFIG, VISION_CONFIG)
-    cfgs.audio = audio.AudioConfig.from_json(audio.TINY_AUDIO_CONFIG, AUDIO_CONFIG)
-    cfgs.special_ids = sequence.special_ids(sequence.load_tokenizer(model_dir_with_tokenizer))
+    ids = sequence.special_ids(sequence.load_tokenizer(model_dir_with_tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cfgs.build()
+        model = OmniModel(
+            llm_config(TINY_LLM_CONFIG),
+            vision.VisionConfig.from_json(vision.TINY_VISION_CONFIG, VISION_CONFIG),
+            audio.AudioConfig.from_json(audio.TINY_AUDIO_CONFIG, AUDIO_CONFIG),
+            SpecialTokenIds(image_pad=ids.image_pad, audio_pad=ids.audio_pad),
+        )
         # Same std for every weight matrix so the tiny model starts from sane logits; norms stay 1.
         for name, p in model.named_parameters():
             if p.dim() >= 2:
