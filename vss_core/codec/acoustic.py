@@ -157,6 +157,24 @@ def to_plain(value: Any) -> Any:
 # -- checkpoints -----------------------------------------------------------------------------------
 
 
+def quantizer_problems(values: Mapping[str, Any]) -> list[str]:
+    """The quantizer's own rules over a `codec_config` section (encoder and decoder configs share them)."""
+    problems = []
+    dim = values.get("codec_dimension")
+    if dim is not None and dim % 2:
+        problems.append(f"codec_config.codec_dimension: {dim} must be even (each codebook maps to half of it)")
+    search = values.get("codec_codebook_search_dim")
+    n = values.get("codec_codebooks")
+    if isinstance(search, tuple) and n is not None and len(search) != n:
+        problems.append(f"codec_config.codec_codebook_search_dim: lists {len(search)} sizes for codec_codebooks={n}")
+    return problems
+
+
+def section_to_yaml(config: Any, keys: Mapping[str, Any]) -> dict[str, Any]:
+    """A config's `codec_config` section in the official key order, unset optionals left out."""
+    return {key: to_plain(getattr(config, key)) for key in keys if getattr(config, key) is not None}
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict saved in an official `.pt` file (tensors only, loaded on the CPU).
 
@@ -414,26 +432,13 @@ class AcousticEncoderConfig:
                 f"codec_config.codec_enc_ratios: {list(ratios)} multiply to {math.prod(ratios)}, but frames are "
                 f"{HOP_SAMPLES} samples (60 ms at 16 kHz); the official value is [4, 5, 6, 8]"
             )
-        dim = values.get("codec_dimension")
-        if dim is not None and dim % 2:
-            problems.append(f"codec_config.codec_dimension: {dim} must be even (each codebook maps to half of it)")
-        search = values.get("codec_codebook_search_dim")
-        n = values.get("codec_codebooks")
-        if isinstance(search, tuple) and n is not None and len(search) != n:
-            problems.append(
-                f"codec_config.codec_codebook_search_dim: lists {len(search)} sizes for codec_codebooks={n}"
-            )
+        problems += quantizer_problems(values)
         raise_problems(where, "LongCat-Audio-Codec encoder", problems)
         return cls(**values)
 
     def to_yaml(self) -> dict[str, Any]:
         """The `codec_config` section (plain lists and scalars, official key order; unset optionals left out)."""
-        out = {}
-        for key in OFFICIAL_ENCODER_YAML:
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = to_plain(value)
-        return out
+        return section_to_yaml(self, OFFICIAL_ENCODER_YAML)
 
     @classmethod
     def official(cls) -> AcousticEncoderConfig:

@@ -36,11 +36,12 @@ from vss_core.codec.acoustic import (
     positive_int,
     positive_int_list,
     positive_int_or_list,
+    quantizer_problems,
     raise_problems,
     read_checkpoint,
     read_section,
+    section_to_yaml,
     string,
-    to_plain,
 )
 from vss_core.codec.quantizer import GroupResidualVectorQuantize, WNConv1d, WNConvTranspose1d
 
@@ -146,26 +147,13 @@ class DecoderConfig:
                 f"codec_config.decoder_dim: {width} must be divisible by 2**{len(ratios)} "
                 f"(channels halve in each of the {len(ratios)} upsampling blocks)"
             )
-        dim = values.get("codec_dimension")
-        if dim is not None and dim % 2:
-            problems.append(f"codec_config.codec_dimension: {dim} must be even (each codebook maps to half of it)")
-        search = values.get("codec_codebook_search_dim")
-        n = values.get("codec_codebooks")
-        if isinstance(search, tuple) and n is not None and len(search) != n:
-            problems.append(
-                f"codec_config.codec_codebook_search_dim: lists {len(search)} sizes for codec_codebooks={n}"
-            )
+        problems += quantizer_problems(values)
         raise_problems(where, "LongCat-Audio-Codec decoder", problems)
         return cls(**values)
 
     def to_yaml(self) -> dict[str, Any]:
         """The `codec_config` section (plain lists and scalars, official key order; unset ckpt_path left out)."""
-        out = {}
-        for key in OFFICIAL_DECODER_16K_YAML:
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = to_plain(value)
-        return out
+        return section_to_yaml(self, OFFICIAL_DECODER_16K_YAML)
 
     @classmethod
     def official(cls, decoder_type: str = "16k") -> DecoderConfig:
