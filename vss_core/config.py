@@ -102,8 +102,9 @@ class ModelConfig(_Section):
     verify: Literal["size", "full"] = Field(
         "size",
         description=(
-            "Integrity check of downloaded files: 'size' compares sizes with the Hub's metadata (cheap); "
-            "'full' also hashes every file (sha256 of LFS files, git id of the others). A damaged file is fetched again."
+            "Integrity check of files already in the cache before the run: 'size' compares sizes with the Hub's "
+            "metadata (cheap); 'full' also hashes them (sha256 of LFS files, git id of the others; one read of "
+            "each). Files downloaded by the run are always hashed as they arrive. A damaged file is fetched again."
         ),
     )
     download_workers: int = Field(8, ge=1, le=64, description="Files downloaded in parallel from the Hub.")

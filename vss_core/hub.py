@@ -22,8 +22,12 @@ the same steps; a local directory as source is used in place.
    `<etag>.incomplete` with Range requests, adopting such a partial (its own or huggingface_hub's)
    after a kill, so a kill costs at most the last chunk in flight; the file then goes through
    hf_hub_download, which links it into the snapshot. Files the server offers through Xet go through
-   hf_hub_download's Xet path (HF_XET_HIGH_PERFORMANCE=1). Sizes are checked against the metadata;
-   `model.verify=full` also hashes every file; a damaged file is deleted and fetched again.
+   hf_hub_download's Xet path (HF_XET_HIGH_PERFORMANCE=1). Every file that arrives is checked against the Hub's hash
+   (sha256 for LFS files, the git blob id for the others): a large file as it streams (no second read; a
+   resumed partial's kept bytes are read once), a small one after it is written. A file already in the cache
+   before the run is checked by size (`model.verify=size`, the default) or hashed too (`model.verify=full`).
+   Xet downloads are hf_xet's stream, not vss's: hashed under verify=full only. A damaged file is deleted and
+   fetched again, once.
 
 Upload: creates the repo (private unless configured), adds a model card if the adapter has none, and
 uploads the folder with upload_folder (unchanged files are not committed again). An auth failure names the
@@ -724,6 +728,8 @@ def _write_ref(storage: Path, revision: str, commit: str) -> None:
 
 
 def _fetch_file(f: _RemoteFile, *, repo: _Repo, client: _Client) -> None:
+    """Bring one file into the snapshot, checked: a file already present by size (and its hash under
+    verify=full), a file that arrives by its hash (large ones while they stream, small ones once written)."""
     import huggingface_hub as hf
 
     pointer, tally, storage = repo.snapshot / f.path, repo.tally, repo.storage
@@ -735,19 +741,27 @@ def _fetch_file(f: _RemoteFile, *, repo: _Repo, client: _Client) -> None:
                 if attempt == 1:
                     tally.add(cached=f.size)
                 return
+        checked = False  # hashed as it arrived
         if f.size >= RESUME_MIN_BYTES:
-            _resumable_download(f, repo, client)
+            arrived = _resumable_download(f, repo, client)
+            if arrived == "damaged":
+                continue
+            checked = arrived == "verified"
+            fresh = arrived != "cached"
         else:
             _drop_partials(storage, f, client.cache_dir, tally)
-        blob = storage / "blobs" / (f.etag or "-")
-        had_blob = blob.is_file()
+            fresh = not (storage / "blobs" / (f.etag or "-")).is_file()
         _retrying(lambda: hf.hf_hub_download(
             repo.spec.source, f.path, revision=repo.commit, cache_dir=str(client.cache_dir), endpoint=client.endpoint,
             token=client.token, library_name="vss",
         ), f.path, DOWNLOAD_ATTEMPTS, client.sleep)
         if f.size < RESUME_MIN_BYTES:
-            tally.add(**({"cached": f.size} if had_blob else {"downloaded": f.size, "fetched": 1}))
-        if pointer.stat().st_size == f.size and (client.verify != "full" or _hash_ok(pointer, f)):
+            tally.add(**({"downloaded": f.size, "fetched": 1} if fresh else {"cached": f.size}))
+        # A small file just written is hashed here (one read of < RESUME_MIN_BYTES, from the page cache); a
+        # blob that was in the cache before (only its link was missing) or a Xet download is hashed under
+        # verify=full only: hf_xet streams it, not vss.
+        hash_now = not checked and (client.verify == "full" or (fresh and f.size < RESUME_MIN_BYTES))
+        if pointer.stat().st_size == f.size and (not hash_now or _hash_ok(pointer, f)):
             return
         _discard(pointer, f, tally)
     raise HubError(
@@ -774,8 +788,10 @@ def _lock_path(cache_dir: Path, storage: Path, etag: str | None) -> Path:
     return cache_dir / ".locks" / storage.name / f"{etag}.lock"
 
 
-def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> None:
-    """Fetch a large file into its blob with Range requests, resuming any partial left by a killed process."""
+def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> str:
+    """Fetch a large file into its blob with Range requests, resuming any partial left by a killed process,
+    hashing it as it streams. Returns "verified" (its hash matched the Hub's), "damaged" (it did not: deleted),
+    "cached" (the blob was already there) or "xet" (hf_xet fetches it)."""
     import huggingface_hub as hf
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
     from huggingface_hub.utils._runtime import is_xet_available  # not re-exported in 2.x
@@ -789,7 +805,7 @@ def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> None:
     if meta.xet_file_data is not None and is_xet_available():
         _drop_partials(storage, f, cache_dir, tally)  # hf_xet fetches it; its chunk cache is its own business
         tally.add(downloaded=f.size, fetched=1)
-        return
+        return "xet"
     if meta.size is not None and meta.size != f.size:
         raise HubError(
             f"{where}: the Hub's metadata disagree on the size of {f.path} "
@@ -805,7 +821,7 @@ def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> None:
     with WeakFileLock(_lock_path(cache_dir, storage, etag)):
         if blob.is_file() and blob.stat().st_size == f.size:
             tally.add(cached=f.size)  # only the snapshot link is missing
-            return
+            return "cached"
         partial = blobs / f"{etag}.incomplete"
         candidates = sorted(blobs.glob(f"{etag}*.incomplete"), key=lambda p: p.stat().st_size, reverse=True)
         for i, p in enumerate(candidates):  # adopt the largest partial, drop the others
@@ -821,21 +837,25 @@ def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> None:
         location = meta.location or url
         if urlsplit(location).netloc != urlsplit(url).netloc:
             headers.pop("authorization", None)  # a CDN gets a signed URL, never the Hub token
-        received = _ranged_get(location, partial, f.size, headers, f.path, sleep)
+        digest = _Digest(f)
+        received = _ranged_get(location, partial, f.size, headers, f.path, sleep, digest)
         tally.add(resumed=kept, downloaded=received, fetched=1)
-        if client.verify == "full" and not _hash_ok(partial, f):
+        if not digest.matches():
+            log.warning("%s: %s does not match the Hub's %s after download (damaged in transit); deleted, fetching "
+                        "it again", where, f.path, digest.name)
             tally.add(refetched=f.size)
             partial.unlink(missing_ok=True)
-            raise HubError(
-                f"{where}: {f.path} does not match its sha256 after download; it was deleted. "
-                "Run the download again."
-            )
+            with tally.lock:
+                tally.damaged.append(f.path)
+            return "damaged"
         partial.chmod(0o644)
         os.replace(partial, blob)
+        return "verified"
 
 
-def _ranged_get(url: str, partial: Path, size: int, headers: dict, name: str, sleep: Sleep) -> int:
-    """Append the missing bytes of `partial` from `url` (Range), resuming dropped connections. Returns bytes received."""
+def _ranged_get(url: str, partial: Path, size: int, headers: dict, name: str, sleep: Sleep, digest: _Digest) -> int:
+    """Append the missing bytes of `partial` from `url` (Range), resuming dropped connections, feeding `digest`
+    every byte as it is written. Returns bytes received."""
     import httpx2
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError
@@ -849,16 +869,20 @@ def _ranged_get(url: str, partial: Path, size: int, headers: dict, name: str, sl
         if have > size:  # not this file: start over
             partial.unlink()
             have = 0
+        digest.catch_up(partial, have)  # a resumed partial's kept bytes: read once, before the first new byte
         request_headers = dict(headers, Range=f"bytes={have}-") if have else dict(headers)
         progressed = False
         try:
             with get_session().stream("GET", url, headers=request_headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
                 hf_raise_for_status(r)
                 mode = "ab" if have and r.status_code == 206 else "wb"  # 200: the server ignored Range
+                if mode == "wb":
+                    digest.reset()
                 with partial.open(mode) as out:
                     for chunk in r.iter_bytes(chunk_size=STREAM_CHUNK):
                         out.write(chunk)
                         out.flush()  # on disk (page cache) before the next chunk: a kill keeps it
+                        digest.update(chunk)
                         received += len(chunk)
                         progressed = True
             if partial.stat().st_size != size:
@@ -875,19 +899,50 @@ def _ranged_get(url: str, partial: Path, size: int, headers: dict, name: str, sl
             sleep(delay)
 
 
+class _Digest:
+    """The hash the Hub gives for a file (sha256 for LFS files, the git blob id for the others), fed as the
+    file's bytes arrive so that a download is checked without reading it again. Always matches when the Hub
+    gives neither."""
+
+    def __init__(self, f: _RemoteFile) -> None:
+        self._file = f
+        self.name = "sha256" if f.sha256 else "git blob id" if f.blob_id else "nothing"
+        self.reset()
+
+    def reset(self) -> None:
+        f = self._file
+        self.fed = 0
+        self._h = hashlib.sha256() if f.sha256 else hashlib.sha1() if f.blob_id else None
+        if self._h is not None and not f.sha256:
+            self._h.update(b"blob %d\0" % f.size)
+
+    def update(self, chunk: bytes) -> None:
+        if self._h is not None:
+            self._h.update(chunk)
+        self.fed += len(chunk)
+
+    def catch_up(self, path: Path, have: int) -> None:
+        """Feed bytes [fed, have) of `path` from disk: the kept part of a resumed partial, read once."""
+        if self.fed == have:
+            return
+        if self.fed > have:
+            self.reset()
+        with path.open("rb") as fh:
+            fh.seek(self.fed)
+            while self.fed < have and (chunk := fh.read(min(1 << 22, have - self.fed))):
+                self.update(chunk)
+
+    def matches(self) -> bool:
+        if self._h is None:
+            return True
+        return self.fed == self._file.size and self._h.hexdigest() == (self._file.sha256 or self._file.blob_id)
+
+
 def _hash_ok(path: Path, f: _RemoteFile) -> bool:
-    """sha256 for LFS files, git blob id for the others; True when there is nothing to compare with."""
-    if f.sha256:
-        digest, want = hashlib.sha256(), f.sha256
-    elif f.blob_id:
-        digest, want = hashlib.sha1(), f.blob_id
-        digest.update(b"blob %d\0" % path.stat().st_size)
-    else:
-        return True
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest() == want
+    """Hash a file already on disk (one full read): for files present before the run, under verify=full."""
+    digest = _Digest(f)
+    digest.catch_up(path, path.stat().st_size)
+    return digest.matches()
 
 
 def _sweep_orphans(storage: Path, cache_dir: Path, wanted: set[str | None], tally: _Tally) -> None:

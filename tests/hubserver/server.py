@@ -123,6 +123,7 @@ class Faults:
     drop_after: dict[str, int] = field(default_factory=dict)  # close the connection after N body bytes, once
     pause_after: dict[str, int] = field(default_factory=dict)  # stall after N body bytes until `release` is set
     release: threading.Event = field(default_factory=threading.Event)
+    corrupt_at: dict[str, int] = field(default_factory=dict)  # flip the byte at this offset, once (same size)
     fail: dict[str, list] = field(default_factory=dict)  # route -> [status, times left]
 
     def fail_route(self, route: str, status: int = 503, times: int = 1) -> None:
@@ -486,6 +487,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
+            flip = faults.corrupt_at.get(path)
+            if flip is not None and pos <= flip < pos + len(chunk):
+                damaged = bytearray(chunk)
+                damaged[flip - pos] ^= 0xFF
+                chunk = bytes(damaged)
+                faults.corrupt_at.pop(path, None)  # once
             if chunk:
                 self._write_counted(repo_id, path, chunk)
                 pos += len(chunk)

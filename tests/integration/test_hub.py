@@ -71,6 +71,7 @@ def hubsrv(server):
     server.faults.fail.clear()
     server.faults.drop_after.clear()
     server.faults.pause_after.clear()
+    server.faults.corrupt_at.clear()
     server.faults.release.set()
     return server
 
@@ -253,6 +254,50 @@ def test_damaged_files_are_detected_and_fetched_again(hubsrv, tmp_path):
     assert full.damaged == [BIG]
     assert hubsrv.served_by_file(REPO) == {BIG: BIG_SIZE}
     assert hashlib.sha256(big.read_bytes()).hexdigest() == hubsrv.head(REPO).files[BIG].sha256
+
+
+def test_files_are_hashed_as_they_arrive_without_a_second_read(hubsrv, tmp_path, monkeypatch):
+    """A byte flipped in transit (same size) is caught by the hash computed while the file streams, under
+    the default verify=size, and the file is fetched again; no downloaded large file is read back to hash it."""
+    hubsrv.faults.corrupt_at[BIG] = 7_000_001
+    reads = []
+    real = hub._hash_ok
+    monkeypatch.setattr(hub, "_hash_ok", lambda path, f: reads.append((f.path, f.size)) or real(path, f))
+    report = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
+    assert report.damaged == [BIG]
+    assert hubsrv.served_by_file(REPO)[BIG] == 2 * BIG_SIZE, "fetched once damaged, once whole"
+    assert hashlib.sha256((Path(report.path) / BIG).read_bytes()).hexdigest() == hubsrv.head(REPO).files[BIG].sha256
+    assert all(size < hub.RESUME_MIN_BYTES for _, size in reads), f"a large download was read again: {reads}"
+    assert _no_partials(tmp_path)
+
+
+def test_small_files_damaged_in_transit_are_caught_too(hubsrv, tmp_path):
+    small = "vision/config.json"
+    size = hubsrv.head(REPO).files[small].size
+    hubsrv.faults.corrupt_at[small] = size // 2
+    report = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
+    snap = Path(report.path)
+    assert json.loads((snap / small).read_text()) and small in report.damaged
+
+
+def test_a_file_damaged_on_every_try_fails_naming_it(hubsrv, tmp_path, monkeypatch):
+    monkeypatch.setattr(hub._Digest, "matches", lambda self: False)
+    with pytest.raises(HubError, match="arrived damaged twice"):
+        hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
+    assert _no_partials(tmp_path)
+
+
+def test_a_resumed_file_is_hashed_over_its_kept_bytes(hubsrv, tmp_path):
+    pause_at = 12 * (1 << 20) + 12_345
+    download_and_kill(hubsrv, "vss", REPO, tmp_path, BIG, pause_at, codec_repo=CODEC)
+    blob = next(tmp_path.rglob("*.incomplete"))
+    data = bytearray(blob.read_bytes())
+    data[1_000] ^= 0xFF  # damaged before the kill: the resumed file must not be trusted
+    blob.write_bytes(bytes(data))
+    hubsrv.reset_counters()
+    report = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
+    assert report.damaged == [BIG]
+    assert hashlib.sha256((Path(report.path) / BIG).read_bytes()).hexdigest() == hubsrv.head(REPO).files[BIG].sha256
 
 
 def test_dropped_connections_are_resumed_in_process(hubsrv, tmp_path):
