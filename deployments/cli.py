@@ -176,12 +176,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployments.serve import serve_deployments
+    from deployments.serve import ServeOptions, serve_deployments
 
     if not args.no_demo_assets:
         _ensure_demo_assets()
-    serve_deployments(watch_interval_s=args.watch_interval, backstop_cron=args.backstop_cron,
-                      debounce_s=args.debounce)
+    serve_deployments(ServeOptions(watch_profile=args.watch_profile, watch_interval_s=args.watch_interval,
+                                   debounce_s=args.debounce, backstop_cron=args.backstop_cron,
+                                   crash_after_s=args.crash_after))
     return 0
 
 
@@ -190,11 +191,12 @@ def cmd_notify_data_updated(args: argparse.Namespace) -> int:
 
     root = str(Path(config.load_config(args.profile, [*args.overrides, *(
         [f"data.root={args.root}"] if args.root else [])]).data.root).absolute())
-    event = emit_data_updated(root)
+    event = emit_data_updated(root, args.profile)
     if event is None:
         print("error: the event was not sent: no Prefect API is configured (set PREFECT_API_URL)", file=sys.stderr)
         return 2
-    print(f"Emitted vss.data.updated for {root} (resource {event.resource.id}, event {event.id})")
+    print(f"Emitted vss.data.updated for {root}, profile {args.profile} (resource {event.resource.id}, "
+          f"event {event.id}): the deployment of that profile re-runs")
     return 0
 
 
@@ -286,20 +288,31 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("serve", help="serve the Prefect deployments vss/train-2xb200, vss/train-8xh100, "
-                       "vss/demo-cpu and vss/watch-data")
+    p = sub.add_parser("serve", help="serve the Prefect deployments of prefect.yaml (vss/train-2xb200, "
+                       "vss/train-8xh100, vss/demo-cpu, vss-watch-data/watch-data) and create its automation",
+                       epilog="prefect.yaml gives every default below; these flags change them for this process. "
+                       "Flow runs send a heartbeat every minute; the automation vss-crash-silent-runs marks a run "
+                       "Crashed when its heartbeats stop without an end state.")
     p.add_argument("--no-demo-assets", action="store_true",
                    help="do not write the tiny model and demo data that vss/demo-cpu uses")
-    p.add_argument("--watch-interval", type=float, default=300.0, metavar="SECONDS",
-                   help="how often vss/watch-data fingerprints the dataset (default 300)")
-    p.add_argument("--debounce", type=float, default=300.0, metavar="SECONDS",
-                   help="data updates within this window start one training run, after the window (default 300)")
+    p.add_argument("--watch-profile", default=None, metavar="PROFILE",
+                   help="the profile whose dataset vss-watch-data/watch-data watches: set it to this machine's "
+                   "(conservative-2xb200 on a 2x B200 box); its events start that profile's deployment only "
+                   "(prefect.yaml: cpu-demo)")
+    p.add_argument("--watch-interval", type=float, default=None, metavar="SECONDS",
+                   help="how often vss-watch-data/watch-data fingerprints the dataset (prefect.yaml: 300)")
+    p.add_argument("--debounce", type=float, default=None, metavar="SECONDS",
+                   help="data updates within this window start one training run, after the window "
+                   "(prefect.yaml: 300)")
     p.add_argument("--backstop-cron", default=None, metavar="CRON",
                    help="also run the train deployments on this cron schedule, e.g. '0 3 * * *' (default: none)")
+    p.add_argument("--crash-after", type=float, default=None, metavar="SECONDS",
+                   help="mark a run Crashed when this long passes after a heartbeat with no other heartbeat "
+                   "or end state (prefect.yaml: 300)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("notify-data-updated", help="emit vss.data.updated so the train deployments re-run "
-                       "(for your own data jobs)")
+    p = sub.add_parser("notify-data-updated", help="emit vss.data.updated so the train deployment of --profile "
+                       "re-runs (for your own data jobs)")
     p.add_argument("--root", default=None, help="dataset root (default: the profile's data.root)")
     with_config(p, default="cpu-demo")
     p.set_defaults(func=cmd_notify_data_updated)

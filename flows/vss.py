@@ -9,7 +9,8 @@ re-probes only changed samples, the download only missing files, preparation onl
 and training reuses the adapter these inputs already produced or resumes from their checkpoint.
 
 Run it: `vss run --profile cpu-demo` (local), or `prefect deployment run vss/demo-cpu` against
-`vss serve`. The `vss/watch-data` deployment runs `watch_data`.
+`vss serve`. The `vss-watch-data/watch-data` deployment runs `watch_data` (its own flow name, so its
+runs do not fill the training flow's list).
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
     return result
 
 
-@flow(name="vss", flow_run_name="watch-data", description="Emit vss.data.updated when the dataset changes.")
+@flow(name="vss-watch-data", description="Emit vss.data.updated when the dataset changes.")
 def watch_data(profile: str = "cpu-demo", overrides: Overrides | None = None) -> bool:
     """Fingerprint the dataset; when it changed since the last look, emit `vss.data.updated`."""
     cfg = config.load_config(profile, overrides)
     change = stages.check_data_changed(cfg.data, str(Path(cfg.training.output_dir).absolute() / ".vss-state"))
     if change.changed:
-        stages.emit_data_updated(change)
+        stages.emit_data_updated(change, profile)
     return change.changed

@@ -201,6 +201,7 @@ def check_data_changed(cfg: DataConfig, state_dir: str) -> data.DataChange:
 
 
 @task(name="emit_data_updated", cache_policy=NO_CACHE)
-def emit_data_updated(change: data.DataChange) -> None:
-    events.emit_data_updated(change.root, change.fingerprint, change.samples)
-    get_run_logger().info("Emitted %s for %s", events.DATA_UPDATED, change.root)
+def emit_data_updated(change: data.DataChange, profile: str) -> None:
+    """Tell the train deployment of `profile` that its dataset changed (its trigger starts a run)."""
+    events.emit_data_updated(change.root, profile, change.fingerprint, change.samples)
+    get_run_logger().info("Emitted %s for %s (profile %s)", events.DATA_UPDATED, change.root, profile)
