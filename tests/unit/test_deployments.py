@@ -68,12 +68,16 @@ def test_serve_options_change_only_what_they_name():
 
 @pytest.mark.parametrize("profile,expected", [("conservative-2xb200", "train-2xb200"),
                                               ("standard-8xh100", "train-8xh100"), ("cpu-demo", "demo-cpu")])
-def test_one_data_event_starts_one_deployment(profile, expected):
+def test_one_data_event_starts_one_deployment(profile, expected, monkeypatch):
     """The event `vss-watch-data` or `vss notify-data-updated` sends, matched by Prefect's own resource
     matching against every trigger, in prefect.yaml and as served."""
+    from tasks import events
+
     root = str(Path(config.load_config(profile).data.root).absolute())
-    resource = Resource({"prefect.resource.id": dataset_resource_id(root), "prefect.resource.name": root,
-                         "vss.data.root": root, "vss.profile": profile})
+    monkeypatch.setattr(events, "emit_event", lambda **kw: kw)
+    sent = events.emit_data_updated(root, profile, "f" * 16, 8)
+    assert sent["event"] == DATA_UPDATED
+    resource = Resource(sent["resource"])
     from prefect.events import DeploymentEventTrigger
 
     written = {d["name"] for d in SPEC["deployments"] for t in d.get("triggers", [])
