@@ -174,6 +174,53 @@ def test_served_deployments_refuse_bad_params_retrain_on_data_events_and_reuse(s
     assert len(list((tmp_path / ".vss/runs").glob("cpu-demo-*/adapter"))) == 1
 
 
+def _rank_processes(run_dir: Path) -> list[psutil.Process]:
+    """Live DeepSpeed launchers and ranks of one run directory (by their command line)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(run_dir) in cmd and "vss_core.train" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(served):
+    tmp_path, env, served = served.root, served.env, served.process
+    params = json.dumps({"overrides": {"training": {"seed": 11, "max_steps": 12}}})
+    before = set((tmp_path / ".vss/runs").glob("cpu-demo-*"))
+    started = subprocess.run([str(BIN / "prefect"), "deployment", "run", "vss/demo-cpu", "--params", params],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    new_dirs = lambda: set((tmp_path / ".vss/runs").glob("cpu-demo-*")) - before
+    checkpointed = lambda: [d for d in new_dirs() if any(d.glob("checkpoints/step-*/COMPLETE"))]
+    _wait(lambda: checkpointed(), 400, "the run's first complete checkpoint", [served])
+    (run_dir,) = checkpointed()
+    assert len([p for p in _rank_processes(run_dir) if "--local_rank" in " ".join(p.cmdline())]) == 2
+    (run,) = [r for r in _flow_runs(env) if r["state"] == "RUNNING"]
+    try:
+        cancel = subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", run["id"]], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        state = lambda: next(r["state"] for r in _flow_runs(env) if r["id"] == run["id"])
+        _wait(lambda: state() == "CANCELLED", 120, "the run to be cancelled", [served])
+        deadline = time.time() + 10
+        while _rank_processes(run_dir) and time.time() < deadline:
+            time.sleep(0.2)
+        left = [p.pid for p in _rank_processes(run_dir)]
+        assert not left, f"ranks of the cancelled run still alive 10 s after it was cancelled: {left}"
+    finally:
+        for p in _rank_processes(run_dir):  # never leave ranks behind, even when the test fails
+            p.kill()
+    assert not (run_dir / "adapter").exists()
+
+    again = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "vss/demo-cpu", "--params", params, "--watch",
+         "--watch-timeout", "600"], env=env, capture_output=True, text=True, timeout=660)
+    assert again.returncode == 0 and "Completed" in again.stdout + again.stderr, again.stdout + again.stderr
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] >= 4 and summary["steps"] == 12, summary
+
+
 def test_a_silent_run_is_marked_crashed_by_the_automation(served):
     tmp_path, env, served = served.root, served.env, served.process
     # A run whose flow process hangs (stopped: alive, silent) is marked Crashed once its heartbeats stop.
