@@ -9,6 +9,7 @@
     vss run --profile P [KEY=VALUE ...]        run the `vss` flow
     vss serve                                  serve the Prefect deployments
     vss infer --adapter DIR --sample S --out W speak for one sample with base + LoRA adapter
+    vss eval --adapter DIR --data D [--base]   score the adapter (and the base model) on a dataset folder
 
 It lives beside the deployments (not in vss_core) because `run` and `serve` start Prefect, and
 vss_core never imports prefect. Prefect is imported only by the commands that need it.
@@ -200,6 +201,22 @@ def cmd_notify_data_updated(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vss_core import evaluate
+
+    report = evaluate.evaluate_folder(
+        Path(args.adapter), Path(args.data), out_dir=Path(args.out) if args.out else None,
+        model_dir=Path(args.model) if args.model else None, codec_dir=Path(args.codec) if args.codec else None,
+        with_base=args.base,
+    )
+    print(report.table())
+    out = Path(report.plots["comparison"]).parent
+    print(f"\nReport {out / evaluate.REPORT}; answers in {out / 'answers'}; plots: {', '.join(report.plots.values())}")
+    if args.base:
+        print(evaluate.gate(report, args.metric).message)
+    return 0
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from vss_core import infer
 
@@ -316,6 +333,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="dataset root (default: the profile's data.root)")
     with_config(p, default="cpu-demo")
     p.set_defaults(func=cmd_notify_data_updated)
+
+    p = sub.add_parser("eval", help="score an adapter on a dataset folder: eval loss per stream, EOS before the "
+                       "cap, text WER, mel-cepstral distance (and the base model with --base)",
+                       epilog="Each valid sample of --data is prepared with the run's data settings and scored; "
+                       "the report, the generated answers and the plots are written to --out.")
+    p.add_argument("--adapter", required=True, help="adapter folder (RUN/adapter)")
+    p.add_argument("--data", required=True, help="dataset folder in the training layout (<sample>/in.mp4, in.wav, "
+                   "out.wav, optional out.txt); samples it was not trained on")
+    p.add_argument("--base", action="store_true", help="also score the base model (the adapter disabled) and compare")
+    p.add_argument("--metric", default="loss", choices=["loss", "text_wer", "mcd", "asr_wer"],
+                   help="the metric the comparison line judges by (default loss)")
+    p.add_argument("--out", help="where to write report.json, answers/ and the plots (default: RUN/eval-<data name>)")
+    p.add_argument("--model", help="base checkpoint directory (default: the run's model.source)")
+    p.add_argument("--codec", help="LongCat-Audio-Codec directory (default: the run's model.codec_source)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("infer", help="generate speech for one sample with the base model + a trained LoRA adapter")
     p.add_argument("--adapter", required=True, help="adapter folder (RUN/adapter: adapter_config.json, "

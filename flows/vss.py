@@ -1,6 +1,9 @@
 """The `vss` flow: the stages in order, nothing else.
 
-    preflight -> validate data -> download weights -> prepare data -> train -> upload adapter
+    preflight -> validate data -> download weights -> prepare data -> train -> evaluate -> upload adapter
+
+The evaluate stage scores the adapter against the base model on held-out samples (data.eval_fraction,
+never trained on, or data.eval_root) and gates the upload (eval.gate: block / pause / off).
 
 Data is validated before the download so a bad dataset costs nothing; preparation needs the
 checkpoint's preprocessing configs and codec, so it follows the download. Every stage keeps its
@@ -21,7 +24,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import stages
-from vss_core import config, data, runs
+from vss_core import config, data, evaluate, runs
 
 Overrides = config.VSSOverrides
 
@@ -58,12 +61,57 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
         trained = stages.run_training(cfg, run, weights.path, prepared.dir)
         result.add("train", "reused" if trained.reused else "ok", runs.describe_training(trained))
         result.adapter_dir, result.training_wall_s = trained.adapter_dir, trained.wall_s
+        evaluated = _evaluate(cfg, run, trained, weights, dataset, prepared, out, result)
+        if evaluated is not None:
+            _gate(cfg, evaluated, result)
         uploaded = stages.upload_adapter(trained.adapter_dir, cfg.upload)
     result.add("upload adapter", "uploaded" if uploaded.uploaded else "skipped", uploaded.message)
     result.hub_url = uploaded.url
 
     create_markdown_artifact(key="vss-summary", markdown=result.table(), description="vss run summary")
     return result
+
+
+def _evaluate(cfg, run, trained, weights, dataset, prepared, out, result) -> evaluate.EvalReport | None:
+    """The evaluate stage, when there is something to evaluate on; None (and a row saying why) otherwise."""
+    if not cfg.eval.enabled:
+        result.add("evaluate", "skipped", "eval.enabled=false")
+        return None
+    if cfg.data.eval_root:
+        eval_cfg = cfg.data.model_copy(update={"root": cfg.data.eval_root, "eval_fraction": 0.0})
+        eval_data = stages.validate_dataset(eval_cfg)
+        eval_dir = data.prepared_dir(out / "prepared", eval_data.fingerprint, Path(weights.path),
+                                     Path(weights.codec_path), eval_cfg)
+        eval_prepared = stages.prepare_dataset(eval_data, eval_cfg, weights.path, weights.codec_path, str(eval_dir))
+        samples = evaluate.all_samples(eval_data, eval_prepared)
+    else:
+        samples = evaluate.held_out_samples(dataset, prepared, cfg.data.eval_fraction)
+    if not samples:
+        result.add("evaluate", "skipped", "no held-out samples (set data.eval_fraction or data.eval_root)")
+        return None
+    report = stages.evaluate_adapter(cfg, run, trained.adapter_dir, weights.path, weights.codec_path, samples,
+                                     trained.steps)
+    eos = sum(s.ended_with_eos for s in report.scores if s.model == "adapter")
+    base = report.value("base", "loss")
+    result.add("evaluate", "ok", f"{len(samples)} held-out: loss {evaluate._fmt(report.value('adapter', 'loss'))}"
+               + (f" (base {evaluate._fmt(base)})" if base is not None else "")
+               + f"; {eos}/{len(samples)} answers end with EOS before the cap")
+    return report
+
+
+def _gate(cfg, report: evaluate.EvalReport, result) -> None:
+    """eval.gate: block (fail when worse), pause (wait for approval in the UI), off."""
+    if cfg.eval.gate == "off" or not cfg.eval.base:
+        return
+    decision = evaluate.gate(report, cfg.eval.metric, cfg.eval.tolerance)
+    if cfg.eval.gate == "block" and not decision.passed:
+        result.add("gate", "blocked", decision.message)
+        raise evaluate.EvalGateError(
+            f"upload blocked (eval.gate=block): {decision.message}. The adapter stays in {report.adapter_dir}; "
+            "train longer or on more data, or set eval.gate=pause to decide yourself, or eval.gate=off")
+    if cfg.eval.gate == "pause":
+        stages.wait_for_approval(report, decision, cfg.eval.pause_timeout_s)
+    result.add("gate", "passed", decision.message)
 
 
 @flow(name="vss-watch-data", description="Emit vss.data.updated when the dataset changes.")

@@ -21,10 +21,11 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
-from pydantic import SecretStr
+from prefect.input import RunInput
+from pydantic import Field, SecretStr
 
 from tasks import events
-from vss_core import data, hardware, hub, launch, runs
+from vss_core import data, evaluate, hardware, hub, launch, runs
 from vss_core.config import DataConfig, ModelConfig, UploadConfig, VSSConfig
 from vss_core.errors import VSSError
 from vss_core.runs import RunPaths
@@ -181,6 +182,73 @@ def run_training(cfg: VSSConfig, run: RunPaths, model_dir: str, prepared_dir: st
         description="Training summary",
     )
     return report
+
+
+@task(name="evaluate_adapter", cache_policy=NO_CACHE)
+def evaluate_adapter(cfg: VSSConfig, run: RunPaths, adapter_dir: str, model_dir: str, codec_dir: str,
+                     samples: list[evaluate.EvalSample], step: int) -> evaluate.EvalReport:
+    """Score the adapter against the base model on samples it never trained on (eval loss per stream, EOS
+    before the cap, text WER, mel-cepstral distance); the table and the plots become artifacts, the
+    adapter's model card gets the table."""
+    report = evaluate.evaluate(Path(adapter_dir), Path(model_dir), Path(codec_dir), samples, cfg,
+                               Path(run.eval_dir), with_base=cfg.eval.base, tensorboard_dir=Path(run.tensorboard),
+                               step=step, metrics_file=Path(run.metrics))
+    evaluate.add_to_model_card(Path(adapter_dir), report)
+    create_markdown_artifact(key="vss-eval", markdown=eval_markdown(report), description="Held-out evaluation")
+    eos = sum(s.ended_with_eos for s in report.scores if s.model == "adapter")
+    get_run_logger().info("Evaluated on %d held-out sample(s): adapter loss %s, base loss %s; %d/%d answers end "
+                          "with EOS before the cap; report %s", len(report.samples),
+                          evaluate._fmt(report.value("adapter", "loss")), evaluate._fmt(report.value("base", "loss")),
+                          eos, len(report.samples), Path(run.eval_dir) / evaluate.REPORT)
+    return report
+
+
+def eval_markdown(report: evaluate.EvalReport) -> str:
+    """The eval table and its plots (PNG, embedded as data URIs so the Prefect UI shows them inline)."""
+    import base64
+
+    parts = ["# Held-out evaluation: adapter vs base", "", report.table(), ""]
+    for name, path in report.plots.items():
+        encoded = base64.b64encode(Path(path).read_bytes()).decode()
+        parts += [f"![{name}](data:image/png;base64,{encoded})", ""]
+    parts.append(f"Files: `{Path(report.plots.get('comparison', '')).parent}` (report.json, answers/, plots).")
+    return "\n".join(parts)
+
+
+class UploadApproval(RunInput):
+    """Approve the upload after reading the evaluation (eval.gate=pause)."""
+
+    approve: bool = Field(False, description="Upload the adapter to the Hub")
+    note: str = Field("", description="Why (kept in the flow run's logs)")
+
+
+def wait_for_approval(report: evaluate.EvalReport, decision: evaluate.GateDecision, timeout_s: float) -> None:
+    """Pause the flow (eval.gate=pause) with the comparison shown until someone approves or rejects the
+    upload in the Prefect UI. Called in the flow, not in a task: Prefect pauses flow runs.
+
+    Raises:
+        EvalGateError: rejected, or no answer within timeout_s.
+    """
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    logger = get_run_logger()
+    create_markdown_artifact(key="vss-eval-approval", markdown=(
+        f"## Approve the upload?\n\n{decision.message}.\n\n{report.table()}\n\n"
+        "Resume this flow run in the UI and set `approve` to upload, or leave it off to stop here."),
+        description="Waiting for approval")
+    logger.warning("Waiting for approval to upload (eval.gate=pause): %s. Resume the flow run in the Prefect UI.",
+                   decision.message)
+    try:
+        answer = pause_flow_run(wait_for_input=UploadApproval.with_initial_data(
+            description=f"{decision.message}. Approve the upload?"), timeout=int(timeout_s))
+    except FlowPauseTimeout as exc:
+        raise evaluate.EvalGateError(f"no approval within eval.pause_timeout_s={timeout_s:g} s ({exc}); the adapter "
+                                     "stays in the run directory, not uploaded") from None
+    if not answer.approve:
+        raise evaluate.EvalGateError(f"upload rejected in the Prefect UI{': ' + answer.note if answer.note else ''}; "
+                                     "the adapter stays in the run directory, not uploaded")
+    logger.info("Upload approved%s", f": {answer.note}" if answer.note else "")
 
 
 @task(name="upload_adapter", retries=0, cache_policy=NO_CACHE)  # retried per request in vss_core.hub

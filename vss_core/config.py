@@ -164,6 +164,15 @@ class DataConfig(_Section):
         description="Dataset fingerprint: 'stat' (sample names, file sizes, mtimes) or 'content' (also the "
         "sha256 of every file, which reads every byte).",
     )
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=1,
+        description="Share of the valid samples held out for the evaluate stage, never trained on: the samples "
+        "whose sha256(name) rank lowest (deterministic, by name), at least one when > 0. 0: none (unless "
+        "data.eval_root is set).",
+    )
+    eval_root: str | None = Field(
+        None, description="A separate dataset folder (same layout) to evaluate on instead of a held-out share.",
+    )
     validation_cache: str | None = Field(
         "~/.cache/vss/validation",
         description="Directory of the validation cache (one JSON file per dataset root) so unchanged samples "
@@ -311,6 +320,37 @@ class UploadConfig(_Section):
         return value
 
 
+class EvalConfig(_Section):
+    enabled: bool = Field(True, description="Run the evaluate stage when there are held-out samples.")
+    base: bool = Field(True, description="Also score the base model (adapter disabled), to compare and gate.")
+    gate: Literal["block", "pause", "off"] = Field(
+        "off",
+        description="Before upload: 'block' fails the run when the adapter is worse than the base on eval.metric; "
+        "'pause' pauses the flow showing the comparison until approved in the Prefect UI; 'off' uploads anyway.",
+    )
+    metric: Literal["loss", "text_wer", "mcd", "asr_wer"] = Field(
+        "loss", description="The metric the gate compares (all lower-is-better): eval loss, text WER, mel-cepstral "
+        "distance, or ASR WER (needs eval.asr_model).",
+    )
+    tolerance: float = Field(0.0, ge=0, description="How much worse than the base the adapter may be on eval.metric.")
+    max_seconds: float | None = Field(
+        None, gt=0, le=600, description="Longest speech generated per sample; default: data.audio_seconds.",
+    )
+    audio_samples: int = Field(2, ge=0, le=64, description="Generated answers logged to TensorBoard as audio.")
+    asr_model: str | None = Field(
+        None, description="A local transformers ASR model directory: transcribe the generated speech and score "
+        "its word error rate against out.txt.",
+    )
+    pause_timeout_s: float = Field(
+        86400.0, gt=0, description="How long eval.gate=pause waits for an approval before failing the run.",
+    )
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _yaml_off_is_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+
 class VSSConfig(_Section):
     """The whole configuration of one vss run."""
 
@@ -321,6 +361,7 @@ class VSSConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     upload: UploadConfig = Field(default_factory=UploadConfig)
 
     @model_validator(mode="after")

@@ -944,6 +944,12 @@ def _read_mono(path: Path, rate: int, seconds: float) -> torch.Tensor:
     return wave[: int(seconds * rate)].contiguous()
 
 
+def read_target(sample_dir: Path, rate: int, cfg: DataConfig) -> tuple[torch.Tensor, str | None]:
+    """A sample's target as training saw it: out.wav mono at `rate`, cropped to data.crop_seconds, and
+    its transcript out.txt (None when absent). For the evaluate stage."""
+    return _read_mono(Path(sample_dir) / "out.wav", rate, cfg.crop_seconds), _read_text(Path(sample_dir) / "out.txt")
+
+
 def _video_duration(video: VideoInfo | None, crop_seconds: float) -> float:
     """The span frames are sampled from: the clip, or its first crop_seconds (0: unknown)."""
     duration = video.duration_s if video else 0.0
@@ -1304,8 +1310,9 @@ def _prepare_locked(
     )
 
 
-def load_prepared(prepared_dir: Path) -> list[dict[str, torch.Tensor]]:
-    """The prepared samples in manifest order: dicts with frames, fbank and codes tensors.
+def load_prepared(prepared_dir: Path, only: set[str] | None = None) -> list[dict[str, torch.Tensor]]:
+    """The prepared samples in manifest order (only those named in `only`, when given): dicts with
+    frames, fbank and codes tensors.
 
     Every file is checked against itself and the manifest before anything is returned: every tensor
     present, pixel_values rows == the patches its grid_shapes describe, audio_features as wide as
@@ -1333,6 +1340,8 @@ def load_prepared(prepared_dir: Path) -> list[dict[str, torch.Tensor]]:
     if len(widths) > 1:
         problems.append(f"{manifest_path} records audio_features of different widths {sorted(widths)}")
     for entry in entries:
+        if only is not None and str(entry.get("name")) not in only:
+            continue
         path = prepared_dir / entry["file"]
         try:
             item = torch.load(path, weights_only=True, map_location="cpu")

@@ -186,7 +186,7 @@ def clean_text(tokenizer, text_ids: list[int]) -> str:
     return raw.strip()
 
 
-def _fit_codes(codes: torch.Tensor, decoder) -> torch.Tensor:
+def fit_codes(codes: torch.Tensor, decoder) -> torch.Tensor:
     """Clamp ids the decoder has no code for (the speech heads span 8192 ids per codebook, the decoder's
     acoustic codebooks K*K, e.g. 8100) into its ranges, with a warning: an under-trained adapter may emit them."""
     limits = torch.tensor([decoder.config.semantic_token_nums, *[decoder.config.codec_codebook_size**2] * (codes.shape[1] - 1)])
@@ -260,7 +260,7 @@ def run_inference(
     seconds = max_seconds if max_seconds is not None else data_cfg.audio_seconds
     max_steps = max(2, math.ceil(seconds * codec_lib.FRAME_RATE) + 1)
     result = generate.generate(model, inputs, configs.special_ids, max_steps, temperature=temperature, top_k=top_k, seed=seed)
-    wave = codec_lib.decode_codes(decoder, _fit_codes(result.codes, decoder)).cpu().numpy()
+    wave = codec_lib.decode_codes(decoder, fit_codes(result.codes, decoder)).cpu().numpy()
     text = clean_text(configs.tokenizer, result.text_ids)
     _write_atomic(out, lambda tmp: sf.write(str(tmp), wave, decoder.sample_rate, subtype="PCM_16", format="WAV"))
     text_out = out.with_suffix(".txt")

@@ -66,8 +66,12 @@ class RunPaths(BaseModel):
         return self._p("adapter")
 
     @property
-    def prepared(self) -> str:
-        return self._p("prepared")
+    def eval_dir(self) -> str:
+        return self._p("eval")
+
+    @property
+    def tensorboard(self) -> str:
+        return self._p("tensorboard")
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
@@ -113,7 +117,7 @@ _NOT_TRAINING_INPUTS = {"training": {"output_dir", "run_name", "monitor_interval
 def training_key(cfg: VSSConfig, weights: str, dataset_fingerprint: str, prepared_key: str) -> str:
     """Identity of a training: the config that shapes it plus its inputs (weights revision, data
     fingerprint, preparation settings). Same key, same adapter: a re-run reuses or resumes it."""
-    payload = cfg.model_dump(mode="json", exclude={"upload": True, **_NOT_TRAINING_INPUTS, "profile": True})
+    payload = cfg.model_dump(mode="json", exclude={"upload": True, "eval": True, **_NOT_TRAINING_INPUTS, "profile": True})
     blob = json.dumps([payload, weights, dataset_fingerprint, prepared_key], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from vss_core import data, lora, model as omni
+from vss_core import data, lora, model as omni, split
 from vss_core.errors import NONFINITE_MARK, TrainingError
 from vss_core.config import VSSConfig, config_from_json, deepspeed_config
 from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_json_atomic
@@ -334,7 +334,13 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         log.info("Trainable parameters: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         write_json_atomic(Path(run.root) / "trainable_parameters.json", {"trainable": trainable, "total": total})
 
-    samples = data.load_prepared(prepared_dir)
+    # The held-out samples (data.eval_fraction) are never trained on: the evaluate stage scores them.
+    all_names = data.prepared_names(prepared_dir)
+    names = split.training_names(all_names, cfg.data.eval_fraction)
+    samples = data.load_prepared(prepared_dir, only=set(names))
+    if rank == 0 and len(names) < len(all_names):
+        log.info("Held out for evaluation (data.eval_fraction=%g, never trained on): %s", cfg.data.eval_fraction,
+                 ", ".join(n for n in all_names if n not in set(names)))
     tr = cfg.training
     per_epoch = steps_per_epoch(len(samples), world, tr.micro_batch_size, tr.gradient_accumulation_steps)
     total_steps = tr.max_steps or per_epoch * tr.epochs
@@ -389,7 +395,6 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             bad = nonfinite_samples(out.loss, order[lo : lo + tr.micro_batch_size], rank, world,
                                     tr.micro_batch_size, dist.all_reduce)
             if bad:
-                names = data.prepared_names(prepared_dir)
                 raise nonfinite_loss_error(step + 1, total_steps, m, [names[i] for i in bad])
             engine.backward(out.loss)
             engine.step()
@@ -446,6 +451,8 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         "trainable_parameters": trainable,
         "total_parameters": total,
         "world_size": world,
+        "trained_on": names,
+        "held_out": [n for n in all_names if n not in set(names)],
         "adapter": run.adapter,
     }
     save_adapter(engine, peft_model, Path(run.adapter), cfg, run, summary)

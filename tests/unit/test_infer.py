@@ -275,7 +275,7 @@ def test_vss_infer_writes_wav_and_text_and_the_adapter_changes_the_speech(
     assert g.steps != base.steps and not (g.codes.shape == base.codes.shape and torch.equal(g.codes, base.codes))
     # The WAV is the decoder's decoding of those codes (ids beyond the decoder's codebooks clamped into
     # them: the tiny codec has 64 semantic / 25 acoustic codes, the heads 8192); out.txt is the text stream.
-    fitted = infer._fit_codes(g.codes, decoder)
+    fitted = infer.fit_codes(g.codes, decoder)
     sizes = [decoder.config.semantic_token_nums, *[decoder.config.codec_codebook_size**2] * 3]
     assert (fitted < torch.tensor(sizes)).all() and torch.equal(fitted[g.codes < torch.tensor(sizes)], g.codes[g.codes < torch.tensor(sizes)])
     expected = codec_lib.decode_codes(decoder, fitted).numpy()
