@@ -1,0 +1,170 @@
+"""The evaluate stage on the tiny model: an adapter whose LoRA is zero scores exactly as the base model
+(the base is the same load with the adapter disabled), a deliberately damaged adapter scores worse and
+the gate blocks its upload, the report is reused for the same weights and settings, and the model card
+carries the table. The pause gate resumes on approval against a real local Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from flows.vss import _gate
+from vss_core import data, evaluate, lora, model as omni, runs, split
+from vss_core.config import LoraConfig, load_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
+    cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}", f"model.source={tiny_model_dir}",
+                                   f"model.codec_source={tiny_codec_dir}", "eval.max_seconds=1.0"])
+    report = data.validate_dataset(cfg.data)
+    prepared = data.prepare_dataset(report.valid, cfg.data, tiny_model_dir, tiny_codec_dir,
+                                    tmp_path_factory.mktemp("prepared"))
+    samples = evaluate.held_out_samples(report, prepared, cfg.data.eval_fraction)
+    assert samples and [s.name for s in samples] == split.held_out(prepared.samples, cfg.data.eval_fraction)
+    return cfg, samples
+
+
+def _adapter(folder: Path, model_dir: Path, noise: float) -> Path:
+    peft_model = lora.apply_lora(omni.load_omni(model_dir), LoraConfig(
+        rank=4, alpha=8, dropout=0.0, targets=["attention", "audio_heads", "text_head"]))
+    gen = torch.Generator().manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name and noise:
+            p.data = torch.randn(p.shape, generator=gen) * noise
+    folder.mkdir(parents=True)
+    state = get_peft_model_state_dict(peft_model)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    peft_model.peft_config["default"].save_pretrained(str(folder))
+    (folder / "README.md").write_text("# adapter\n")
+    return folder
+
+
+def _evaluate(cfg, samples, adapter, model_dir, codec_dir, out):
+    return evaluate.evaluate(adapter, model_dir, codec_dir, samples, cfg, out, with_base=True,
+                             tensorboard_dir=out / "tb", step=3)
+
+
+def test_a_zero_adapter_scores_as_the_base_model(setup, tmp_path, tiny_model_dir, tiny_codec_dir):
+    cfg, samples = setup
+    adapter = _adapter(tmp_path / "adapter", tiny_model_dir, noise=0.0)
+    report = _evaluate(cfg, samples, adapter, tiny_model_dir, tiny_codec_dir, tmp_path / "eval")
+    by = {(s.model, s.sample): s for s in report.scores}
+    for s in samples:
+        a, b = by[("adapter", s.name)], by[("base", s.name)]
+        assert a.loss == pytest.approx(b.loss, abs=1e-6) and a.text == b.text and a.frames == b.frames
+    assert evaluate.gate(report, "loss").passed
+    for s in report.scores:  # every figure present and sane
+        assert s.loss > 0 and s.mcd is not None and s.mcd >= 0 and set(s.stream_losses) == set(evaluate.STREAMS)
+        assert s.text_wer is not None  # the demo samples carry out.txt
+        assert (tmp_path / "eval" / "answers" / s.model / f"{s.sample}.wav").is_file()
+    assert sorted(p.name for p in (tmp_path / "eval").glob("*.png")) == ["comparison.png"]
+    assert list((tmp_path / "eval" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_the_gate_blocks_a_worse_adapter_and_the_card_and_report_say_why(setup, tmp_path, tiny_model_dir,
+                                                                           tiny_codec_dir):
+    cfg, samples = setup
+    adapter = _adapter(tmp_path / "adapter", tiny_model_dir, noise=2.0)
+    out = tmp_path / "eval"
+    report = _evaluate(cfg, samples, adapter, tiny_model_dir, tiny_codec_dir, out)
+    worse = report.value("adapter", "loss") - report.value("base", "loss")
+    assert worse > 0.5, report.summary
+    decision = evaluate.gate(report, "loss")
+    assert not decision.passed and f"+{worse:.4f}" in decision.message
+
+    result = runs.RunResult(profile="cpu-demo")
+    with pytest.raises(evaluate.EvalGateError, match=r"upload blocked \(eval.gate=block\).*worse than the base"):
+        _gate(cfg, report, result)
+    assert result.stages[-1].status == "blocked"
+    _gate(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"gate": "off"})}), report, result)  # off: no gate
+    lenient = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"tolerance": worse + 0.01})})
+    _gate(lenient, report, result)
+    assert result.stages[-1].status == "passed"
+
+    evaluate.add_to_model_card(adapter, report)
+    evaluate.add_to_model_card(adapter, report)  # replaced, not appended twice
+    card = (adapter / "README.md").read_text()
+    assert card.startswith("# adapter") and card.count(evaluate.CARD_SECTION) == 1
+    assert f"| loss | {report.value('adapter', 'loss'):.4f} | {report.value('base', 'loss'):.4f} |" in card
+
+    saved = json.loads((out / evaluate.REPORT).read_text())
+    assert saved["summary"] == json.loads(report.model_dump_json())["summary"]
+    stamp = (out / evaluate.REPORT).stat().st_mtime_ns
+    again = _evaluate(cfg, samples, adapter, tiny_model_dir, tiny_codec_dir, out)
+    assert again == report and (out / evaluate.REPORT).stat().st_mtime_ns == stamp  # reused
+    other = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_seconds": 0.5})})
+    assert _evaluate(other, samples, adapter, tiny_model_dir, tiny_codec_dir, out).settings["max_seconds"] == 0.5
+
+
+_PAUSED_FLOW = textwrap.dedent("""
+    import sys
+    from prefect import flow
+    from tasks import stages
+    from vss_core import evaluate
+
+    report = evaluate.EvalReport.model_validate_json(open(sys.argv[1]).read())
+
+    @flow(name="vss-gate-pause")
+    def gated():
+        decision = evaluate.gate(report, "loss")
+        stages.wait_for_approval(report, decision, timeout_s=300)
+        return "uploaded"
+
+    print("RESULT", gated())
+""")
+
+
+def test_the_pause_gate_waits_and_resumes_on_approval_on_a_real_server(tmp_path):
+    from tests.integration.test_deployment import _free_port, _healthy, _wait
+
+    report = evaluate.EvalReport(
+        adapter_dir=str(tmp_path), adapter_sha256="0" * 64, samples=["03"], settings={}, scores=[],
+        summary={"adapter": {"loss": 3.0}, "base": {"loss": 2.5}})
+    (tmp_path / "report.json").write_text(report.model_dump_json())
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    bin_dir = Path(sys.executable).parent
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                   str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        flow_proc = None
+        try:
+            _wait(lambda: _healthy(api), 120, "prefect server", [server])
+            script = tmp_path / "gated.py"
+            script.write_text(_PAUSED_FLOW)
+            flow_proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "report.json")], env=env,
+                                         cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True)
+            code = ("from prefect.client.orchestration import get_client\n"
+                    "with get_client(sync_client=True) as c:\n"
+                    "    print([(str(r.id), r.state.type.value) for r in c.read_flow_runs()])")
+            runs_now = lambda: eval(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                                   text=True, check=True).stdout.strip().splitlines()[-1])
+            _wait(lambda: any(s == "PAUSED" for _, s in runs_now()), 120, "the flow to pause", [flow_proc])
+            (run_id, _), = runs_now()
+            resume = ("import sys; from prefect.flow_runs import resume_flow_run\n"
+                      "resume_flow_run(sys.argv[1], run_input={'approve': True, 'note': 'looks fine'})")
+            subprocess.run([sys.executable, "-c", resume, run_id], env=env, check=True, timeout=60)
+            out, _ = flow_proc.communicate(timeout=120)
+            assert flow_proc.returncode == 0 and "RESULT uploaded" in out, out[-3000:]
+            assert "Upload approved: looks fine" in out
+        finally:
+            for p in (flow_proc, server):
+                if p is not None and p.poll() is None:
+                    p.terminate()
+                    p.wait(timeout=30)
