@@ -87,21 +87,28 @@ class EvalReport(BaseModel):
         return self.summary.get(model, {}).get(metric)
 
     def table(self) -> str:
-        """Markdown: one row per metric, adapter and base side by side, the change, how it is computed."""
+        """Markdown: one row per metric, adapter and base side by side and the change; then how each is computed."""
         models = [m for m in ("adapter", "base") if m in self.summary]
-        head = "| metric | " + " | ".join(models) + (" | change |" if len(models) == 2 else " |") + " how |"
-        rows = [head, "|" + "---|" * (len(models) + (3 if len(models) == 2 else 2))]
+        pair = len(models) == 2
+        rows = ["| metric | " + " | ".join(models) + (" | change |" if pair else " |"),
+                "|" + "---|" * (len(models) + (2 if pair else 1))]
+        shown = []
         for metric in SUMMARY_METRICS:
             values = [self.value(m, metric) for m in models]
             if all(v is None for v in values):
                 continue
+            shown.append(metric)
             cells = [_fmt(v) for v in values]
-            if len(models) == 2:
+            if pair:
                 a, b = values
                 cells.append(_fmt(a - b, signed=True) if a is not None and b is not None else "—")
-            how = "the loss of this stream alone" if metric.startswith("loss_") else self.methods.get(metric, "")
-            rows.append(f"| {metric} | " + " | ".join(cells) + f" | {how} |")
-        return "\n".join(rows) + f"\n\n{len(self.samples)} evaluation sample(s): {', '.join(self.samples)}"
+            rows.append(f"| {metric} | " + " | ".join(cells) + " |")
+        how = [f"- **{m}**: {self.methods[m]}" for m in ("loss", "eos_rate", "text_wer", "mcd", "asr_wer")
+               if m in shown and m in self.methods]
+        if any(m.startswith("loss_") for m in shown):
+            how.insert(1, "- **loss_text .. loss_acoustic3**: the same loss for one stream alone")
+        return ("\n".join(rows) + f"\n\n{len(self.samples)} evaluation sample(s): {', '.join(self.samples)}\n\n"
+                "How each figure is computed:\n\n" + "\n".join(how))
 
 
 def _fmt(v: float | None, signed: bool = False) -> str:

@@ -22,7 +22,7 @@ METHODS = {
                 "(eval.max_seconds, default data.audio_seconds)",
     "text_wer": "word error rate of the generated text stream against out.txt (jiwer.wer on lower-cased text "
                 "without punctuation); samples without out.txt are left out",
-    "mcd": "mel-cepstral distance in dB between the decoded answer and out.wav: c1..c24 of a log-mel (80 bands, "
+    "mcd": "mel-cepstral distance in dB between the decoded answer and out.wav: c1..c24 of a log-amplitude mel (80 bands, "
            "25 ms / 10 ms) DCT, aligned by DTW; lower is closer",
     "asr_wer": "word error rate of eval.asr_model's transcript of the decoded answer against out.txt",
     "speaker_similarity": "not computed: no speaker-embedding model that ships its weights inside a pip package "
