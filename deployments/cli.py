@@ -161,6 +161,13 @@ def _run_flow(profile: str, overrides: list[str]) -> int:
     width = max(len(s.stage) for s in result.stages)
     for s in result.stages:
         print(f"  {s.stage:<{width}}  {s.status:<8}  {s.detail}")
+    report_file = Path(result.run_dir or ".") / "eval" / "report.json"
+    if report_file.is_file():
+        from vss_core import evaluate
+
+        report = evaluate.EvalReport.model_validate_json(report_file.read_text())
+        print(f"\nHeld-out evaluation (adapter vs base):\n{report.table(how=False)}")
+        print(f"Plots: {', '.join(report.plots.values())}")
     print(f"\nAdapter: {result.adapter_dir}")
     if result.hub_url:
         print(f"Hub: {result.hub_url}")

@@ -86,8 +86,9 @@ class EvalReport(BaseModel):
     def value(self, model: str, metric: str) -> float | None:
         return self.summary.get(model, {}).get(metric)
 
-    def table(self) -> str:
-        """Markdown: one row per metric, adapter and base side by side and the change; then how each is computed."""
+    def table(self, how: bool = True) -> str:
+        """Markdown: one row per metric, adapter and base side by side and the change; then (how=True) how
+        each figure is computed."""
         models = [m for m in ("adapter", "base") if m in self.summary]
         pair = len(models) == 2
         rows = ["| metric | " + " | ".join(models) + (" | change |" if pair else " |"),
@@ -103,12 +104,14 @@ class EvalReport(BaseModel):
                 a, b = values
                 cells.append(_fmt(a - b, signed=True) if a is not None and b is not None else "—")
             rows.append(f"| {metric} | " + " | ".join(cells) + " |")
-        how = [f"- **{m}**: {self.methods[m]}" for m in ("loss", "eos_rate", "text_wer", "mcd", "asr_wer")
+        table = "\n".join(rows) + f"\n\n{len(self.samples)} evaluation sample(s): {', '.join(self.samples)}"
+        if not how:
+            return table
+        notes = [f"- **{m}**: {self.methods[m]}" for m in ("loss", "eos_rate", "text_wer", "mcd", "asr_wer")
                if m in shown and m in self.methods]
         if any(m.startswith("loss_") for m in shown):
-            how.insert(1, "- **loss_text .. loss_acoustic3**: the same loss for one stream alone")
-        return ("\n".join(rows) + f"\n\n{len(self.samples)} evaluation sample(s): {', '.join(self.samples)}\n\n"
-                "How each figure is computed:\n\n" + "\n".join(how))
+            notes.insert(1, "- **loss_text .. loss_acoustic3**: the same loss for one stream alone")
+        return table + "\n\nHow each figure is computed:\n\n" + "\n".join(notes)
 
 
 def _fmt(v: float | None, signed: bool = False) -> str:

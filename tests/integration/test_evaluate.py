@@ -109,6 +109,40 @@ def test_the_gate_blocks_a_worse_adapter_and_the_card_and_report_say_why(setup, 
     assert _evaluate(other, samples, adapter, tiny_model_dir, tiny_codec_dir, out).settings["max_seconds"] == 0.5
 
 
+def _tiny_asr(folder: Path) -> Path:
+    """A random-weight wav2vec2 CTC model with its processor: a real transformers ASR model directory."""
+    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
+                              Wav2Vec2Processor)
+
+    folder.mkdir(parents=True)
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                     word_delimiter_token="|")
+    features = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True)
+    Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(Wav2Vec2Config(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, pad_token_id=0)).save_pretrained(folder)
+    return folder
+
+
+def test_asr_word_error_rate_with_a_local_asr_model(setup, tmp_path, tiny_model_dir, tiny_codec_dir):
+    cfg, samples = setup
+    adapter = _adapter(tmp_path / "adapter", tiny_model_dir, noise=0.0)
+    asr_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"asr_model": str(_tiny_asr(tmp_path / "asr"))})})
+    report = evaluate.evaluate(adapter, tiny_model_dir, tiny_codec_dir, samples[:1], asr_cfg, tmp_path / "eval",
+                               with_base=False)
+    (score,) = report.scores
+    assert score.asr_text is not None and score.asr_wer is not None and score.asr_wer >= 0
+    assert report.value("adapter", "asr_wer") == score.asr_wer and "asr_wer" in report.table()
+    missing = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"asr_model": str(tmp_path / "nope")})})
+    with pytest.raises(evaluate.VSSError, match="eval.asr_model=.*is not a directory"):
+        evaluate.evaluate(adapter, tiny_model_dir, tiny_codec_dir, samples[:1], missing, tmp_path / "eval2")
+
+
 _PAUSED_FLOW = textwrap.dedent("""
     import sys
     from prefect import flow

@@ -75,8 +75,10 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
     result, flow_run_id = _run(profile="cpu-demo", overrides=overrides)
 
     assert [s.stage for s in result.stages] == [
-        "preflight", "validate data", "download weights", "prepare data", "train", "upload adapter",
+        "preflight", "validate data", "download weights", "prepare data", "train", "evaluate", "gate", "upload adapter",
     ]
+    by_stage = {s.stage: s for s in result.stages}
+    assert "1 held-out: loss" in by_stage["evaluate"].detail and by_stage["gate"].status == "passed"
     assert result.stages[-1].status == "uploaded" and result.hub_url and ADAPTER_REPO in result.hub_url
     assert hub_server.head(ADAPTER_REPO) is not None
 
@@ -88,6 +90,10 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
     assert all(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)  # B starts at 0: it trained
 
     run = Path(result.run_dir)
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert len(summary["held_out"]) == 1 and summary["held_out"][0] not in summary["trained_on"]
+    assert "## Evaluation (vss)" in (adapter / "README.md").read_text()  # the card uploaded with the adapter
+    assert (run / "eval" / "report.json").is_file() and (run / "eval" / "comparison.png").is_file()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics]
     assert len(losses) == metrics[-1]["total_steps"] >= 4
@@ -99,6 +105,7 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
     # The token never shows: not in logs, artifacts, or any file of the run directory.
     seen = _logs_and_artifacts(flow_run_id)
     assert "Step 1/" in seen and "Resources: RAM" in seen  # training output and resource samples stream in
+    assert "Held-out evaluation: adapter vs base" in seen and "data:image/png;base64," in seen
     assert TOKEN not in seen
     for path in run.rglob("*"):
         if path.is_file():
