@@ -71,6 +71,11 @@ def _flow_runs(env) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _prefect(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The prefect CLI against the test's server."""
+    return subprocess.run([str(BIN / "prefect"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def _automation_names(env) -> list[str]:
     code = ("from prefect.client.orchestration import get_client\n"
             "with get_client(sync_client=True) as c:\n"
@@ -123,8 +128,7 @@ def served(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
              "--crash-after", "40"],
             cwd=tmp_path, env=env, stdout=logs["serve"], stderr=subprocess.STDOUT,
         )
-        listed = lambda: subprocess.run([str(BIN / "prefect"), "deployment", "ls"], env=env, capture_output=True,
-                                        text=True).stdout
+        listed = lambda: _prefect(env, "deployment", "ls").stdout
         _wait(lambda: "demo-cpu" in listed() and "watch-data" in listed(), 120, "vss serve to register", [served])
         assert "train-2xb200" in listed() and "train-8xh100" in listed()
         assert "vss-watch-data/watch-data" in listed()
@@ -146,11 +150,8 @@ def served(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
 def test_served_deployments_refuse_bad_params_retrain_on_data_events_and_reuse(served):
     tmp_path, env, served = served.root, served.env, served.process
     # A bad parameter is refused when the run is created, naming the field.
-    bad = subprocess.run(
-        [str(BIN / "prefect"), "deployment", "run", "vss/demo-cpu",
-         "--params", json.dumps({"overrides": {"training": {"lerning_rate": 0.1}}})],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    bad = _prefect(env, "deployment", "run", "vss/demo-cpu",
+                   "--params", json.dumps({"overrides": {"training": {"lerning_rate": 0.1}}}))
     assert bad.returncode != 0 and "lerning_rate" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
     assert _flow_runs(env) == []
 
@@ -165,10 +166,7 @@ def test_served_deployments_refuse_bad_params_retrain_on_data_events_and_reuse(s
     assert len(adapters) == 1
 
     # Started from the CLI with the same data and config, the run reuses that adapter: no training.
-    out = subprocess.run(
-        [str(BIN / "prefect"), "deployment", "run", "vss/demo-cpu", "--watch", "--watch-timeout", "600"],
-        env=env, capture_output=True, text=True, timeout=660,
-    )
+    out = _prefect(env, "deployment", "run", "vss/demo-cpu", "--watch", "--watch-timeout", "600", timeout=660)
     assert out.returncode == 0 and "Completed" in out.stdout + out.stderr, out.stdout + out.stderr
     assert "already exists (same data and config): nothing to train" in (tmp_path / "serve.log").read_text()
     assert len(list((tmp_path / ".vss/runs").glob("cpu-demo-*/adapter"))) == 1
@@ -189,8 +187,7 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
     # long enough that the cancel (the runner polls for it every ~10 s) lands well before the last step
     params = json.dumps({"overrides": {"training": {"seed": 11, "max_steps": 40}}})
     before = set((tmp_path / ".vss/runs").glob("cpu-demo-*"))
-    started = subprocess.run([str(BIN / "prefect"), "deployment", "run", "vss/demo-cpu", "--params", params],
-                             env=env, capture_output=True, text=True, timeout=120)
+    started = _prefect(env, "deployment", "run", "vss/demo-cpu", "--params", params)
     assert started.returncode == 0, started.stdout + started.stderr
     new_dirs = lambda: set((tmp_path / ".vss/runs").glob("cpu-demo-*")) - before
     checkpointed = lambda: [d for d in new_dirs() if any(d.glob("checkpoints/step-*/COMPLETE"))]
@@ -199,8 +196,7 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
     assert len([p for p in _rank_processes(run_dir) if "--local_rank" in " ".join(p.cmdline())]) == 2
     (run,) = [r for r in _flow_runs(env) if r["state"] == "RUNNING"]
     try:
-        cancel = subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", run["id"]], env=env,
-                                capture_output=True, text=True, timeout=120)
+        cancel = _prefect(env, "flow-run", "cancel", run["id"])
         assert cancel.returncode == 0, cancel.stdout + cancel.stderr
         state = lambda: next(r["state"] for r in _flow_runs(env) if r["id"] == run["id"])
         _wait(lambda: state() == "CANCELLED", 120, "the run to be cancelled", [served])
@@ -214,9 +210,8 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
             p.kill()
     assert not (run_dir / "adapter").exists()
 
-    again = subprocess.run(
-        [str(BIN / "prefect"), "deployment", "run", "vss/demo-cpu", "--params", params, "--watch",
-         "--watch-timeout", "600"], env=env, capture_output=True, text=True, timeout=660)
+    again = _prefect(env, "deployment", "run", "vss/demo-cpu", "--params", params, "--watch", "--watch-timeout", "600",
+                     timeout=660)
     assert again.returncode == 0 and "Completed" in again.stdout + again.stderr, again.stdout + again.stderr
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["resumed_from_step"] >= 4 and summary["steps"] == 40, summary
@@ -225,11 +220,8 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
 def test_a_silent_run_is_marked_crashed_by_the_automation(served):
     tmp_path, env, served = served.root, served.env, served.process
     # A run whose flow process hangs (stopped: alive, silent) is marked Crashed once its heartbeats stop.
-    started = subprocess.run(
-        [str(BIN / "prefect"), "deployment", "run", "vss/demo-cpu",
-         "--params", json.dumps({"overrides": {"training": {"seed": 7}}})],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    started = _prefect(env, "deployment", "run", "vss/demo-cpu",
+                       "--params", json.dumps({"overrides": {"training": {"seed": 7}}}))
     assert started.returncode == 0, started.stdout + started.stderr
     running = lambda: [r for r in _flow_runs(env) if r["state"] == "RUNNING"]
     _wait(lambda: running(), 120, "the new run to start", [served])
