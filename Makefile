@@ -7,12 +7,14 @@ STAMP := $(VENV)/.vss-installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: install demo test test-unit clean help
+.PHONY: install demo test test-unit lint format clean help
 
 help:
 	@echo "make install   create .venv and install vss with its pinned stack"
 	@echo "make demo      run the whole pipeline on the embedded default (tiny model, CPU)"
 	@echo "make test      run the test suite (unit + integration on CPU)"
+	@echo "make lint      ruff: lint, import order and format check (what CI runs first)"
+	@echo "make format    ruff: fix import order and reformat the tree"
 
 install: $(STAMP)
 
@@ -27,6 +29,14 @@ demo: install
 
 test: install
 	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --select I --fix .
+	$(BIN)/ruff format .
 
 test-unit: install
 	$(BIN)/pytest -m "not integration"

@@ -90,10 +90,16 @@ def bench_validation(work: Path, n: int, distinct: int) -> None:
 
     assert len(cold.valid) == n and cold.reused == [], "every sample must be valid and probed on the cold run"
     assert len(warm.reused) == n and warm.fingerprint == cold.fingerprint
-    print(f"validation: {n} samples (2 s each, {distinct} distinct files hard-linked; set up in {setup:.1f} s), "
-          f"{os.cpu_count()} CPU cores, threads = cores")
-    print(f"  cold   (all {n} probed)  : {cold_s:7.2f} s  = {n / cold_s:8.1f} samples/s  ({1000 * cold_s / n:.2f} ms/sample)")
-    print(f"  unchanged (cache, 0 probed): {warm_s:7.2f} s  = {n / warm_s:8.1f} samples/s  ({1000 * warm_s / n:.2f} ms/sample)")
+    print(
+        f"validation: {n} samples (2 s each, {distinct} distinct files hard-linked; set up in {setup:.1f} s), "
+        f"{os.cpu_count()} CPU cores, threads = cores"
+    )
+    print(
+        f"  cold   (all {n} probed)  : {cold_s:7.2f} s  = {n / cold_s:8.1f} samples/s  ({1000 * cold_s / n:.2f} ms/sample)"
+    )
+    print(
+        f"  unchanged (cache, 0 probed): {warm_s:7.2f} s  = {n / warm_s:8.1f} samples/s  ({1000 * warm_s / n:.2f} ms/sample)"
+    )
     print(f"  re-validation speed-up     : {cold_s / warm_s:7.1f}x")
 
 
@@ -152,13 +158,19 @@ def bench_preparation(work: Path, n: int, seconds: float) -> None:
     for x, y in zip(data.load_prepared(work / "prep-vss"), data.load_prepared(work / "prep-baseline")):
         assert all(torch.equal(x[k], y[k]) for k in x), "the baseline must prepare the same tensors"
 
-    print(f"preparation: {n} clips of {seconds:g} s, 25 fps, 320x240 H.264 (set up in {setup:.1f} s); "
-          f"{cfg.video_frames} frames at {cfg.video_fps:g} fps -> {IMAGE_SIZE}x{IMAGE_SIZE}, "
-          f"{cfg.audio_seconds:g} s audio; 1 worker, 1 thread")
-    print(f"  video only (best of 3), seek       : {n / seek_s:7.2f} clips/s per core  "
-          f"({seek_frames / n:.0f} frames decoded per clip)")
-    print(f"  video only (best of 3), decode all : {n / full_s:7.2f} clips/s per core  "
-          f"({full_frames / n:.0f} frames decoded per clip)")
+    print(
+        f"preparation: {n} clips of {seconds:g} s, 25 fps, 320x240 H.264 (set up in {setup:.1f} s); "
+        f"{cfg.video_frames} frames at {cfg.video_fps:g} fps -> {IMAGE_SIZE}x{IMAGE_SIZE}, "
+        f"{cfg.audio_seconds:g} s audio; 1 worker, 1 thread"
+    )
+    print(
+        f"  video only (best of 3), seek       : {n / seek_s:7.2f} clips/s per core  "
+        f"({seek_frames / n:.0f} frames decoded per clip)"
+    )
+    print(
+        f"  video only (best of 3), decode all : {n / full_s:7.2f} clips/s per core  "
+        f"({full_frames / n:.0f} frames decoded per clip)"
+    )
     print(f"  video speed-up                     : {full_s / seek_s:7.1f}x")
     print(f"  whole sample, vss                  : {n / vss_s:7.2f} samples/s per core")
     print(f"  whole sample, decode-every-frame   : {n / base_s:7.2f} samples/s per core")

@@ -27,8 +27,11 @@ def main() -> None:
         tmp = Path(tmp)
         model.write_tiny_checkpoint(tmp / "model")
         demo.write_demo_dataset(tmp / "data", args.samples, seconds=2.0)
-        overrides = {"data": {"root": str(tmp / "data")}, "model": {"source": str(tmp / "model")},
-                     "training": {"output_dir": str(tmp / "runs")}}
+        overrides = {
+            "data": {"root": str(tmp / "data")},
+            "model": {"source": str(tmp / "model")},
+            "training": {"output_dir": str(tmp / "runs")},
+        }
         t = time.perf_counter()
         result = vss(profile="cpu-demo", overrides=overrides)
         flow_wall = time.perf_counter() - t

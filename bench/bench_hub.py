@@ -49,8 +49,12 @@ def main() -> None:
 
         for name, run in (
             ("vss download_weights", lambda c: hub.download_weights(_cfg(c), settings)),
-            ("huggingface_hub.snapshot_download", lambda c: hf.snapshot_download(
-                REPO, cache_dir=c, endpoint=srv.url, token=False, allow_patterns=hub.ALLOW_PATTERNS)),
+            (
+                "huggingface_hub.snapshot_download",
+                lambda c: hf.snapshot_download(
+                    REPO, cache_dir=c, endpoint=srv.url, token=False, allow_patterns=hub.ALLOW_PATTERNS
+                ),
+            ),
         ):
             cache = Path(tempfile.mkdtemp(dir=tmp))
             t = time.perf_counter()
@@ -63,19 +67,24 @@ def main() -> None:
         for mode in ("vss", "plain"):
             cache = Path(tempfile.mkdtemp(dir=tmp))
             srv.reset_counters()
-            before = download_and_kill(srv, mode, REPO, cache, BIG, pause_at, codec_repo=CODEC if mode == "vss" else None)
+            before = download_and_kill(
+                srv, mode, REPO, cache, BIG, pause_at, codec_repo=CODEC if mode == "vss" else None
+            )
             srv.reset_counters()
             if mode == "vss":
                 hub.download_weights(_cfg(cache), settings)
             else:
-                hf.snapshot_download(REPO, cache_dir=cache, endpoint=srv.url, token=False,
-                                     allow_patterns=hub.ALLOW_PATTERNS)
+                hf.snapshot_download(
+                    REPO, cache_dir=cache, endpoint=srv.url, token=False, allow_patterns=hub.ALLOW_PATTERNS
+                )
             after = srv.served_bytes(REPO, BIG)
             refetched = before + after - size
             orphans = sum(p.stat().st_size for p in cache.rglob("*.incomplete"))
             results[mode] = refetched
-            print(f"kill at {before / size:.0%}  {mode:5s}: re-fetched {refetched:>11,d} B = {refetched / size:.4f} of "
-                  f"the file; partial files left behind: {orphans:,d} B")
+            print(
+                f"kill at {before / size:.0%}  {mode:5s}: re-fetched {refetched:>11,d} B = {refetched / size:.4f} of "
+                f"the file; partial files left behind: {orphans:,d} B"
+            )
         if results["vss"]:
             print(f"re-fetched after a kill, plain / vss: {results['plain'] / results['vss']:,.0f}x")
         print("(both sides share this machine's CPUs; the Python server bounds the throughput figures)")

@@ -72,9 +72,22 @@ def run_side(side: str, cfg, model_dir: Path, prepared: Path, tag: str) -> dict:
         wall = time.perf_counter() - start
         steps = _read_steps(Path(run.metrics))
     else:
-        cmd = [launch._deepspeed_bin(), "--num_gpus", str(cfg.hardware.gpus_per_node), "--master_port",
-               str(launch.free_port()), str(REPO / "bench" / "trainer_baseline.py"), "--config", run.config,
-               "--model-dir", str(model_dir), "--prepared-dir", str(prepared), "--out", run.root]
+        cmd = [
+            launch._deepspeed_bin(),
+            "--num_gpus",
+            str(cfg.hardware.gpus_per_node),
+            "--master_port",
+            str(launch.free_port()),
+            str(REPO / "bench" / "trainer_baseline.py"),
+            "--config",
+            run.config,
+            "--model-dir",
+            str(model_dir),
+            "--prepared-dir",
+            str(prepared),
+            "--out",
+            run.root,
+        ]
         env = launch.training_env(cfg)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with open(run.log, "w") as log:
@@ -85,7 +98,10 @@ def run_side(side: str, cfg, model_dir: Path, prepared: Path, tag: str) -> dict:
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
         if max(steps, default=0) < cfg.training.max_steps:
             tail = Path(run.log).read_text().splitlines()[-25:]
-            error = f"exit code {code}, {len(steps)} of {cfg.training.max_steps} steps recorded. Log {run.log}:\n" + "\n".join(tail)
+            error = (
+                f"exit code {code}, {len(steps)} of {cfg.training.max_steps} steps recorded. Log {run.log}:\n"
+                + "\n".join(tail)
+            )
     return {"wall": wall, "steps": steps, "error": error, "info": info}
 
 
@@ -95,7 +111,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating which goes first")
     parser.add_argument("--samples", type=int, default=8, help="generated samples")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each generated sample")
-    parser.add_argument("--from-step", type=int, default=3, help="first step of the timed window (earlier ones warm up)")
+    parser.add_argument(
+        "--from-step", type=int, default=3, help="first step of the timed window (earlier ones warm up)"
+    )
     parser.add_argument("--work-dir", help="keep model, data and runs here (default: a temp dir, removed)")
     args = parser.parse_args()
     if not 2 <= args.from_step <= args.steps:
@@ -112,19 +130,28 @@ def main() -> None:
             model.write_tiny_checkpoint(model_dir)
         demo.write_demo_dataset(work / "data", args.samples, seconds=args.seconds, overwrite=True)
         runs = work / f"runs-{time.strftime('%Y%m%d-%H%M%S')}"
-        cfg = load_config("cpu-demo", {
-            "data.root": str(work / "data"), "model.source": str(model_dir), "training.output_dir": str(runs),
-            "training.max_steps": args.steps, "training.save_every_n_steps": args.steps + 1,
-        })
+        cfg = load_config(
+            "cpu-demo",
+            {
+                "data.root": str(work / "data"),
+                "model.source": str(model_dir),
+                "training.output_dir": str(runs),
+                "training.max_steps": args.steps,
+                "training.save_every_n_steps": args.steps + 1,
+            },
+        )
         report = data.validate_dataset(cfg.data)
         prepared = Path(data.prepare_dataset(report.valid, cfg.data, model_dir, work / "prepared").dir)
 
         tr = cfg.training
         per_step = tr.micro_batch_size * tr.gradient_accumulation_steps * cfg.hardware.gpus_per_node
-        print(f"config: cpu-demo, {cfg.hardware.gpus_per_node} CPU ranks, ZeRO-3 offload_param={cfg.deepspeed.offload_param} "
-              f"offload_optimizer={cfg.deepspeed.offload_optimizer}, LoRA r={cfg.lora.rank} on {cfg.lora.targets}, "
-              f"micro batch {tr.micro_batch_size} x accumulation {tr.gradient_accumulation_steps} x {cfg.hardware.gpus_per_node} ranks "
-              f"= {per_step} samples/step, {args.steps} steps, {len(report.valid)} samples of {args.seconds:g} s", flush=True)
+        print(
+            f"config: cpu-demo, {cfg.hardware.gpus_per_node} CPU ranks, ZeRO-3 offload_param={cfg.deepspeed.offload_param} "
+            f"offload_optimizer={cfg.deepspeed.offload_optimizer}, LoRA r={cfg.lora.rank} on {cfg.lora.targets}, "
+            f"micro batch {tr.micro_batch_size} x accumulation {tr.gradient_accumulation_steps} x {cfg.hardware.gpus_per_node} ranks "
+            f"= {per_step} samples/step, {args.steps} steps, {len(report.valid)} samples of {args.seconds:g} s",
+            flush=True,
+        )
 
         names = {"vss": "vss (DeepSpeed engine loop)", "trainer": "Trainer + DeepSpeed"}
         results: dict[str, list[dict]] = {"vss": [], "trainer": []}
@@ -134,16 +161,23 @@ def main() -> None:
                 res = run_side(side, cfg, model_dir, prepared, str(r + 1))
                 res["tp"] = _throughput(res["steps"], args.from_step, per_step)
                 results[side].append(res)
-                print(f"  run {r + 1} {names[side]}: {'FAILED' if res['error'] else 'done'} ({res['wall']:.1f} s)", flush=True)
+                print(
+                    f"  run {r + 1} {names[side]}: {'FAILED' if res['error'] else 'done'} ({res['wall']:.1f} s)",
+                    flush=True,
+                )
 
         info = next((res["info"] for res in results["trainer"] if res["info"]), None)
         if info:
-            print(f"\nTrainer path as run: {info['engine']}, ZeRO stage {info['zero_stage']} ({info['zero_optimizer']}), "
-                  f"optimizer {info['optimizer']}, offload param={info['offload_param']} optimizer={info['offload_optimizer']}, "
-                  f"scheduler {info['lr_scheduler']}, world size {info['world_size']}")
+            print(
+                f"\nTrainer path as run: {info['engine']}, ZeRO stage {info['zero_stage']} ({info['zero_optimizer']}), "
+                f"optimizer {info['optimizer']}, offload param={info['offload_param']} optimizer={info['offload_optimizer']}, "
+                f"scheduler {info['lr_scheduler']}, world size {info['world_size']}"
+            )
         window = f"steps {args.from_step}..{args.steps}"
-        print(f"\nsamples/s over {window} ({args.steps - args.from_step + 1} steps x {per_step} samples), "
-              f"median of {args.repeats} run(s); process wall time of the launcher, median:")
+        print(
+            f"\nsamples/s over {window} ({args.steps - args.from_step + 1} steps x {per_step} samples), "
+            f"median of {args.repeats} run(s); process wall time of the launcher, median:"
+        )
         medians = {}
         for side, runs_ in results.items():
             failed = [res["error"] for res in runs_ if res["error"] or res["tp"] is None]
@@ -153,11 +187,15 @@ def main() -> None:
             tps = [res["tp"][0] for res in runs_]
             medians[side] = statistics.median(tps), statistics.median(res["wall"] for res in runs_)
             each = " ".join(f"{t:.3f}" for t in tps)
-            print(f"{names[side]:30s}: {medians[side][0]:6.3f} samples/s [{each}]; process wall {medians[side][1]:6.1f} s")
+            print(
+                f"{names[side]:30s}: {medians[side][0]:6.3f} samples/s [{each}]; process wall {medians[side][1]:6.1f} s"
+            )
         if len(medians) == 2:
             (v_tp, v_wall), (t_tp, t_wall) = medians["vss"], medians["trainer"]
-            print(f"{'ratio vss / Trainer':30s}: {v_tp / t_tp:6.2f}x samples/s; process wall {v_wall / t_wall:.2f}x "
-                  "(vss's wall also holds its end-of-run eval and adapter save)")
+            print(
+                f"{'ratio vss / Trainer':30s}: {v_tp / t_tp:6.2f}x samples/s; process wall {v_wall / t_wall:.2f}x "
+                "(vss's wall also holds its end-of-run eval and adapter save)"
+            )
         else:
             print(f"{'ratio vss / Trainer':30s}: not available (a side failed; see above)")
 
@@ -165,14 +203,19 @@ def main() -> None:
         every = max(1, args.steps // 16)
         print(f"\nrun 1, every {every} step(s): step | vss loss | Trainer loss | vss step s | Trainer step s")
         for s in [*range(1, args.steps, every), args.steps]:
-            def cell(steps, key):
+
+            def cell(steps, key, s=s):
                 v = steps.get(s, {}).get(key)
                 return f"{v:8.3f}" if isinstance(v, float) else f"{'-':>8s}"
 
-            def dt(steps):
-                return f"{steps[s]['time'] - steps[s - 1]['time']:8.2f}" if s in steps and s - 1 in steps else f"{'-':>8s}"
+            def dt(steps, s=s):
+                return (
+                    f"{steps[s]['time'] - steps[s - 1]['time']:8.2f}" if s in steps and s - 1 in steps else f"{'-':>8s}"
+                )
 
-            print(f"{s:4d} | {cell(vss_steps, 'loss')} | {cell(hf_steps, 'loss'):>12s} | {dt(vss_steps):>10s} | {dt(hf_steps):>14s}")
+            print(
+                f"{s:4d} | {cell(vss_steps, 'loss')} | {cell(hf_steps, 'loss'):>12s} | {dt(vss_steps):>10s} | {dt(hf_steps):>14s}"
+            )
         if args.work_dir:
             print(f"\nruns kept in {runs}")
     sys.exit(0 if all(not res["error"] for runs_ in results.values() for res in runs_) else 1)

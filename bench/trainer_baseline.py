@@ -35,7 +35,8 @@ import torch
 from deepspeed.utils import set_z3_leaf_modules
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from vss_core import data, lora, model as omni
+from vss_core import data, lora
+from vss_core import model as omni
 from vss_core.config import config_from_json, deepspeed_config
 
 
@@ -83,7 +84,10 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo" if cfg.hardware.accelerator == "cpu" else "nccl")
     tr, out = cfg.training, Path(args.out)
     ds_config = deepspeed_config(cfg)
-    ds_config["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
+    ds_config["optimizer"] = {
+        "type": "AdamW",
+        "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+    }
     training_args = TrainingArguments(
         output_dir=str(out),
         deepspeed=ds_config,

@@ -47,8 +47,8 @@ def _fields_help(model: type[BaseModel] = config.VSSConfig, prefix: str = "") ->
     return lines
 
 
-OVERRIDES_HELP = (
-    "Overrides are KEY=VALUE with dotted keys, values read as YAML. Every key:\n" + "\n".join(_fields_help())
+OVERRIDES_HELP = "Overrides are KEY=VALUE with dotted keys, values read as YAML. Every key:\n" + "\n".join(
+    _fields_help()
 )
 
 
@@ -57,9 +57,7 @@ def _load(args: argparse.Namespace) -> config.VSSConfig:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from vss_core import model
-
-    from vss_core import codec
+    from vss_core import codec, model
 
     path = model.write_tiny_checkpoint(Path(args.dir), seed=args.seed)
     print(f"Tiny LongCat-Flash-Omni checkpoint (official layout) written to {path}")
@@ -111,13 +109,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if all(v is None for v in given.values()):
         report = hardware.probe(cfg.training.output_dir)
         machine = hardware.machine_from_report(report, cfg.hardware)
-        where = f"this machine ({len(report.gpus)} GPU(s), {report.ram_available_gb:.0f} GiB RAM available, " \
-                f"{report.disk_free_gb:.0f} GiB free at {report.disk_path})"
+        where = (
+            f"this machine ({len(report.gpus)} GPU(s), {report.ram_available_gb:.0f} GiB RAM available, "
+            f"{report.disk_free_gb:.0f} GiB free at {report.disk_path})"
+        )
     else:
         gpus = args.gpus if args.gpus is not None else cfg.hardware.gpus_per_node
         machine = plan.Machine(
-            gpus_per_node=gpus, gpu_memory_gib=args.gpu_memory_gb, ram_gib=args.ram_gb, disk_gib=args.disk_gb,
-            nvme_gib=args.nvme_gb, nodes=args.nodes or cfg.hardware.nodes, source="given",
+            gpus_per_node=gpus,
+            gpu_memory_gib=args.gpu_memory_gb,
+            ram_gib=args.ram_gb,
+            disk_gib=args.disk_gb,
+            nvme_gib=args.nvme_gb,
+            nodes=args.nodes or cfg.hardware.nodes,
+            source="given",
         )
         if args.gpus is not None or args.nodes is not None:  # plan the run on the hardware given
             over = [f"hardware.gpus_per_node={gpus}", f"hardware.nodes={machine.nodes}"]
@@ -135,9 +140,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _ensure_demo_assets() -> None:
-    from vss_core import demo, model
-
-    from vss_core import codec
+    from vss_core import codec, demo, model
 
     if not (DEMO_MODEL / "config.json").is_file() or not (DEMO_MODEL / "tokenizer.json").is_file():
         if DEMO_MODEL.exists():  # a tiny model of an older vss layout
@@ -188,23 +191,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not args.no_demo_assets:
         _ensure_demo_assets()
-    serve_deployments(ServeOptions(watch_profile=args.watch_profile, watch_interval_s=args.watch_interval,
-                                   debounce_s=args.debounce, backstop_cron=args.backstop_cron,
-                                   crash_after_s=args.crash_after))
+    serve_deployments(
+        ServeOptions(
+            watch_profile=args.watch_profile,
+            watch_interval_s=args.watch_interval,
+            debounce_s=args.debounce,
+            backstop_cron=args.backstop_cron,
+            crash_after_s=args.crash_after,
+        )
+    )
     return 0
 
 
 def cmd_notify_data_updated(args: argparse.Namespace) -> int:
     from tasks.events import emit_data_updated
 
-    root = str(Path(config.load_config(args.profile, [*args.overrides, *(
-        [f"data.root={args.root}"] if args.root else [])]).data.root).absolute())
+    root = str(
+        Path(
+            config.load_config(
+                args.profile, [*args.overrides, *([f"data.root={args.root}"] if args.root else [])]
+            ).data.root
+        ).absolute()
+    )
     event = emit_data_updated(root, args.profile)
     if event is None:
         print("error: the event was not sent: no Prefect API is configured (set PREFECT_API_URL)", file=sys.stderr)
         return 2
-    print(f"Emitted vss.data.updated for {root}, profile {args.profile} (resource {event.resource.id}, "
-          f"event {event.id}): the deployment of that profile re-runs")
+    print(
+        f"Emitted vss.data.updated for {root}, profile {args.profile} (resource {event.resource.id}, "
+        f"event {event.id}): the deployment of that profile re-runs"
+    )
     return 0
 
 
@@ -212,8 +228,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vss_core import evaluate
 
     report = evaluate.evaluate_folder(
-        Path(args.adapter), Path(args.data), out_dir=Path(args.out) if args.out else None,
-        model_dir=Path(args.model) if args.model else None, codec_dir=Path(args.codec) if args.codec else None,
+        Path(args.adapter),
+        Path(args.data),
+        out_dir=Path(args.out) if args.out else None,
+        model_dir=Path(args.model) if args.model else None,
+        codec_dir=Path(args.codec) if args.codec else None,
         with_base=args.base,
     )
     print(report.table())
@@ -240,8 +259,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         codec_dir=Path(args.codec) if args.codec else None,
     )
     end = "the model ended its answer" if report.stopped_at_eos else "cut at --max-seconds"
-    print(f"{report.out}: {report.seconds:.2f} s at {report.sample_rate} Hz, {report.frames} frames in "
-          f"{report.segments} segment(s) ({end})")
+    print(
+        f"{report.out}: {report.seconds:.2f} s at {report.sample_rate} Hz, {report.frames} frames in "
+        f"{report.segments} segment(s) ({end})"
+    )
     print(f"{report.text_out}: {report.text!r}")
     return 0
 
@@ -257,13 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser, default: str | None = None) -> None:
-        p.add_argument("--profile", required=default is None, default=default,
-                       help=f"profile name ({', '.join(config.list_profiles())}) or a YAML path")
+        p.add_argument(
+            "--profile",
+            required=default is None,
+            default=default,
+            help=f"profile name ({', '.join(config.list_profiles())}) or a YAML path",
+        )
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. training.epochs=1")
 
     raw = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("demo", help="run the whole pipeline on the embedded default (CPU)", epilog=OVERRIDES_HELP,
-                       formatter_class=raw)
+    p = sub.add_parser(
+        "demo", help="run the whole pipeline on the embedded default (CPU)", epilog=OVERRIDES_HELP, formatter_class=raw
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the cpu-demo profile")
     p.set_defaults(func=cmd_demo)
 
@@ -290,14 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p, default="cpu-demo")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("config", help="print the resolved config and generated DeepSpeed JSON",
-                       epilog=OVERRIDES_HELP, formatter_class=raw)
+    p = sub.add_parser(
+        "config",
+        help="print the resolved config and generated DeepSpeed JSON",
+        epilog=OVERRIDES_HELP,
+        formatter_class=raw,
+    )
     with_config(p)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("plan", help="plan memory per GPU, RAM, NVMe and disk: does the run fit? (exit 1 if not)",
-                       epilog="Without hardware flags it plans for this machine. Sizes in GiB (1024^3 bytes), "
-                       "as nvidia-smi, free -h and df -h report.\n\n" + OVERRIDES_HELP, formatter_class=raw)
+    p = sub.add_parser(
+        "plan",
+        help="plan memory per GPU, RAM, NVMe and disk: does the run fit? (exit 1 if not)",
+        epilog="Without hardware flags it plans for this machine. Sizes in GiB (1024^3 bytes), "
+        "as nvidia-smi, free -h and df -h report.\n\n" + OVERRIDES_HELP,
+        formatter_class=raw,
+    )
     with_config(p)
     p.add_argument("--gpus", type=int, help="GPUs per node (default: the profile's hardware.gpus_per_node)")
     p.add_argument("--gpu-memory-gb", type=float, help="memory of each GPU, GiB (an H100 80GB: 79.6; a B200: 179)")
@@ -312,64 +346,117 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("serve", help="serve the Prefect deployments of prefect.yaml (vss/train-2xb200, "
-                       "vss/train-8xh100, vss/demo-cpu, vss-watch-data/watch-data) and create its automation",
-                       epilog="prefect.yaml gives every default below; these flags change them for this process. "
-                       "Flow runs send a heartbeat every minute; the automation vss-crash-silent-runs marks a run "
-                       "Crashed when its heartbeats stop without an end state.")
-    p.add_argument("--no-demo-assets", action="store_true",
-                   help="do not write the tiny model and demo data that vss/demo-cpu uses")
-    p.add_argument("--watch-profile", default=None, metavar="PROFILE",
-                   help="the profile whose dataset vss-watch-data/watch-data watches: set it to this machine's "
-                   "(conservative-2xb200 on a 2x B200 box); its events start that profile's deployment only "
-                   "(prefect.yaml: cpu-demo)")
-    p.add_argument("--watch-interval", type=float, default=None, metavar="SECONDS",
-                   help="how often vss-watch-data/watch-data fingerprints the dataset (prefect.yaml: 300)")
-    p.add_argument("--debounce", type=float, default=None, metavar="SECONDS",
-                   help="data updates within this window start one training run, after the window "
-                   "(prefect.yaml: 300)")
-    p.add_argument("--backstop-cron", default=None, metavar="CRON",
-                   help="also run the train deployments on this cron schedule, e.g. '0 3 * * *' (default: none)")
-    p.add_argument("--crash-after", type=float, default=None, metavar="SECONDS",
-                   help="mark a run Crashed when this long passes after a heartbeat with no other heartbeat "
-                   "or end state (prefect.yaml: 300)")
+    p = sub.add_parser(
+        "serve",
+        help="serve the Prefect deployments of prefect.yaml (vss/train-2xb200, "
+        "vss/train-8xh100, vss/demo-cpu, vss-watch-data/watch-data) and create its automation",
+        epilog="prefect.yaml gives every default below; these flags change them for this process. "
+        "Flow runs send a heartbeat every minute; the automation vss-crash-silent-runs marks a run "
+        "Crashed when its heartbeats stop without an end state.",
+    )
+    p.add_argument(
+        "--no-demo-assets", action="store_true", help="do not write the tiny model and demo data that vss/demo-cpu uses"
+    )
+    p.add_argument(
+        "--watch-profile",
+        default=None,
+        metavar="PROFILE",
+        help="the profile whose dataset vss-watch-data/watch-data watches: set it to this machine's "
+        "(conservative-2xb200 on a 2x B200 box); its events start that profile's deployment only "
+        "(prefect.yaml: cpu-demo)",
+    )
+    p.add_argument(
+        "--watch-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often vss-watch-data/watch-data fingerprints the dataset (prefect.yaml: 300)",
+    )
+    p.add_argument(
+        "--debounce",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="data updates within this window start one training run, after the window (prefect.yaml: 300)",
+    )
+    p.add_argument(
+        "--backstop-cron",
+        default=None,
+        metavar="CRON",
+        help="also run the train deployments on this cron schedule, e.g. '0 3 * * *' (default: none)",
+    )
+    p.add_argument(
+        "--crash-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="mark a run Crashed when this long passes after a heartbeat with no other heartbeat "
+        "or end state (prefect.yaml: 300)",
+    )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("notify-data-updated", help="emit vss.data.updated so the train deployment of --profile "
-                       "re-runs (for your own data jobs)")
+    p = sub.add_parser(
+        "notify-data-updated",
+        help="emit vss.data.updated so the train deployment of --profile re-runs (for your own data jobs)",
+    )
     p.add_argument("--root", default=None, help="dataset root (default: the profile's data.root)")
     with_config(p, default="cpu-demo")
     p.set_defaults(func=cmd_notify_data_updated)
 
-    p = sub.add_parser("eval", help="score an adapter on a dataset folder: eval loss per stream, EOS before the "
-                       "cap, text WER, mel-cepstral distance (and the base model with --base)",
-                       epilog="Each valid sample of --data is prepared with the run's data settings and scored; "
-                       "the report, the generated answers and the plots are written to --out.")
+    p = sub.add_parser(
+        "eval",
+        help="score an adapter on a dataset folder: eval loss per stream, EOS before the "
+        "cap, text WER, mel-cepstral distance (and the base model with --base)",
+        epilog="Each valid sample of --data is prepared with the run's data settings and scored; "
+        "the report, the generated answers and the plots are written to --out.",
+    )
     p.add_argument("--adapter", required=True, help="adapter folder (RUN/adapter)")
-    p.add_argument("--data", required=True, help="dataset folder in the training layout (<sample>/in.mp4, in.wav, "
-                   "out.wav, optional out.txt); samples it was not trained on")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="dataset folder in the training layout (<sample>/in.mp4, in.wav, "
+        "out.wav, optional out.txt); samples it was not trained on",
+    )
     p.add_argument("--base", action="store_true", help="also score the base model (the adapter disabled) and compare")
-    p.add_argument("--metric", default="loss", choices=["loss", "text_wer", "mcd", "asr_wer"],
-                   help="the metric the comparison line judges by (default loss)")
+    p.add_argument(
+        "--metric",
+        default="loss",
+        choices=["loss", "text_wer", "mcd", "asr_wer"],
+        help="the metric the comparison line judges by (default loss)",
+    )
     p.add_argument("--out", help="where to write report.json, answers/ and the plots (default: RUN/eval-<data name>)")
     p.add_argument("--model", help="base checkpoint directory (default: the run's model.source)")
     p.add_argument("--codec", help="LongCat-Audio-Codec directory (default: the run's model.codec_source)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("infer", help="generate speech for one sample with the base model + a trained LoRA adapter")
-    p.add_argument("--adapter", required=True, help="adapter folder (RUN/adapter: adapter_config.json, "
-                   "adapter_model.safetensors)")
+    p.add_argument(
+        "--adapter", required=True, help="adapter folder (RUN/adapter: adapter_config.json, adapter_model.safetensors)"
+    )
     p.add_argument("--sample", required=True, help="sample folder holding in.mp4 and in.wav, e.g. data/train/01")
     p.add_argument("--out", required=True, help="WAV to write (mono, the codec's rate: 16 kHz)")
-    p.add_argument("--model", help="base checkpoint directory; default: model.source in the run's config.json "
-                   "(the folder above --adapter)")
-    p.add_argument("--codec", help="LongCat-Audio-Codec directory holding the decoder weights; default: "
-                   "model.codec_source in the run's config.json")
-    p.add_argument("--max-seconds", type=float, help="longest speech to generate; default: the run's "
-                   "data.audio_seconds")
-    p.add_argument("--temperature", type=float, default=0.0, help="text sampling: 0 = greedy (default, as the "
-                   "official demo); > 0 samples. Speech ids are always argmax with the official repetition penalty")
-    p.add_argument("--top-k", type=int, default=1, help="text sampling among the k likeliest tokens (1 = greedy, 0 = all)")
+    p.add_argument(
+        "--model",
+        help="base checkpoint directory; default: model.source in the run's config.json (the folder above --adapter)",
+    )
+    p.add_argument(
+        "--codec",
+        help="LongCat-Audio-Codec directory holding the decoder weights; default: "
+        "model.codec_source in the run's config.json",
+    )
+    p.add_argument(
+        "--max-seconds", type=float, help="longest speech to generate; default: the run's data.audio_seconds"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="text sampling: 0 = greedy (default, as the "
+        "official demo); > 0 samples. Speech ids are always argmax with the official repetition penalty",
+    )
+    p.add_argument(
+        "--top-k", type=int, default=1, help="text sampling among the k likeliest tokens (1 = greedy, 0 = all)"
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.set_defaults(func=cmd_infer)

@@ -51,8 +51,10 @@ class ServeOptions:
 def load_spec(path: Path = SPEC_FILE) -> dict[str, Any]:
     """prefect.yaml, read as `prefect deploy` reads it (anchors resolved)."""
     if not path.is_file():
-        raise ConfigError(f"{path} is missing: `vss serve` builds its deployments from it. Run vss from a checkout "
-                          "of the repository (make install installs it in place).")
+        raise ConfigError(
+            f"{path} is missing: `vss serve` builds its deployments from it. Run vss from a checkout "
+            "of the repository (make install installs it in place)."
+        )
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict) or not spec.get("deployments"):
         raise ConfigError(f"{path}: no `deployments:` list; restore it from the repository.")
@@ -109,10 +111,18 @@ def build_deployments(opts: ServeOptions = ServeOptions(), spec: dict[str, Any] 
             interval = opts.watch_interval_s or interval
         elif triggers:  # a train deployment
             cron = opts.backstop_cron or cron
-        built.append(flow.to_deployment(
-            name=d["name"], parameters=params, description=d.get("description"), tags=d.get("tags"),
-            triggers=triggers or None, interval=interval, cron=cron, concurrency_limit=d.get("concurrency_limit"),
-        ))
+        built.append(
+            flow.to_deployment(
+                name=d["name"],
+                parameters=params,
+                description=d.get("description"),
+                tags=d.get("tags"),
+                triggers=triggers or None,
+                interval=interval,
+                cron=cron,
+                concurrency_limit=d.get("concurrency_limit"),
+            )
+        )
     return built
 
 
@@ -154,6 +164,9 @@ def serve_deployments(opts: ServeOptions = ServeOptions()) -> None:
         os.environ.setdefault(HEARTBEAT_ENV, str(beat))  # the served flow runs inherit it
     deployments = build_deployments(opts, spec)
     names = ensure_automations(automations(opts, spec))
-    log.info("automations on the server: %s; flow runs send a heartbeat every %s s", ", ".join(names) or "none",
-             os.environ.get(HEARTBEAT_ENV, "180 (Prefect's default)"))
+    log.info(
+        "automations on the server: %s; flow runs send a heartbeat every %s s",
+        ", ".join(names) or "none",
+        os.environ.get(HEARTBEAT_ENV, "180 (Prefect's default)"),
+    )
     serve(*deployments)

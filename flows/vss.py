@@ -44,16 +44,27 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
     pre = stages.preflight(cfg, str(out))
     result.add("preflight", "ok", f"{len(pre.hardware.gpus)} GPU(s); {len(pre.warnings)} warning(s)")
     dataset = stages.validate_dataset(cfg.data)
-    result.add("validate data", "ok", f"{len(dataset.valid)} valid, {len(dataset.invalid)} invalid, "
-               f"{len(dataset.reused)} unchanged (not probed again)")
+    result.add(
+        "validate data",
+        "ok",
+        f"{len(dataset.valid)} valid, {len(dataset.invalid)} invalid, "
+        f"{len(dataset.reused)} unchanged (not probed again)",
+    )
     weights = stages.download_weights(cfg.model)
-    result.add("download weights", "ok", f"{weights.path}{'' if weights.downloaded else ' (local, used in place)'}; "
-               f"codec {weights.codec_path}{'' if weights.codec_downloaded else ' (local)'}")
+    result.add(
+        "download weights",
+        "ok",
+        f"{weights.path}{'' if weights.downloaded else ' (local, used in place)'}; "
+        f"codec {weights.codec_path}{'' if weights.codec_downloaded else ' (local)'}",
+    )
     # keyed by the data and by every setting that shapes a prepared file: runs that differ never share one
-    prepared_dir = data.prepared_dir(out / "prepared", dataset.fingerprint, Path(weights.path),
-                                     Path(weights.codec_path), cfg.data)
+    prepared_dir = data.prepared_dir(
+        out / "prepared", dataset.fingerprint, Path(weights.path), Path(weights.codec_path), cfg.data
+    )
     prepared = stages.prepare_dataset(dataset, cfg.data, weights.path, weights.codec_path, str(prepared_dir))
-    result.add("prepare data", "ok", f"{len(prepared.samples)} samples ({len(prepared.reused)} reused) in {prepared.dir}")
+    result.add(
+        "prepare data", "ok", f"{len(prepared.samples)} samples ({len(prepared.reused)} reused) in {prepared.dir}"
+    )
 
     run, cfg = stages.open_run(cfg, weights, dataset, prepared)
     result.run_dir = run.root
@@ -80,8 +91,9 @@ def _evaluate(cfg, run, trained, weights, dataset, prepared, out, result) -> eva
     if cfg.data.eval_root:
         eval_cfg = cfg.data.model_copy(update={"root": cfg.data.eval_root, "eval_fraction": 0.0})
         eval_data = stages.validate_dataset(eval_cfg)
-        eval_dir = data.prepared_dir(out / "prepared", eval_data.fingerprint, Path(weights.path),
-                                     Path(weights.codec_path), eval_cfg)
+        eval_dir = data.prepared_dir(
+            out / "prepared", eval_data.fingerprint, Path(weights.path), Path(weights.codec_path), eval_cfg
+        )
         eval_prepared = stages.prepare_dataset(eval_data, eval_cfg, weights.path, weights.codec_path, str(eval_dir))
         samples = evaluate.all_samples(eval_data, eval_prepared)
     else:
@@ -89,13 +101,18 @@ def _evaluate(cfg, run, trained, weights, dataset, prepared, out, result) -> eva
     if not samples:
         result.add("evaluate", "skipped", "no held-out samples (set data.eval_fraction or data.eval_root)")
         return None
-    report = stages.evaluate_adapter(cfg, run, trained.adapter_dir, weights.path, weights.codec_path, samples,
-                                     trained.steps)
+    report = stages.evaluate_adapter(
+        cfg, run, trained.adapter_dir, weights.path, weights.codec_path, samples, trained.steps
+    )
     eos = sum(s.ended_with_eos for s in report.scores if s.model == "adapter")
     base = report.value("base", "loss")
-    result.add("evaluate", "ok", f"{len(samples)} held-out: loss {evaluate._fmt(report.value('adapter', 'loss'))}"
-               + (f" (base {evaluate._fmt(base)})" if base is not None else "")
-               + f"; {eos}/{len(samples)} answers end with EOS before the cap")
+    result.add(
+        "evaluate",
+        "ok",
+        f"{len(samples)} held-out: loss {evaluate._fmt(report.value('adapter', 'loss'))}"
+        + (f" (base {evaluate._fmt(base)})" if base is not None else "")
+        + f"; {eos}/{len(samples)} answers end with EOS before the cap",
+    )
     return report
 
 
@@ -108,7 +125,8 @@ def _gate(cfg, report: evaluate.EvalReport, result) -> None:
         result.add("gate", "blocked", decision.message)
         raise evaluate.EvalGateError(
             f"upload blocked (eval.gate=block): {decision.message}. The adapter stays in {report.adapter_dir}; "
-            "train longer or on more data, or set eval.gate=pause to decide yourself, or eval.gate=off")
+            "train longer or on more data, or set eval.gate=pause to decide yourself, or eval.gate=off"
+        )
     if cfg.eval.gate == "pause":
         stages.wait_for_approval(report, decision, cfg.eval.pause_timeout_s)
     result.add("gate", "passed", decision.message)

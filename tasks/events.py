@@ -19,7 +19,11 @@ def emit_data_updated(root: str, profile: str, fingerprint: str | None = None, s
     """Emit vss.data.updated for the dataset at `root` (an absolute path), for the deployment of `profile`."""
     return emit_event(
         event=DATA_UPDATED,
-        resource={"prefect.resource.id": dataset_resource_id(root), "prefect.resource.name": root,
-                  "vss.data.root": root, "vss.profile": profile},
+        resource={
+            "prefect.resource.id": dataset_resource_id(root),
+            "prefect.resource.name": root,
+            "vss.data.root": root,
+            "vss.profile": profile,
+        },
         payload={"fingerprint": fingerprint, "samples": samples},
     )

@@ -46,8 +46,9 @@ def settings() -> Settings:
         except ValueError:  # no such block
             token = None
         if token:
-            found = found.model_copy(update={"hf_token": SecretStr(token),
-                                             "hf_token_source": f"Prefect Secret block {HF_TOKEN_BLOCK!r}"})
+            found = found.model_copy(
+                update={"hf_token": SecretStr(token), "hf_token_source": f"Prefect Secret block {HF_TOKEN_BLOCK!r}"}
+            )
     return found
 
 
@@ -78,9 +79,13 @@ def preflight(cfg: VSSConfig, disk_path: str) -> hardware.PreflightReport:
     for warning in report.warnings:
         logger.warning(warning)
     create_markdown_artifact(key="vss-preflight", markdown=report.table(), description="Machine and memory plan")
-    logger.info("Preflight OK: %d GPU(s), %.1f GiB RAM available, %.1f GiB free disk%s",
-                len(report.hardware.gpus), report.hardware.ram_available_gb, report.hardware.disk_free_gb,
-                "; the run fits" if report.plan else "")
+    logger.info(
+        "Preflight OK: %d GPU(s), %.1f GiB RAM available, %.1f GiB free disk%s",
+        len(report.hardware.gpus),
+        report.hardware.ram_available_gb,
+        report.hardware.disk_free_gb,
+        "; the run fits" if report.plan else "",
+    )
     return report
 
 
@@ -93,10 +98,16 @@ def validate_dataset(cfg: DataConfig) -> data.DatasetReport:
     create_markdown_artifact(key="vss-dataset", markdown=report.table(), description="Dataset validation")
     data.select_samples(report, cfg.on_invalid)  # raises on policy 'fail' with invalid samples
     if report.skipped:
-        logger.warning("Skipping %d invalid samples (data.on_invalid=skip): %s", len(report.skipped),
-                       ", ".join(report.skipped))
-    logger.info("Dataset %s: %d valid, %d invalid samples (%d unchanged, not probed again)", cfg.root,
-                len(report.valid), len(report.invalid), len(report.reused))
+        logger.warning(
+            "Skipping %d invalid samples (data.on_invalid=skip): %s", len(report.skipped), ", ".join(report.skipped)
+        )
+    logger.info(
+        "Dataset %s: %d valid, %d invalid samples (%d unchanged, not probed again)",
+        cfg.root,
+        len(report.valid),
+        len(report.invalid),
+        len(report.reused),
+    )
     return report
 
 
@@ -108,8 +119,13 @@ def download_weights(cfg: ModelConfig) -> hub.WeightsReport:
     if report.downloaded:
         get_run_logger().info(
             "Weights: %s (commit %s; %d files, %d bytes downloaded, %d cached, %d resumed, %d fetched again)",
-            report.path, report.revision, report.files, report.bytes_downloaded, report.bytes_cached,
-            report.bytes_resumed, report.bytes_refetched,
+            report.path,
+            report.revision,
+            report.files,
+            report.bytes_downloaded,
+            report.bytes_cached,
+            report.bytes_resumed,
+            report.bytes_refetched,
         )
     else:
         get_run_logger().info("Weights: %s (local, used in place)", report.path)
@@ -132,8 +148,9 @@ class _TrainingMonitor:
 
     def __init__(self, logger, every_s: float = 10.0) -> None:
         self.logger, self.every_s = logger, every_s
-        self.progress_id = create_progress_artifact(progress=0.0, key="vss-training-progress",
-                                                    description="Training steps done (%)")
+        self.progress_id = create_progress_artifact(
+            progress=0.0, key="vss-training-progress", description="Training steps done (%)"
+        )
         self.losses: list[dict] = []
         self.published = 0.0
 
@@ -150,8 +167,9 @@ class _TrainingMonitor:
 
 
 @task(name="open_run", cache_policy=NO_CACHE)
-def open_run(cfg: VSSConfig, weights: hub.WeightsReport, dataset: data.DatasetReport,
-             prepared: data.PreparedDataset) -> tuple[RunPaths, VSSConfig]:
+def open_run(
+    cfg: VSSConfig, weights: hub.WeightsReport, dataset: data.DatasetReport, prepared: data.PreparedDataset
+) -> tuple[RunPaths, VSSConfig]:
     key = runs.training_key(cfg, weights.revision or weights.path, dataset.fingerprint, prepared.settings_key)
     run, effective = runs.open_run(cfg, key)
     get_run_logger().info("Run directory %s (training key %s)", run.root, key)
@@ -163,43 +181,79 @@ def run_training(cfg: VSSConfig, run: RunPaths, model_dir: str, prepared_dir: st
     logger = get_run_logger()
     monitor = _TrainingMonitor(logger)
     try:
-        report = launch.run_training(cfg, run, Path(model_dir), Path(prepared_dir), on_line=logger.info,
-                                     on_metrics=monitor.metrics, on_resources=monitor.resources)
+        report = launch.run_training(
+            cfg,
+            run,
+            Path(model_dir),
+            Path(prepared_dir),
+            on_line=logger.info,
+            on_metrics=monitor.metrics,
+            on_resources=monitor.resources,
+        )
     except (TerminationSignal, KeyboardInterrupt):  # a cancel (SIGTERM from the runner) or Ctrl-C
-        logger.warning("Training cancelled: its DeepSpeed process group was ended. A re-run resumes from the "
-                       "last complete checkpoint in %s.", run.checkpoints)
+        logger.warning(
+            "Training cancelled: its DeepSpeed process group was ended. A re-run resumes from the "
+            "last complete checkpoint in %s.",
+            run.checkpoints,
+        )
         raise
     if report.reused:
-        logger.info("This run's adapter already exists (same data and config): nothing to train. %s", report.adapter_dir)
+        logger.info(
+            "This run's adapter already exists (same data and config): nothing to train. %s", report.adapter_dir
+        )
     for change in report.step_downs:
         logger.warning("Memory step-down applied in this run: %s", change)
     create_markdown_artifact(
         key="vss-training",
-        markdown=(f"| steps | first loss | final loss | trainable params | resumed from | adapter |\n"
-                  f"|---|---|---|---|---|---|\n"
-                  f"| {report.steps} | {report.first_loss:.3f} | {report.final_loss:.3f} | "
-                  f"{report.trainable_parameters:,} | {report.resumed_from_step} | `{report.adapter_dir}` |"),
+        markdown=(
+            f"| steps | first loss | final loss | trainable params | resumed from | adapter |\n"
+            f"|---|---|---|---|---|---|\n"
+            f"| {report.steps} | {report.first_loss:.3f} | {report.final_loss:.3f} | "
+            f"{report.trainable_parameters:,} | {report.resumed_from_step} | `{report.adapter_dir}` |"
+        ),
         description="Training summary",
     )
     return report
 
 
 @task(name="evaluate_adapter", cache_policy=NO_CACHE)
-def evaluate_adapter(cfg: VSSConfig, run: RunPaths, adapter_dir: str, model_dir: str, codec_dir: str,
-                     samples: list[evaluate.EvalSample], step: int) -> evaluate.EvalReport:
+def evaluate_adapter(
+    cfg: VSSConfig,
+    run: RunPaths,
+    adapter_dir: str,
+    model_dir: str,
+    codec_dir: str,
+    samples: list[evaluate.EvalSample],
+    step: int,
+) -> evaluate.EvalReport:
     """Score the adapter against the base model on samples it never trained on (eval loss per stream, EOS
     before the cap, text WER, mel-cepstral distance); the table and the plots become artifacts, the
     adapter's model card gets the table."""
-    report = evaluate.evaluate(Path(adapter_dir), Path(model_dir), Path(codec_dir), samples, cfg,
-                               Path(run.eval_dir), with_base=cfg.eval.base, tensorboard_dir=Path(run.tensorboard),
-                               step=step, metrics_file=Path(run.metrics))
+    report = evaluate.evaluate(
+        Path(adapter_dir),
+        Path(model_dir),
+        Path(codec_dir),
+        samples,
+        cfg,
+        Path(run.eval_dir),
+        with_base=cfg.eval.base,
+        tensorboard_dir=Path(run.tensorboard),
+        step=step,
+        metrics_file=Path(run.metrics),
+    )
     evaluate.add_to_model_card(Path(adapter_dir), report)
     create_markdown_artifact(key="vss-eval", markdown=eval_markdown(report), description="Held-out evaluation")
     eos = sum(s.ended_with_eos for s in report.scores if s.model == "adapter")
-    get_run_logger().info("Evaluated on %d held-out sample(s): adapter loss %s, base loss %s; %d/%d answers end "
-                          "with EOS before the cap; report %s", len(report.samples),
-                          evaluate._fmt(report.value("adapter", "loss")), evaluate._fmt(report.value("base", "loss")),
-                          eos, len(report.samples), Path(run.eval_dir) / evaluate.REPORT)
+    get_run_logger().info(
+        "Evaluated on %d held-out sample(s): adapter loss %s, base loss %s; %d/%d answers end "
+        "with EOS before the cap; report %s",
+        len(report.samples),
+        evaluate._fmt(report.value("adapter", "loss")),
+        evaluate._fmt(report.value("base", "loss")),
+        eos,
+        len(report.samples),
+        Path(run.eval_dir) / evaluate.REPORT,
+    )
     return report
 
 
@@ -233,21 +287,32 @@ def wait_for_approval(report: evaluate.EvalReport, decision: evaluate.GateDecisi
     from prefect.flow_runs import pause_flow_run
 
     logger = get_run_logger()
-    create_markdown_artifact(key="vss-eval-approval", markdown=(
-        f"## Approve the upload?\n\n{decision.message}.\n\n{report.table()}\n\n"
-        "Resume this flow run in the UI and set `approve` to upload, or leave it off to stop here."),
-        description="Waiting for approval")
-    logger.warning("Waiting for approval to upload (eval.gate=pause): %s. Resume the flow run in the Prefect UI.",
-                   decision.message)
+    create_markdown_artifact(
+        key="vss-eval-approval",
+        markdown=(
+            f"## Approve the upload?\n\n{decision.message}.\n\n{report.table()}\n\n"
+            "Resume this flow run in the UI and set `approve` to upload, or leave it off to stop here."
+        ),
+        description="Waiting for approval",
+    )
+    logger.warning(
+        "Waiting for approval to upload (eval.gate=pause): %s. Resume the flow run in the Prefect UI.", decision.message
+    )
     try:
-        answer = pause_flow_run(wait_for_input=UploadApproval.with_initial_data(
-            description=f"{decision.message}. Approve the upload?"), timeout=int(timeout_s))
+        answer = pause_flow_run(
+            wait_for_input=UploadApproval.with_initial_data(description=f"{decision.message}. Approve the upload?"),
+            timeout=int(timeout_s),
+        )
     except FlowPauseTimeout as exc:
-        raise evaluate.EvalGateError(f"no approval within eval.pause_timeout_s={timeout_s:g} s ({exc}); the adapter "
-                                     "stays in the run directory, not uploaded") from None
+        raise evaluate.EvalGateError(
+            f"no approval within eval.pause_timeout_s={timeout_s:g} s ({exc}); the adapter "
+            "stays in the run directory, not uploaded"
+        ) from None
     if not answer.approve:
-        raise evaluate.EvalGateError(f"upload rejected in the Prefect UI{': ' + answer.note if answer.note else ''}; "
-                                     "the adapter stays in the run directory, not uploaded")
+        raise evaluate.EvalGateError(
+            f"upload rejected in the Prefect UI{': ' + answer.note if answer.note else ''}; "
+            "the adapter stays in the run directory, not uploaded"
+        )
     logger.info("Upload approved%s", f": {answer.note}" if answer.note else "")
 
 

@@ -50,8 +50,10 @@ def _check_source(value: str) -> str:
         return value
     problem = _repo_id_problem(value)
     if problem:
-        raise ValueError(f"neither an existing directory nor a Hub repo id: {problem}. Use "
-                         "owner/name (e.g. meituan-longcat/LongCat-Flash-Omni) or the path of a local checkpoint")
+        raise ValueError(
+            f"neither an existing directory nor a Hub repo id: {problem}. Use "
+            "owner/name (e.g. meituan-longcat/LongCat-Flash-Omni) or the path of a local checkpoint"
+        )
     return value
 
 
@@ -88,7 +90,9 @@ class ModelConfig(_Section):
         description="Hub repo id of the base model, or a local directory in the checkpoint layout (used in place).",
     )
     revision: str = Field("main", min_length=1, description="Hub revision (branch, tag or commit) to download.")
-    cache_dir: str | None = Field(None, description="Download cache; default: huggingface_hub's (HF_HUB_CACHE, HF_HOME/hub).")
+    cache_dir: str | None = Field(
+        None, description="Download cache; default: huggingface_hub's (HF_HUB_CACHE, HF_HOME/hub)."
+    )
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Dtype the model is trained in.")
     codec_source: str = Field(
         "meituan-longcat/LongCat-Audio-Codec",
@@ -139,12 +143,16 @@ class DataConfig(_Section):
         0, ge=0, le=512, description="Validation threads and preparation worker processes; 0 = one per CPU core."
     )
     min_seconds: float = Field(
-        0.0, ge=0, le=3600,
+        0.0,
+        ge=0,
+        le=3600,
         description="Shortest in.mp4/in.wav/out.wav accepted (s); a shorter one makes the sample invalid. "
         "0: only what decoding needs (one video frame, one 25 ms fbank window).",
     )
     max_seconds: float | None = Field(
-        None, gt=0, le=36000,
+        None,
+        gt=0,
+        le=36000,
         description="Longest in.mp4/in.wav/out.wav accepted as is (s); unset: data.audio_seconds. "
         "What happens to a longer one is data.on_too_long.",
     )
@@ -165,13 +173,16 @@ class DataConfig(_Section):
         "sha256 of every file, which reads every byte).",
     )
     eval_fraction: float = Field(
-        0.0, ge=0, lt=1,
+        0.0,
+        ge=0,
+        lt=1,
         description="Share of the valid samples held out for the evaluate stage, never trained on: the samples "
         "whose sha256(name) rank lowest (deterministic, by name), at least one when > 0. 0: none (unless "
         "data.eval_root is set).",
     )
     eval_root: str | None = Field(
-        None, description="A separate dataset folder (same layout) to evaluate on instead of a held-out share.",
+        None,
+        description="A separate dataset folder (same layout) to evaluate on instead of a held-out share.",
     )
     validation_cache: str | None = Field(
         "~/.cache/vss/validation",
@@ -186,9 +197,7 @@ class DataConfig(_Section):
                 f"data.video_frames={self.video_frames} must be even (the vision encoder patches 2 frames at a time)"
             )
         if self.max_seconds is not None and self.min_seconds >= self.max_seconds:
-            raise ValueError(
-                f"data.min_seconds={self.min_seconds} must be below data.max_seconds={self.max_seconds}"
-            )
+            raise ValueError(f"data.min_seconds={self.min_seconds} must be below data.max_seconds={self.max_seconds}")
         if self.max_seconds is None and self.min_seconds >= self.audio_seconds:
             raise ValueError(
                 f"data.min_seconds={self.min_seconds} must be below data.audio_seconds={self.audio_seconds} "
@@ -222,13 +231,20 @@ class TrainingConfig(_Section):
     save_every_n_steps: int = Field(500, ge=1, description="Save a checkpoint every N optimizer steps.")
     checkpoints_to_keep: int = Field(3, ge=1, le=100, description="Checkpoints kept; older ones are deleted.")
     monitor_interval_s: float = Field(
-        10.0, gt=0, le=3600, description="Seconds between samples of GPU memory/utilisation, RAM and swap while training."
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between samples of GPU memory/utilisation, RAM and swap while training.",
     )
     swap_stop_gb: float = Field(
-        1.0, gt=0, description="Stop training cleanly (after a checkpoint) when swap in use grows by more than this (GiB)."
+        1.0,
+        gt=0,
+        description="Stop training cleanly (after a checkpoint) when swap in use grows by more than this (GiB).",
     )
     ram_stop_gb: float = Field(
-        2.0, ge=0, le=4096,
+        2.0,
+        ge=0,
+        le=4096,
         description="On a machine without swap: stop training cleanly (after a checkpoint) when available RAM "
         "falls below this (GiB); 0 turns this guard off.",
     )
@@ -272,7 +288,9 @@ class DeepSpeedConfig(_Section):
     optimizer_buffer_count: int | None = Field(None, ge=1, le=64, description="offload_optimizer.buffer_count.")
     param_buffer_count: int | None = Field(None, ge=1, le=64, description="offload_param.buffer_count.")
     param_buffer_size: float | None = Field(
-        None, gt=0, description="offload_param.buffer_size (elements); for nvme it must hold the largest parameter partition."
+        None,
+        gt=0,
+        description="offload_param.buffer_size (elements); for nvme it must hold the largest parameter partition.",
     )
     sub_group_size: float | None = Field(None, gt=0, description="zero_optimization.sub_group_size.")
     allgather_sequential: bool = Field(
@@ -307,7 +325,10 @@ class UploadConfig(_Section):
         "Upload LoRA adapter (vss)", min_length=1, description="Commit message of the adapter upload."
     )
     max_attempts: int = Field(
-        5, ge=1, le=20, description="Attempts per Hub call on transient errors (5xx, dropped connections), with backoff."
+        5,
+        ge=1,
+        le=20,
+        description="Attempts per Hub call on transient errors (5xx, dropped connections), with backoff.",
     )
 
     @field_validator("repo_id")
@@ -315,8 +336,7 @@ class UploadConfig(_Section):
     def _repo_id_is_owner_name(cls, value: str | None) -> str | None:
         problem = None if value is None else _repo_id_problem(value)
         if problem:
-            raise ValueError(f"not a Hub repo id: {problem}. Use owner/name, e.g. "
-                             "you/longcat-flash-omni-vss-lora")
+            raise ValueError(f"not a Hub repo id: {problem}. Use owner/name, e.g. you/longcat-flash-omni-vss-lora")
         return value
 
 
@@ -329,20 +349,27 @@ class EvalConfig(_Section):
         "'pause' pauses the flow showing the comparison until approved in the Prefect UI; 'off' uploads anyway.",
     )
     metric: Literal["loss", "text_wer", "mcd", "asr_wer"] = Field(
-        "loss", description="The metric the gate compares (all lower-is-better): eval loss, text WER, mel-cepstral "
+        "loss",
+        description="The metric the gate compares (all lower-is-better): eval loss, text WER, mel-cepstral "
         "distance, or ASR WER (needs eval.asr_model).",
     )
     tolerance: float = Field(0.0, ge=0, description="How much worse than the base the adapter may be on eval.metric.")
     max_seconds: float | None = Field(
-        None, gt=0, le=600, description="Longest speech generated per sample; default: data.audio_seconds.",
+        None,
+        gt=0,
+        le=600,
+        description="Longest speech generated per sample; default: data.audio_seconds.",
     )
     audio_samples: int = Field(2, ge=0, le=64, description="Generated answers logged to TensorBoard as audio.")
     asr_model: str | None = Field(
-        None, description="A local transformers ASR model directory: transcribe the generated speech and score "
+        None,
+        description="A local transformers ASR model directory: transcribe the generated speech and score "
         "its word error rate against out.txt.",
     )
     pause_timeout_s: float = Field(
-        86400.0, gt=0, description="How long eval.gate=pause waits for an approval before failing the run.",
+        86400.0,
+        gt=0,
+        description="How long eval.gate=pause waits for an approval before failing the run.",
     )
 
     @field_validator("gate", mode="before")
@@ -392,7 +419,7 @@ def _partial(section: type[_Section]) -> type[BaseModel]:
 VSSOverrides = create_model(
     "VSSOverrides",
     __config__=ConfigDict(extra="forbid"),
-    __doc__="Values to override in the chosen profile, by section, e.g. {\"training\": {\"learning_rate\": 1e-5}}.",
+    __doc__='Values to override in the chosen profile, by section, e.g. {"training": {"learning_rate": 1e-5}}.',
     **{
         name: (_partial(info.annotation) | None, Field(None, description=info.description))
         for name, info in VSSConfig.model_fields.items()
@@ -407,7 +434,9 @@ def overrides_to_dotted(overrides: BaseModel | dict[str, Any] | list[str] | None
         return []
     if isinstance(overrides, BaseModel):
         nested = overrides.model_dump(exclude_unset=True)
-        return {f"{section}.{key}": value for section, values in nested.items() if values for key, value in values.items()}
+        return {
+            f"{section}.{key}": value for section, values in nested.items() if values for key, value in values.items()
+        }
     return overrides
 
 
@@ -542,7 +571,9 @@ def config_from_json(path: str | Path) -> VSSConfig:
 # --- DeepSpeed ------------------------------------------------------------------------------
 
 
-def _offload(device: str, cfg: DeepSpeedConfig, buffer_count: int | None, buffer_size: float | None = None) -> dict[str, Any]:
+def _offload(
+    device: str, cfg: DeepSpeedConfig, buffer_count: int | None, buffer_size: float | None = None
+) -> dict[str, Any]:
     section: dict[str, Any] = {"device": device, "pin_memory": cfg.pin_memory}
     if device == "nvme":
         section["nvme_path"] = cfg.nvme_path

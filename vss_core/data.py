@@ -43,7 +43,9 @@ import torch
 import torchaudio
 from pydantic import BaseModel, Field, computed_field
 
-from vss_core import codec as codec_lib, model as model_lib, sequence
+from vss_core import codec as codec_lib
+from vss_core import model as model_lib
+from vss_core import sequence
 from vss_core.config import DataConfig
 from vss_core.errors import ConfigError, DatasetError, ModelError, bullet_list
 
@@ -364,9 +366,7 @@ def _probe_wav(path: Path, label: str) -> tuple[AudioInfo | None, list[str]]:
         problems.append(f"{label} is truncated: {frames} of its declared {declared} frames decode")
     rms = math.sqrt(sumsq / (frames * channels)) if frames else 0.0
     dbfs = max(FLOOR_DBFS, 20 * math.log10(rms)) if rms > 0 else FLOOR_DBFS
-    info = AudioInfo(
-        sample_rate=int(rate), channels=int(channels), duration_s=frames / rate, rms_dbfs=round(dbfs, 2)
-    )
+    info = AudioInfo(sample_rate=int(rate), channels=int(channels), duration_s=frames / rate, rms_dbfs=round(dbfs, 2))
     if frames == 0:
         problems.append(f"{label} has no audio samples")
     elif label == "in.wav" and info.duration_s < MIN_FBANK_SECONDS:
@@ -409,8 +409,10 @@ def _locate(
         try:
             real_dir = sample_dir.resolve()
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-            problems.append(f"the sample folder is a link that cannot be followed ({_link_error(exc)}); replace it "
-                            "with a real folder")
+            problems.append(
+                f"the sample folder is a link that cannot be followed ({_link_error(exc)}); replace it "
+                "with a real folder"
+            )
             return present, problems, [("dir", "broken link")]
         if not _inside(real_dir, root):
             problems.append(
@@ -495,16 +497,12 @@ def _apply_limits(report: SampleReport, cfg: DataConfig) -> None:
     key = "data.max_seconds" if cfg.max_seconds is not None else "data.audio_seconds"
     for label, seconds in durations:
         if seconds < cfg.min_seconds:
-            report.problems.append(
-                f"{label} is {seconds:.2f} s, shorter than data.min_seconds={cfg.min_seconds:g}"
-            )
+            report.problems.append(f"{label} is {seconds:.2f} s, shorter than data.min_seconds={cfg.min_seconds:g}")
     long = [(label, seconds) for label, seconds in durations if seconds > limit + DURATION_TOLERANCE_S]
     if long:
         what = ", ".join(f"{label} {seconds:.2f} s" for label, seconds in long)
         if cfg.on_too_long == "error":
-            report.problems.append(
-                f"too long for {key}={limit:g} ({what}); cut the files or set data.on_too_long=crop"
-            )
+            report.problems.append(f"too long for {key}={limit:g} ({what}); cut the files or set data.on_too_long=crop")
         else:
             report.warnings.append(f"longer than {key}={limit:g} ({what}): only the first {limit:g} s is used")
     if cfg.require_non_silent:
@@ -523,8 +521,10 @@ def _sample_key(sample_dir: Path, root: Path, cfg: DataConfig) -> tuple[dict[str
         path = sample_dir / fname
         if path.is_file():
             st = path.stat()
-            rows.append((fname, st.st_size, st.st_mtime_ns, st.st_ino)
-                        + ((_sha256_file(path),) if cfg.fingerprint == "content" else ()))
+            rows.append(
+                (fname, st.st_size, st.st_mtime_ns, st.st_ino)
+                + ((_sha256_file(path),) if cfg.fingerprint == "content" else ())
+            )
     if cfg.fingerprint == "content":
         rows = [(*row, _sha256_file(present[row[0]])) if row[0] in present and len(row) == 4 else row for row in rows]
     key = _sha256_json({"probe": PROBE_FORMAT, "present": sorted(present), "rows": rows})
@@ -560,8 +560,17 @@ def _sample_report(sample_dir: Path, problems: list[str], probe: dict[str, Any],
 # Characters per text token the length check assumes (byte-level BPE on English is ~4; on Chinese
 # ~1.5, so the check only catches transcripts FAR too long; preparation checks the exact token count).
 CHARS_PER_TOKEN = 4
-_SPECIAL_STRINGS = ("<|audio|>", "<|/audio|>", "<|audio_pad|>", "<begin-of-system>", "<begin-of-user>",
-                    "<begin-of-assistant>", "<begin-of-voice-assistant>", "<|image_pad|>", "<image>")
+_SPECIAL_STRINGS = (
+    "<|audio|>",
+    "<|/audio|>",
+    "<|audio_pad|>",
+    "<begin-of-system>",
+    "<begin-of-user>",
+    "<begin-of-assistant>",
+    "<begin-of-voice-assistant>",
+    "<|image_pad|>",
+    "<image>",
+)
 
 
 def _check_texts(report: SampleReport, sample_dir: Path, cfg: DataConfig) -> None:
@@ -583,7 +592,9 @@ def _check_texts(report: SampleReport, sample_dir: Path, cfg: DataConfig) -> Non
         if fname != "out.txt":
             continue
         if not text:
-            report.warnings.append("out.txt is empty: the sample trains as one without a transcript (speech only, no text loss)")
+            report.warnings.append(
+                "out.txt is empty: the sample trains as one without a transcript (speech only, no text loss)"
+            )
             continue
         if "</pause>" in text:
             report.problems.append(
@@ -705,7 +716,11 @@ def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetR
     extras = [p.name for p in entries if p.name not in sample_names]
     for sample_dir in sample_dirs:
         try:
-            extras += [f"{sample_dir.name}/{p.name}" for p in sorted(sample_dir.iterdir()) if p.name not in SAMPLE_FILES + TEXT_FILES]
+            extras += [
+                f"{sample_dir.name}/{p.name}"
+                for p in sorted(sample_dir.iterdir())
+                if p.name not in SAMPLE_FILES + TEXT_FILES
+            ]
         except OSError:
             pass  # an unreadable folder already shows as missing files
     warnings = []
@@ -807,9 +822,8 @@ def _model_preprocessing(model_dir: Path, codec_dir: Path, cfg: DataConfig) -> d
         ModelError: the checkpoint's or the codec's configs are missing or invalid (all problems).
     """
     problems: list[str] = []
-    configs = None
     try:
-        configs = model_lib.CheckpointConfigs(model_dir)
+        model_lib.CheckpointConfigs(model_dir)  # every config problem at once
     except ModelError as exc:
         problems.append(str(exc))
     try:
@@ -833,7 +847,6 @@ def _model_preprocessing(model_dir: Path, codec_dir: Path, cfg: DataConfig) -> d
             f"{bullet_list(problems)}\nCheck model.source points at a complete LongCat-Flash-Omni checkpoint "
             "and model.codec_source at LongCat-Audio-Codec."
         )
-    ck = model_lib.checkpoint
     small = _preprocessing_files(model_dir)
     return {
         "format": PREPARE_FORMAT,
@@ -873,8 +886,12 @@ def _preparer(model_dir: Path, codec_dir: Path | None) -> _Preparer:
     """The preparer of these directories, reused within a process while their files are unchanged
     (keyed by the files' content, so an edited config or cmvn is never served from memory)."""
     codec_key = None if codec_dir is None else codec_lib.encoder_fingerprint(codec_dir)
-    key = (str(model_dir), None if codec_dir is None else str(codec_dir),
-           _file_digest(_preprocessing_files(Path(model_dir))), codec_key)
+    key = (
+        str(model_dir),
+        None if codec_dir is None else str(codec_dir),
+        _file_digest(_preprocessing_files(Path(model_dir))),
+        codec_key,
+    )
     if key not in _PREPARERS:
         _PREPARERS.clear()  # one checkpoint at a time: drop what an older version of the files loaded
         _PREPARERS[key] = _Preparer(model_dir, codec_dir)
@@ -992,10 +1009,18 @@ def _prepare_inputs(sample_dir: Path, s: dict[str, Any], duration_s: float, prep
     }
 
 
-def _sequence(prep: _Preparer, inputs: dict[str, Any], codes: torch.Tensor | None, transcript: str | None) -> dict[str, torch.Tensor]:
+def _sequence(
+    prep: _Preparer, inputs: dict[str, Any], codes: torch.Tensor | None, transcript: str | None
+) -> dict[str, torch.Tensor]:
     return sequence.build_voice_chat_sample(
-        prep.tokenizer, prep.ids, frame_pairs=inputs["frame_pairs"], n_audio_tokens=inputs["audio_features"].shape[0],
-        codes=codes, transcript=transcript, system=inputs["system"], instruction=inputs["instruction"],
+        prep.tokenizer,
+        prep.ids,
+        frame_pairs=inputs["frame_pairs"],
+        n_audio_tokens=inputs["audio_features"].shape[0],
+        codes=codes,
+        transcript=transcript,
+        system=inputs["system"],
+        instruction=inputs["instruction"],
     )
 
 
@@ -1007,7 +1032,9 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     inputs = _prepare_inputs(sample_dir, s, job["duration_s"], prep)
     for key in ("pixel_values", "audio_features"):
         if not torch.isfinite(inputs[key]).all():  # never write a file that would train on NaN
-            raise DatasetError(f"{key} of {sample_dir} are not finite (NaN/Inf); check in.mp4 and in.wav decode to sane values")
+            raise DatasetError(
+                f"{key} of {sample_dir} are not finite (NaN/Inf); check in.mp4 and in.wav decode to sane values"
+            )
     target = _read_mono(sample_dir / "out.wav", prep.codec.sample_rate, s["crop_seconds"])
     codes = prep.codec.encode(target).to(torch.int64)
     seq = _sequence(prep, inputs, codes, _read_text(sample_dir / "out.txt"))
@@ -1060,8 +1087,12 @@ def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[s
             "Add or fix the files (a sample folder holds in.mp4 and in.wav)."
         )
     prep = _preparer(Path(model_dir), None)
-    settings = {"video_frames": cfg.video_frames, "video_fps": cfg.video_fps, "crop_seconds": cfg.crop_seconds,
-                "sample_rate": cfg.sample_rate}
+    settings = {
+        "video_frames": cfg.video_frames,
+        "video_fps": cfg.video_fps,
+        "crop_seconds": cfg.crop_seconds,
+        "sample_rate": cfg.sample_rate,
+    }
     video = VideoInfo.model_validate(probe["video"])
     inputs = _prepare_inputs(sample_dir, settings, _video_duration(video, cfg.crop_seconds), prep)
     seq = _sequence(prep, inputs, None, None)
@@ -1192,7 +1223,11 @@ def _remove_stale_temps(out_dir: Path) -> list[str]:
 
 
 def prepare_dataset(
-    samples: list[SampleReport], cfg: DataConfig, model_dir: Path, codec_dir: Path, out_dir: Path,
+    samples: list[SampleReport],
+    cfg: DataConfig,
+    model_dir: Path,
+    codec_dir: Path,
+    out_dir: Path,
     lock_timeout_s: float | None = None,
 ) -> PreparedDataset:
     """Turn samples into model inputs: `out_dir/<sample>.pt` (frames, fbank, codes) and manifest.json.
@@ -1222,7 +1257,9 @@ def prepare_dataset(
     good = [s for s in samples if s.ok]
     skipped = [s.name for s in samples if not s.ok]
     if not good:
-        raise DatasetError(f"data: no valid sample to prepare (given {len(samples)}). Run validation first and fix the files.")
+        raise DatasetError(
+            f"data: no valid sample to prepare (given {len(samples)}). Run validation first and fix the files."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     with _prepare_lock(out_dir, lock_timeout_s):
         _remove_stale_temps(out_dir)
@@ -1230,8 +1267,14 @@ def prepare_dataset(
 
 
 def _prepare_locked(
-    good: list[SampleReport], skipped: list[str], cfg: DataConfig, settings: dict[str, Any], settings_key: str,
-    model_dir: Path, codec_dir: Path, out_dir: Path,
+    good: list[SampleReport],
+    skipped: list[str],
+    cfg: DataConfig,
+    settings: dict[str, Any],
+    settings_key: str,
+    model_dir: Path,
+    codec_dir: Path,
+    out_dir: Path,
 ) -> PreparedDataset:
     manifest_path = out_dir / MANIFEST
     try:
@@ -1280,7 +1323,9 @@ def _prepare_locked(
     elif jobs:
         # spawn, not fork: the caller may hold threads (Prefect, torch's pools) that fork does not copy safely.
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_worker_init
+        ) as pool:
             futures = {pool.submit(_prepare_one, job): job["name"] for job in jobs}
             for fut in concurrent.futures.as_completed(futures):
                 try:
@@ -1330,7 +1375,9 @@ def load_prepared(prepared_dir: Path, only: set[str] | None = None) -> list[dict
         if not isinstance(entries, list) or not all(isinstance(e, dict) and "file" in e for e in entries):
             raise ValueError("'samples' must be a list of entries with a 'file'")
     except FileNotFoundError:
-        raise DatasetError(f"{manifest_path} does not exist: prepare the dataset first (the prepare data stage).") from None
+        raise DatasetError(
+            f"{manifest_path} does not exist: prepare the dataset first (the prepare data stage)."
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{manifest_path} is unreadable ({_error_text(exc)}): prepare the dataset again.") from None
     widths = {int(e["audio_width"]) for e in entries if isinstance(e.get("audio_width"), int)}
@@ -1373,7 +1420,9 @@ def _item_problems(item: dict[str, torch.Tensor], entry: dict[str, Any], key: An
         return [f"lacks {', '.join(missing)}"]
     problems = []
     if entry.get("key") is not None and key != entry.get("key"):
-        problems.append(f"was made with other inputs or settings (key {str(key)[:12]}, manifest {str(entry['key'])[:12]})")
+        problems.append(
+            f"was made with other inputs or settings (key {str(key)[:12]}, manifest {str(entry['key'])[:12]})"
+        )
     grids = item["grid_shapes"]
     if grids.ndim != 2 or grids.shape[1] != 3:
         problems.append(f"grid_shapes has shape {tuple(grids.shape)}, not [frames, 3]")
@@ -1446,5 +1495,11 @@ def check_data_changed(cfg: DataConfig, state_dir: Path, cache_dir: Path | None 
         message = f"{root}: changed ({previous[:12]} -> {report.fingerprint[:12]}, {len(report.samples)} samples)"
     else:
         message = f"{root}: unchanged ({len(report.samples)} samples)"
-    return DataChange(root=root, fingerprint=report.fingerprint, previous=previous, samples=len(report.samples),
-                      changed=changed, message=message)
+    return DataChange(
+        root=root,
+        fingerprint=report.fingerprint,
+        previous=previous,
+        samples=len(report.samples),
+        changed=changed,
+        message=message,
+    )

@@ -263,7 +263,9 @@ def _harmonic_voice(f0: np.ndarray, env: np.ndarray, noise: np.ndarray) -> np.nd
     return 0.5 * wave / max(1e-9, float(np.max(np.abs(wave))))
 
 
-def _speech_pair(rng: np.random.Generator, seconds: float, colour: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _speech_pair(
+    rng: np.random.Generator, seconds: float, colour: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     n = max(1, round(seconds * SAMPLE_RATE))
     t = np.arange(n) / SAMPLE_RATE
     env = _syllable_envelope(rng, n)

@@ -91,8 +91,10 @@ class EvalReport(BaseModel):
         each figure is computed."""
         models = [m for m in ("adapter", "base") if m in self.summary]
         pair = len(models) == 2
-        rows = ["| metric | " + " | ".join(models) + (" | change |" if pair else " |"),
-                "|" + "---|" * (len(models) + (2 if pair else 1))]
+        rows = [
+            "| metric | " + " | ".join(models) + (" | change |" if pair else " |"),
+            "|" + "---|" * (len(models) + (2 if pair else 1)),
+        ]
         shown = []
         for metric in SUMMARY_METRICS:
             values = [self.value(m, metric) for m in models]
@@ -107,8 +109,11 @@ class EvalReport(BaseModel):
         table = "\n".join(rows) + f"\n\n{len(self.samples)} evaluation sample(s): {', '.join(self.samples)}"
         if not how:
             return table
-        notes = [f"- **{m}**: {self.methods[m]}" for m in ("loss", "eos_rate", "text_wer", "mcd", "asr_wer")
-               if m in shown and m in self.methods]
+        notes = [
+            f"- **{m}**: {self.methods[m]}"
+            for m in ("loss", "eos_rate", "text_wer", "mcd", "asr_wer")
+            if m in shown and m in self.methods
+        ]
         if any(m.startswith("loss_") for m in shown):
             notes.insert(1, "- **loss_text .. loss_acoustic3**: the same loss for one stream alone")
         return table + "\n\nHow each figure is computed:\n\n" + "\n".join(notes)
@@ -135,8 +140,10 @@ def held_out_samples(dataset, prepared, fraction: float) -> list[EvalSample]:
     """The held-out samples of a validated + prepared dataset (data.eval_fraction)."""
     dirs = {s.name: s.path for s in dataset.samples}
     files = dict(zip(prepared.samples, prepared.files))
-    return [EvalSample(name=n, sample_dir=dirs[n], prepared_file=files[n])
-            for n in split.held_out(prepared.samples, fraction)]
+    return [
+        EvalSample(name=n, sample_dir=dirs[n], prepared_file=files[n])
+        for n in split.held_out(prepared.samples, fraction)
+    ]
 
 
 def all_samples(dataset, prepared) -> list[EvalSample]:
@@ -159,9 +166,15 @@ def _sha256(path: Path) -> str:
 def _settings(cfg: VSSConfig, samples: list[EvalSample], with_base: bool) -> dict[str, Any]:
     e, d, t = cfg.eval, cfg.data, cfg.training
     return {
-        "samples": [s.model_dump() for s in samples], "base": with_base, "max_seconds": e.max_seconds,
-        "asr_model": e.asr_model, "audio_seconds": d.audio_seconds, "video_frames": d.video_frames,
-        "video_fps": d.video_fps, "max_seconds_data": d.max_seconds, "text_loss_weight": t.text_loss_weight,
+        "samples": [s.model_dump() for s in samples],
+        "base": with_base,
+        "max_seconds": e.max_seconds,
+        "asr_model": e.asr_model,
+        "audio_seconds": d.audio_seconds,
+        "video_frames": d.video_frames,
+        "video_fps": d.video_fps,
+        "max_seconds_data": d.max_seconds,
+        "text_loss_weight": t.text_loss_weight,
         "codebook_loss_weights": list(t.codebook_loss_weights) if t.codebook_loss_weights else None,
     }
 
@@ -172,8 +185,10 @@ def _asr(model_dir: str | None):
     from transformers import pipeline
 
     if not Path(model_dir).expanduser().is_dir():
-        raise VSSError(f"eval.asr_model={model_dir!r} is not a directory: point it at a local transformers ASR "
-                       "model (e.g. a downloaded whisper or wav2vec2 checkpoint), or unset it")
+        raise VSSError(
+            f"eval.asr_model={model_dir!r} is not a directory: point it at a local transformers ASR "
+            "model (e.g. a downloaded whisper or wav2vec2 checkpoint), or unset it"
+        )
     return pipeline("automatic-speech-recognition", model=str(Path(model_dir).expanduser()), device="cpu")
 
 
@@ -188,9 +203,13 @@ def summarise(scores: list[SampleScore]) -> dict[str, dict[str, float | None]]:
         mine = [s for s in scores if s.model == model]
         if not mine:
             continue
-        row = {"loss": _mean([s.loss for s in mine]), "eos_rate": _mean([float(s.ended_with_eos) for s in mine]),
-               "text_wer": _mean([s.text_wer for s in mine]), "mcd": _mean([s.mcd for s in mine]),
-               "asr_wer": _mean([s.asr_wer for s in mine])}
+        row = {
+            "loss": _mean([s.loss for s in mine]),
+            "eos_rate": _mean([float(s.ended_with_eos) for s in mine]),
+            "text_wer": _mean([s.text_wer for s in mine]),
+            "mcd": _mean([s.mcd for s in mine]),
+            "asr_wer": _mean([s.asr_wer for s in mine]),
+        }
         for stream in STREAMS:
             row[f"loss_{stream}"] = _mean([s.stream_losses.get(stream) for s in mine])
         out[model] = row
@@ -198,8 +217,16 @@ def summarise(scores: list[SampleScore]) -> dict[str, dict[str, float | None]]:
 
 
 def evaluate(
-    adapter_dir: Path, model_dir: Path, codec_dir: Path | None, samples: list[EvalSample], cfg: VSSConfig,
-    out_dir: Path, *, with_base: bool = True, tensorboard_dir: Path | None = None, step: int = 0,
+    adapter_dir: Path,
+    model_dir: Path,
+    codec_dir: Path | None,
+    samples: list[EvalSample],
+    cfg: VSSConfig,
+    out_dir: Path,
+    *,
+    with_base: bool = True,
+    tensorboard_dir: Path | None = None,
+    step: int = 0,
     metrics_file: Path | None = None,
 ) -> EvalReport:
     """Score the adapter (and the base model) on `samples`; write `out_dir`/report.json, the answers and plots.
@@ -208,13 +235,17 @@ def evaluate(
         DatasetError / ModelError: a sample, the adapter, the checkpoint or the decoder cannot be used.
         VSSError: no samples, or eval.asr_model is not a directory.
     """
-    from vss_core import codec as codec_lib, data, generate, infer, model as omni
+    from vss_core import codec as codec_lib
+    from vss_core import data, generate, infer
+    from vss_core import model as omni
     from vss_core.model.batch import collate
 
     adapter_dir, model_dir, out_dir = Path(adapter_dir), Path(model_dir), Path(out_dir)
     if not samples:
-        raise VSSError("evaluate: no held-out samples. Set data.eval_fraction (e.g. 0.1) or data.eval_root, "
-                       "or pass --data with at least one valid sample")
+        raise VSSError(
+            "evaluate: no held-out samples. Set data.eval_fraction (e.g. 0.1) or data.eval_root, "
+            "or pass --data with at least one valid sample"
+        )
     sha = _sha256(adapter_dir / infer.ADAPTER_WEIGHTS)
     settings = _settings(cfg, samples, with_base)
     previous = _load_report(out_dir)
@@ -243,19 +274,33 @@ def evaluate(
                 text = infer.clean_text(configs.tokenizer, gen.text_ids)
                 target_wave, transcript = targets[s.name]
                 score = SampleScore(
-                    sample=s.name, model=model_name, loss=loss, stream_losses=streams, ended_with_eos=gen.stopped_at_eos,
-                    frames=int(gen.codes.shape[0]), seconds=len(wave) / decoder.sample_rate, text=text,
+                    sample=s.name,
+                    model=model_name,
+                    loss=loss,
+                    stream_losses=streams,
+                    ended_with_eos=gen.stopped_at_eos,
+                    frames=int(gen.codes.shape[0]),
+                    seconds=len(wave) / decoder.sample_rate,
+                    text=text,
                     text_wer=metrics.word_error_rate(text, transcript) if transcript else None,
                     mcd=metrics.mel_cepstral_distance(wave, target_wave.numpy(), decoder.sample_rate),
                 )
                 if asr is not None and transcript and len(wave):
-                    score.asr_text = str(asr({"raw": wave.astype(np.float32), "sampling_rate": decoder.sample_rate})["text"])
+                    score.asr_text = str(
+                        asr({"raw": wave.astype(np.float32), "sampling_rate": decoder.sample_rate})["text"]
+                    )
                     score.asr_wer = metrics.word_error_rate(score.asr_text, transcript)
                 scores.append(score)
                 answers[(model_name, s.name)] = wave
                 _write_answer(out_dir / "answers" / model_name, s.name, wave, text, decoder.sample_rate)
-    report = EvalReport(adapter_dir=str(adapter_dir), adapter_sha256=sha, samples=[s.name for s in samples],
-                        settings=settings, scores=scores, summary=summarise(scores))
+    report = EvalReport(
+        adapter_dir=str(adapter_dir),
+        adapter_sha256=sha,
+        samples=[s.name for s in samples],
+        settings=settings,
+        scores=scores,
+        summary=summarise(scores),
+    )
     report.plots = plot_all(report, out_dir, metrics_file)
     if tensorboard_dir is not None:
         _log_tensorboard(report, answers, Path(tensorboard_dir), step, decoder.sample_rate, cfg.eval.audio_samples)
@@ -270,8 +315,11 @@ def _eval_loss(net, sample: EvalSample, cfg: VSSConfig, collate) -> tuple[float 
         return None, {}
     item = torch.load(sample.prepared_file, weights_only=True, map_location="cpu")
     tensors = {k: v for k, v in item.items() if isinstance(v, torch.Tensor)}
-    out = net(**collate([tensors]), text_weight=cfg.training.text_loss_weight,
-              codebook_weights=cfg.training.codebook_loss_weights)
+    out = net(
+        **collate([tensors]),
+        text_weight=cfg.training.text_loss_weight,
+        codebook_weights=cfg.training.codebook_loss_weights,
+    )
     parts = [float(out.text_loss), *[float(x) for x in out.codebook_losses]]
     return float(out.loss), dict(zip(STREAMS, parts))
 
@@ -306,7 +354,9 @@ def _log_tensorboard(report: EvalReport, answers, folder: Path, step: int, rate:
             for model in report.summary:
                 wave = answers.get((model, name))
                 if wave is not None and len(wave):
-                    writer.add_audio(f"eval/{model}/{name}", torch.as_tensor(wave).reshape(1, -1), step, sample_rate=rate)
+                    writer.add_audio(
+                        f"eval/{model}/{name}", torch.as_tensor(wave).reshape(1, -1), step, sample_rate=rate
+                    )
     finally:
         writer.close()
 
@@ -369,7 +419,7 @@ def plot_comparison(report: EvalReport, path: Path) -> Path:
     rows = math.ceil(max(1, len(names)) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), dpi=100, squeeze=False)
     colors = {"adapter": "#1f77b4", "base": "#aaaaaa"}
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.axis("off")
     for ax, metric in zip(axes.flat, names):
         vals = [report.value(m, metric) or 0.0 for m in models]
@@ -398,18 +448,35 @@ def gate(report: EvalReport, metric: str, tolerance: float = 0.0) -> GateDecisio
     adapter, base = report.value("adapter", metric), report.value("base", metric)
     if adapter is None or base is None:
         return GateDecision(
-            passed=False, metric=metric, adapter=adapter, base=base,
+            passed=False,
+            metric=metric,
+            adapter=adapter,
+            base=base,
             message=f"eval.metric={metric} could not be computed for both models ({metrics.METHODS.get(metric, '')}); "
-                    "choose another eval.metric (loss always exists) or add what it needs",
+            "choose another eval.metric (loss always exists) or add what it needs",
         )
     worse = adapter - base
     if worse > tolerance:
-        return GateDecision(passed=False, metric=metric, adapter=adapter, base=base, message=(
-            f"the adapter is worse than the base model on {metric}: {adapter:.4f} vs {base:.4f} (+{worse:.4f}, "
-            f"eval.tolerance {tolerance:g}) on {len(report.samples)} held-out sample(s)"))
-    return GateDecision(passed=True, metric=metric, adapter=adapter, base=base, message=(
-        f"the adapter is {'better than' if worse < 0 else 'as good as'} the base model on {metric}: {adapter:.4f} vs "
-        f"{base:.4f} ({worse:+.4f})"))
+        return GateDecision(
+            passed=False,
+            metric=metric,
+            adapter=adapter,
+            base=base,
+            message=(
+                f"the adapter is worse than the base model on {metric}: {adapter:.4f} vs {base:.4f} (+{worse:.4f}, "
+                f"eval.tolerance {tolerance:g}) on {len(report.samples)} held-out sample(s)"
+            ),
+        )
+    return GateDecision(
+        passed=True,
+        metric=metric,
+        adapter=adapter,
+        base=base,
+        message=(
+            f"the adapter is {'better than' if worse < 0 else 'as good as'} the base model on {metric}: {adapter:.4f} vs "
+            f"{base:.4f} ({worse:+.4f})"
+        ),
+    )
 
 
 CARD_SECTION = "## Evaluation (vss)"
@@ -420,7 +487,9 @@ def add_to_model_card(adapter_dir: Path, report: EvalReport) -> None:
     card = Path(adapter_dir) / "README.md"
     text = card.read_text() if card.is_file() else ""
     text = text.split(CARD_SECTION)[0].rstrip()
-    text += f"\n\n{CARD_SECTION}\n\nOn held-out samples never trained on (adapter vs the base model):\n\n{report.table()}\n"
+    text += (
+        f"\n\n{CARD_SECTION}\n\nOn held-out samples never trained on (adapter vs the base model):\n\n{report.table()}\n"
+    )
     tmp = card.with_name(f".{card.name}.tmp-{os.getpid()}")
     tmp.write_text(text.lstrip())
     os.replace(tmp, card)
@@ -430,8 +499,13 @@ def add_to_model_card(adapter_dir: Path, report: EvalReport) -> None:
 
 
 def evaluate_folder(
-    adapter_dir: Path, data_dir: Path, *, out_dir: Path | None = None, model_dir: Path | None = None,
-    codec_dir: Path | None = None, with_base: bool = False,
+    adapter_dir: Path,
+    data_dir: Path,
+    *,
+    out_dir: Path | None = None,
+    model_dir: Path | None = None,
+    codec_dir: Path | None = None,
+    with_base: bool = False,
 ) -> EvalReport:
     """`vss eval`: every valid sample of `data_dir` (validated and prepared with the run's data settings,
     from adapter_dir/../config.json) scored with the adapter, and with the base model when `with_base`.
@@ -447,11 +521,14 @@ def evaluate_folder(
     adapter_dir, data_dir = Path(adapter_dir), Path(data_dir)
     model_dir, codec_dir, cfg, problems = infer.resolve_model_dir(adapter_dir, model_dir, codec_dir)
     if problems or model_dir is None:
-        raise ModelError(f"vss eval cannot run:\n{bullet_list(problems or ['the base checkpoint is unknown: pass --model'])}")
+        raise ModelError(
+            f"vss eval cannot run:\n{bullet_list(problems or ['the base checkpoint is unknown: pass --model'])}"
+        )
     cfg = cfg or VSSConfig()
     codec_dir = codec_dir or model_dir / "audio_codec"
-    data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), "root": str(data_dir), "eval_fraction": 0.0,
-                                          "on_invalid": "skip"})
+    data_cfg = DataConfig.model_validate(
+        {**cfg.data.model_dump(), "root": str(data_dir), "eval_fraction": 0.0, "on_invalid": "skip"}
+    )
     report = data.validate_dataset(data_cfg)
     valid = data.select_samples(report, "skip")
     if not valid:
@@ -461,5 +538,13 @@ def evaluate_folder(
     prepared = data.prepare_dataset(valid, data_cfg, model_dir, codec_dir, prepared_dir)
     cfg = cfg.model_copy(update={"data": data_cfg})
     metrics_file = adapter_dir.parent / "metrics.jsonl"
-    return evaluate(adapter_dir, model_dir, codec_dir, all_samples(report, prepared), cfg, out_dir,
-                    with_base=with_base, metrics_file=metrics_file if metrics_file.is_file() else None)
+    return evaluate(
+        adapter_dir,
+        model_dir,
+        codec_dir,
+        all_samples(report, prepared),
+        cfg,
+        out_dir,
+        with_base=with_base,
+        metrics_file=metrics_file if metrics_file.is_file() else None,
+    )

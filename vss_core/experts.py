@@ -227,4 +227,3 @@ def zero_expert_rows_dropped(state: dict[str, torch.Tensor], config: LongcatFlas
     experts: the tensors `RoutedExperts` loads (and what the real checkpoint holds)."""
     n = config.n_routed_experts
     return {k: (v[:n] if k.rsplit(".", 1)[-1] == "gate_up_proj" else v) for k, v in state.items()}
-

@@ -81,12 +81,17 @@ def generate(
         ConfigError: max_steps < 1, temperature < 0 or top_k < 0.
     """
     if max_steps < 1 or temperature < 0 or top_k < 0:
-        raise ConfigError(f"generation: max_steps={max_steps} must be >= 1, temperature={temperature} and "
-                          f"top_k={top_k} must be >= 0")
+        raise ConfigError(
+            f"generation: max_steps={max_steps} must be >= 1, temperature={temperature} and top_k={top_k} must be >= 0"
+        )
     gen = torch.Generator().manual_seed(seed)
     embeds = model.embed(
-        prompt["input_ids"][None], prompt["codec_ids"][None], prompt.get("pixel_values"), prompt.get("grid_shapes"),
-        prompt["audio_features"][None], torch.ones(1, prompt["audio_features"].shape[0], dtype=torch.bool),
+        prompt["input_ids"][None],
+        prompt["codec_ids"][None],
+        prompt.get("pixel_values"),
+        prompt.get("grid_shapes"),
+        prompt["audio_features"][None],
+        torch.ones(1, prompt["audio_features"].shape[0], dtype=torch.bool),
     )
     llm, heads = model.llm.model, model.audio_output_layer
     out = llm(inputs_embeds=embeds, use_cache=True)
@@ -129,10 +134,13 @@ def generate(
         fed.append([fed_text, *audio])
         codec_in = [a if a >= 0 else emb.PADDING_IDX for a in audio]
         x = emb.merge_embeddings(
-            model.text_embedding, model.audio_embedding,
-            torch.tensor([[fed_text]], device=device), torch.tensor([[codec_in]], device=device),
+            model.text_embedding,
+            model.audio_embedding,
+            torch.tensor([[fed_text]], device=device),
+            torch.tensor([[codec_in]], device=device),
         ).to(embeds.dtype)
         out = llm(inputs_embeds=x, past_key_values=cache, use_cache=True)
         cache, h = out.past_key_values, out.last_hidden_state[0, -1]
-    return Generation(codes=shift_codec_back(history), text_ids=text_ids, stopped_at_eos=stopped,
-                      segments=segments, steps=fed)
+    return Generation(
+        codes=shift_codec_back(history), text_ids=text_ids, stopped_at_eos=stopped, segments=segments, steps=fed
+    )

@@ -55,8 +55,11 @@ class HardwareReport(BaseModel):
         if self.gpus:
             rows.append(("Driver / CUDA", f"{self.driver_version or '?'} / {self.cuda_version or '?'}"))
         rows += [
-            (f"GPU {g.index}", f"{g.name}, {g.memory_free_gb:.1f} / {g.memory_total_gb:.1f} GiB free"
-             + (f", NVLink to {', '.join(map(str, g.nvlink_peers))}" if g.nvlink_peers else ", no NVLink"))
+            (
+                f"GPU {g.index}",
+                f"{g.name}, {g.memory_free_gb:.1f} / {g.memory_total_gb:.1f} GiB free"
+                + (f", NVLink to {', '.join(map(str, g.nvlink_peers))}" if g.nvlink_peers else ", no NVLink"),
+            )
             for g in self.gpus
         ]
         return "| resource | found |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -225,7 +228,10 @@ def plan_run(
     if remote is not None and not planner.is_local_source(run.model.source):
         configs_dir, download = remote(run.model)
     ins = planner.inputs_from_config(
-        run, model_shape(run.model, configs_dir), download_bytes=download, cached_bytes=cached_bytes(run.model),
+        run,
+        model_shape(run.model, configs_dir),
+        download_bytes=download,
+        cached_bytes=cached_bytes(run.model),
         num_samples=count_samples(run.data.root),
     )
     return planner.plan(ins, machine)
@@ -290,8 +296,11 @@ def check(
         the_plan = plan_run(run, machine_from_report(report, cfg), remote)
         warnings = [w for w in warnings if "swap" not in w] + the_plan.warnings
         if not the_plan.fits:
-            short = [f"{r.name}: needs {r.need_gib:,.1f} GiB, has {r.have_gib:,.1f} GiB"
-                     for r in the_plan.resources if r.fits is False]
+            short = [
+                f"{r.name}: needs {r.need_gib:,.1f} GiB, has {r.have_gib:,.1f} GiB"
+                for r in the_plan.resources
+                if r.fits is False
+            ]
             problems.append(
                 f"the run does not fit this machine ({'; '.join(short)}). Plan:\n\n{the_plan.table()}\n\n"
                 f"Plan other settings or hardware with `vss plan --profile {profile} [KEY=VALUE ...]`."

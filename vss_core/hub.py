@@ -77,8 +77,14 @@ log = logging.getLogger(__name__)
 # Tokenizer files: the three the official checkpoint's tokenizer needs, and the optional ones of other
 # tokenizer kinds (all small).
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
 )
 INDEX_FILE = "model.safetensors.index.json"
 # What vss downloads of the omni checkpoint: the layout of vss_core.model.checkpoint (which owns the rule
@@ -279,8 +285,13 @@ _Opened = Path | _Repo | None  # a local source, a resolved Hub repo, or None wh
 def _specs(cfg: ModelConfig) -> tuple[_Spec, _Spec]:
     return (
         _Spec("model.source", "model.revision", cfg.source, cfg.revision, tuple(ALLOW_PATTERNS)),
-        _Spec("model.codec_source", "model.codec_revision", cfg.codec_source, cfg.codec_revision,
-              tuple(CODEC_ALLOW_PATTERNS)),
+        _Spec(
+            "model.codec_source",
+            "model.codec_revision",
+            cfg.codec_source,
+            cfg.codec_revision,
+            tuple(CODEC_ALLOW_PATTERNS),
+        ),
     )
 
 
@@ -316,9 +327,13 @@ def _client(cfg: ModelConfig, settings: Settings, sleep: Sleep) -> _Client:
     enable_xet_high_performance()
     token = settings.hf_token.get_secret_value() if settings.hf_token else False
     return _Client(
-        api=hf.HfApi(endpoint=settings.hf_endpoint, token=token, library_name="vss"), settings=settings, token=token,
-        cache_dir=Path(cfg.cache_dir or settings.hub_cache_dir).expanduser().absolute(), verify=cfg.verify,
-        workers=cfg.download_workers, sleep=sleep,
+        api=hf.HfApi(endpoint=settings.hf_endpoint, token=token, library_name="vss"),
+        settings=settings,
+        token=token,
+        cache_dir=Path(cfg.cache_dir or settings.hub_cache_dir).expanduser().absolute(),
+        verify=cfg.verify,
+        workers=cfg.download_workers,
+        sleep=sleep,
     )
 
 
@@ -345,18 +360,30 @@ def download_weights(cfg: ModelConfig, settings: Settings, *, sleep: Sleep = tim
 
     (model_commit, model_requested), (codec_commit, codec_requested) = _pin(model), _pin(codec)
     report = WeightsReport(
-        path=str(_dir(model)), source=cfg.source, revision=model_commit, requested_revision=model_requested,
-        downloaded=isinstance(model, _Repo), **_tallies(model),
-        codec_path=str(_dir(codec)), codec_source=cfg.codec_source, codec_revision=codec_commit,
-        codec_requested_revision=codec_requested, codec_downloaded=isinstance(codec, _Repo),
+        path=str(_dir(model)),
+        source=cfg.source,
+        revision=model_commit,
+        requested_revision=model_requested,
+        downloaded=isinstance(model, _Repo),
+        **_tallies(model),
+        codec_path=str(_dir(codec)),
+        codec_source=cfg.codec_source,
+        codec_revision=codec_commit,
+        codec_requested_revision=codec_requested,
+        codec_downloaded=isinstance(codec, _Repo),
         codec=DownloadTally(**_tallies(codec)),
     )
     for repo, t in ((model, report), (codec, report.codec)):
         if isinstance(repo, _Repo):
             log.info(
                 "%s pinned to commit %s: %d files, %s downloaded, %s already cached, %s resumed, %s fetched again",
-                repo.where, repo.commit, t.files, _fmt(t.bytes_downloaded), _fmt(t.bytes_cached),
-                _fmt(t.bytes_resumed), _fmt(t.bytes_refetched),
+                repo.where,
+                repo.commit,
+                t.files,
+                _fmt(t.bytes_downloaded),
+                _fmt(t.bytes_cached),
+                _fmt(t.bytes_resumed),
+                _fmt(t.bytes_refetched),
             )
     return report
 
@@ -388,9 +415,15 @@ def _tallies(opened: _Opened) -> dict[str, Any]:
         return {}
     v = opened.tally.values
     return dict(
-        files=len(opened.files), files_fetched=v["fetched"], bytes_total=sum(f.size for f in opened.files),
-        bytes_cached=v["cached"], bytes_resumed=v["resumed"], bytes_downloaded=v["downloaded"],
-        bytes_refetched=v["refetched"], damaged=sorted(opened.tally.damaged), orphans_removed=v["orphans"],
+        files=len(opened.files),
+        files_fetched=v["fetched"],
+        bytes_total=sum(f.size for f in opened.files),
+        bytes_cached=v["cached"],
+        bytes_resumed=v["resumed"],
+        bytes_downloaded=v["downloaded"],
+        bytes_refetched=v["refetched"],
+        damaged=sorted(opened.tally.damaged),
+        orphans_removed=v["orphans"],
     )
 
 
@@ -450,14 +483,19 @@ def _resolve(spec: _Spec, client: _Client) -> _Repo:
     with _hub_errors(f"{spec.key} {where}", client.settings, kind="download", revision_key=spec.revision_key):
         info = _retrying(
             lambda: client.api.model_info(spec.source, revision=spec.revision, files_metadata=True),
-            f"model info of {where}", DOWNLOAD_ATTEMPTS, client.sleep,
+            f"model info of {where}",
+            DOWNLOAD_ATTEMPTS,
+            client.sleep,
         )
         if not _is_commit(info.sha):
-            raise ModelError(f"{spec.key} {where}: the Hub answered the commit {info.sha!r}, not a 40-hex git commit; "
-                             "vss refuses to use it as a cache path. Check the mirror (HF_ENDPOINT).")
+            raise ModelError(
+                f"{spec.key} {where}: the Hub answered the commit {info.sha!r}, not a 40-hex git commit; "
+                "vss refuses to use it as a cache path. Check the mirror (HF_ENDPOINT)."
+            )
         listing = _listing(client.api, spec.source, info.sha, info.siblings or [], client.sleep)
     unsafe = sorted(f.path for f in listing.values() if not _safe_relative(f.path)) + sorted(
-        f"{f.path} (blob {f.etag!r})" for f in listing.values() if f.etag is not None and not _safe_name(f.etag))
+        f"{f.path} (blob {f.etag!r})" for f in listing.values() if f.etag is not None and not _safe_name(f.etag)
+    )
     if unsafe:
         raise ModelError(
             f"{spec.key} {where}: the repo lists file names that point outside its directory (absolute, or with "
@@ -465,7 +503,9 @@ def _resolve(spec: _Spec, client: _Client) -> _Repo:
             "use another repo or revision, or check the mirror (HF_ENDPOINT)."
         )
     return _Repo(
-        spec=spec, commit=info.sha, listing=listing,
+        spec=spec,
+        commit=info.sha,
+        listing=listing,
         files=[f for p, f in sorted(listing.items()) if _matches(p, spec.patterns)],
         storage=client.cache_dir / f"models--{spec.source.replace('/', '--')}",
     )
@@ -476,12 +516,15 @@ def _listing(api, repo_id: str, commit: str, siblings, sleep: Sleep) -> dict[str
     if any(s.size is None for s in siblings):  # a server that omits sizes in model info: ask the tree
         entries = _retrying(
             lambda: list(api.list_repo_tree(repo_id, revision=commit, recursive=True)),
-            f"file list of {repo_id}@{commit}", DOWNLOAD_ATTEMPTS, sleep,
+            f"file list of {repo_id}@{commit}",
+            DOWNLOAD_ATTEMPTS,
+            sleep,
         )
         rows = [(e.path, e.size, e.lfs.sha256 if e.lfs else None, e.blob_id) for e in entries if hasattr(e, "size")]
     else:
-        rows = [(s.rfilename, s.lfs.size if s.lfs else s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
-                for s in siblings]
+        rows = [
+            (s.rfilename, s.lfs.size if s.lfs else s.size, s.lfs.sha256 if s.lfs else None, s.blob_id) for s in siblings
+        ]
     return {p: _RemoteFile(path=p, size=size, sha256=sha, blob_id=blob) for p, size, sha, blob in rows}
 
 
@@ -512,8 +555,13 @@ def _fetch_configs(repo: _Repo, paths: Iterable[str], client: _Client) -> None:
 def _model_config_files() -> set[str]:
     from vss_core.model import checkpoint
 
-    layout = (checkpoint.VISION_CONFIG, checkpoint.AUDIO_CONFIG, checkpoint.PREPROCESSOR_CONFIG,
-              checkpoint.GLOBAL_CMVN, checkpoint.CODEC_CONFIG)
+    layout = (
+        checkpoint.VISION_CONFIG,
+        checkpoint.AUDIO_CONFIG,
+        checkpoint.PREPROCESSOR_CONFIG,
+        checkpoint.GLOBAL_CMVN,
+        checkpoint.CODEC_CONFIG,
+    )
     return {"config.json", INDEX_FILE, *TOKENIZER_FILES, *(p.as_posix() for p in layout)}
 
 
@@ -751,10 +799,20 @@ def _fetch_file(f: _RemoteFile, *, repo: _Repo, client: _Client) -> None:
         else:
             _drop_partials(storage, f, client.cache_dir, tally)
             fresh = not (storage / "blobs" / (f.etag or "-")).is_file()
-        _retrying(lambda: hf.hf_hub_download(
-            repo.spec.source, f.path, revision=repo.commit, cache_dir=str(client.cache_dir), endpoint=client.endpoint,
-            token=client.token, library_name="vss",
-        ), f.path, DOWNLOAD_ATTEMPTS, client.sleep)
+        _retrying(
+            lambda: hf.hf_hub_download(
+                repo.spec.source,
+                f.path,
+                revision=repo.commit,
+                cache_dir=str(client.cache_dir),
+                endpoint=client.endpoint,
+                token=client.token,
+                library_name="vss",
+            ),
+            f.path,
+            DOWNLOAD_ATTEMPTS,
+            client.sleep,
+        )
         if f.size < RESUME_MIN_BYTES:
             tally.add(**({"downloaded": f.size, "fetched": 1} if fresh else {"cached": f.size}))
         # A small file just written is hashed here (one read of < RESUME_MIN_BYTES, from the page cache); a
@@ -800,8 +858,12 @@ def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> str:
     storage, cache_dir, tally, sleep = repo.storage, client.cache_dir, repo.tally, client.sleep
     where = f"{repo.spec.key} {repo_id}@{commit}"
     url = hf.hf_hub_url(repo_id, f.path, revision=commit, endpoint=endpoint)
-    meta = _retrying(lambda: hf.get_hf_file_metadata(url, token=token, endpoint=endpoint),
-                     f"metadata of {f.path}", DOWNLOAD_ATTEMPTS, sleep)
+    meta = _retrying(
+        lambda: hf.get_hf_file_metadata(url, token=token, endpoint=endpoint),
+        f"metadata of {f.path}",
+        DOWNLOAD_ATTEMPTS,
+        sleep,
+    )
     if meta.xet_file_data is not None and is_xet_available():
         _drop_partials(storage, f, cache_dir, tally)  # hf_xet fetches it; its chunk cache is its own business
         tally.add(downloaded=f.size, fetched=1)
@@ -813,8 +875,10 @@ def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> str:
         )
     etag = meta.etag or f.etag
     if not etag or not _safe_name(etag):
-        raise HubError(f"{where}: the Hub named the blob of {f.path} {etag!r}, not a plain file name; vss refused it "
-                       "before writing anything. Check the mirror (HF_ENDPOINT).")
+        raise HubError(
+            f"{where}: the Hub named the blob of {f.path} {etag!r}, not a plain file name; vss refused it "
+            "before writing anything. Check the mirror (HF_ENDPOINT)."
+        )
     blobs = storage / "blobs"
     blob = blobs / etag
     blobs.mkdir(parents=True, exist_ok=True)
@@ -841,8 +905,12 @@ def _resumable_download(f: _RemoteFile, repo: _Repo, client: _Client) -> str:
         received = _ranged_get(location, partial, f.size, headers, f.path, sleep, digest)
         tally.add(resumed=kept, downloaded=received, fetched=1)
         if not digest.matches():
-            log.warning("%s: %s does not match the Hub's %s after download (damaged in transit); deleted, fetching "
-                        "it again", where, f.path, digest.name)
+            log.warning(
+                "%s: %s does not match the Hub's %s after download (damaged in transit); deleted, fetching it again",
+                where,
+                f.path,
+                digest.name,
+            )
             tally.add(refetched=f.size)
             partial.unlink(missing_ok=True)
             with tally.lock:
@@ -873,7 +941,9 @@ def _ranged_get(url: str, partial: Path, size: int, headers: dict, name: str, sl
         request_headers = dict(headers, Range=f"bytes={have}-") if have else dict(headers)
         progressed = False
         try:
-            with get_session().stream("GET", url, headers=request_headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+            with get_session().stream(
+                "GET", url, headers=request_headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+            ) as r:
                 hf_raise_for_status(r)
                 mode = "ab" if have and r.status_code == 206 else "wb"  # 200: the server ignored Range
                 if mode == "wb":
@@ -886,7 +956,9 @@ def _ranged_get(url: str, partial: Path, size: int, headers: dict, name: str, sl
                         received += len(chunk)
                         progressed = True
             if partial.stat().st_size != size:
-                raise httpx2.RemoteProtocolError(f"{name}: connection closed at {partial.stat().st_size} of {size} bytes")
+                raise httpx2.RemoteProtocolError(
+                    f"{name}: connection closed at {partial.stat().st_size} of {size} bytes"
+                )
         except (httpx2.TransportError, HfHubHTTPError) as exc:
             if isinstance(exc, HfHubHTTPError) and exc.response.status_code not in TRANSIENT_STATUS:
                 raise
@@ -894,8 +966,13 @@ def _ranged_get(url: str, partial: Path, size: int, headers: dict, name: str, sl
             if failures >= DOWNLOAD_ATTEMPTS:
                 raise
             delay = 1.0 if progressed else _backoff(failures)
-            log.warning("%s: %s; resuming at byte %d in %.0fs", name, _short(exc), partial.stat().st_size
-                        if partial.exists() else 0, delay)
+            log.warning(
+                "%s: %s; resuming at byte %d in %.0fs",
+                name,
+                _short(exc),
+                partial.stat().st_size if partial.exists() else 0,
+                delay,
+            )
             sleep(delay)
 
 
@@ -979,7 +1056,11 @@ Trained with vss (LoRA under DeepSpeed ZeRO-3) for video-speech-to-speech. Load 
 
 
 def upload_adapter(
-    adapter_dir: Path, cfg: UploadConfig, settings: Settings, *, sleep: Sleep = time.sleep,
+    adapter_dir: Path,
+    cfg: UploadConfig,
+    settings: Settings,
+    *,
+    sleep: Sleep = time.sleep,
     base_model: str | None = None,
 ) -> UploadReport:
     """Upload the adapter folder (with its model card) to the Hub, or say why not.
@@ -1001,7 +1082,9 @@ def upload_adapter(
             repo_id=cfg.repo_id,
         )
     if not adapter_dir.is_dir() or not any(adapter_dir.iterdir()):
-        err = HubError(f"upload: {adapter_dir} does not exist or is empty; there is no adapter to upload to {cfg.repo_id}.")
+        err = HubError(
+            f"upload: {adapter_dir} does not exist or is empty; there is no adapter to upload to {cfg.repo_id}."
+        )
         err.retryable = False
         raise err
     if not (adapter_dir / "README.md").is_file():
@@ -1013,17 +1096,29 @@ def upload_adapter(
     api = hf.HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token.get_secret_value(), library_name="vss")
     repo = cfg.repo_id
     with _hub_errors(f"upload.repo_id {repo}", settings, kind="upload", kept=kept):
-        _retrying(lambda: api.create_repo(repo, private=cfg.private, exist_ok=True), f"creating {repo}",
-                  cfg.max_attempts, sleep)
+        _retrying(
+            lambda: api.create_repo(repo, private=cfg.private, exist_ok=True),
+            f"creating {repo}",
+            cfg.max_attempts,
+            sleep,
+        )
         before = _retrying(lambda: api.model_info(repo).sha, f"reading {repo}", cfg.max_attempts, sleep)
         commit = _retrying(
             lambda: api.upload_folder(repo_id=repo, folder_path=str(adapter_dir), commit_message=cfg.commit_message),
-            f"uploading {adapter_dir} to {repo}", cfg.max_attempts, sleep,
+            f"uploading {adapter_dir} to {repo}",
+            cfg.max_attempts,
+            sleep,
         )
     new = commit.oid != before
     what = "uploaded to" if new else "unchanged since the last upload; latest commit"
-    return UploadReport(uploaded=True, message=f"adapter {what} {commit.commit_url}", repo_id=repo,
-                        url=commit.commit_url, commit=commit.oid, new_commit=new)
+    return UploadReport(
+        uploaded=True,
+        message=f"adapter {what} {commit.commit_url}",
+        repo_id=repo,
+        url=commit.commit_url,
+        commit=commit.oid,
+        new_commit=new,
+    )
 
 
 # --- errors and retries ---------------------------------------------------------------------------
@@ -1062,7 +1157,6 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, transient)
 
 
-
 def _retrying(fn: Callable[[], T], what: str, attempts: int, sleep: Sleep) -> T:
     """Call fn, retrying transient failures with exponential backoff (2, 4, 8 ... 60 s) up to `attempts` calls."""
     for attempt in range(1, attempts + 1):
@@ -1098,8 +1192,8 @@ class _hub_errors:
             return False
         from huggingface_hub.errors import (
             GatedRepoError,
-            HFValidationError,
             HfHubHTTPError,
+            HFValidationError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
@@ -1107,7 +1201,9 @@ class _hub_errors:
         source = self.settings.hf_token_source or "none configured"
         status = getattr(getattr(exc, "response", None), "status_code", None)
         tail = f"; {self.kept}" if self.kept else ""
-        invalid_token = status == 401 and self.settings.hf_token is not None and not isinstance(exc, RepositoryNotFoundError)
+        invalid_token = (
+            status == 401 and self.settings.hf_token is not None and not isinstance(exc, RepositoryNotFoundError)
+        )
         if invalid_token or (status == 403 and self.kind == "upload"):
             err: Exception = HubError(
                 f"{self.where}: the Hub refused the token from {source} (HTTP {status}): it is invalid, expired "

@@ -24,7 +24,9 @@ import torch
 from pydantic import BaseModel, Field
 from safetensors.torch import load_file
 
-from vss_core import codec as codec_lib, data, generate, model as omni
+from vss_core import codec as codec_lib
+from vss_core import data, generate
+from vss_core import model as omni
 from vss_core.config import DataConfig, VSSConfig, config_from_json
 from vss_core.errors import ConfigError, DatasetError, ModelError, VSSError, bullet_list
 
@@ -32,7 +34,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
 
 
 def _sampling_problems(temperature: float, top_k: int) -> list[str]:
@@ -56,7 +57,9 @@ def _adapter_problems(adapter_dir: Path) -> list[str]:
         return [f"--adapter {adapter_dir}: not a directory; {fix}"]
     missing = [name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (adapter_dir / name).is_file()]
     if missing:
-        return [f"--adapter {adapter_dir}: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing; {fix}"]
+        return [
+            f"--adapter {adapter_dir}: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing; {fix}"
+        ]
     try:
         raw = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     except (OSError, ValueError) as exc:
@@ -99,18 +102,26 @@ def _resolve_model(adapter_dir: Path, model_dir: Path | None) -> tuple[Path | No
     if model_dir is not None:
         return Path(model_dir), cfg, []
     if cfg is None:
-        return None, None, [
-            f"--model is required: {run_config.resolve()} (the run's config.json, which records the base model) "
-            f"does not exist next to --adapter {adapter_dir}. Pass the base checkpoint with --model MODEL_DIR"
-        ]
+        return (
+            None,
+            None,
+            [
+                f"--model is required: {run_config.resolve()} (the run's config.json, which records the base model) "
+                f"does not exist next to --adapter {adapter_dir}. Pass the base checkpoint with --model MODEL_DIR"
+            ],
+        )
     source = Path(cfg.model.source).expanduser()
     if source.is_dir():
         return source, cfg, []
     if cfg.model.source.startswith((".", "/", "~")) or source.exists():
-        return None, cfg, [
-            f"model.source {cfg.model.source!r} recorded in {run_config.resolve()} is not a directory from "
-            f"{Path.cwd()}; run from the directory the run started in, or pass --model MODEL_DIR"
-        ]
+        return (
+            None,
+            cfg,
+            [
+                f"model.source {cfg.model.source!r} recorded in {run_config.resolve()} is not a directory from "
+                f"{Path.cwd()}; run from the directory the run started in, or pass --model MODEL_DIR"
+            ],
+        )
     from vss_core import hub
     from vss_core.settings import load_settings
 
@@ -151,7 +162,9 @@ def load_adapter(model: omni.OmniModel, adapter_dir: Path) -> peft.PeftModel:
     if unexpected:
         what.append(f"{len(unexpected)} unexpected weight(s), e.g. {', '.join(unexpected[:3])}")
     if what:
-        raise ModelError(f"{adapter_dir / ADAPTER_WEIGHTS} does not match {ADAPTER_CONFIG}:\n{bullet_list(what)}\n{fix}")
+        raise ModelError(
+            f"{adapter_dir / ADAPTER_WEIGHTS} does not match {ADAPTER_CONFIG}:\n{bullet_list(what)}\n{fix}"
+        )
     return peft_model.eval()
 
 
@@ -189,7 +202,9 @@ def clean_text(tokenizer, text_ids: list[int]) -> str:
 def fit_codes(codes: torch.Tensor, decoder) -> torch.Tensor:
     """Clamp ids the decoder has no code for (the speech heads span 8192 ids per codebook, the decoder's
     acoustic codebooks K*K, e.g. 8100) into its ranges, with a warning: an under-trained adapter may emit them."""
-    limits = torch.tensor([decoder.config.semantic_token_nums, *[decoder.config.codec_codebook_size**2] * (codes.shape[1] - 1)])
+    limits = torch.tensor(
+        [decoder.config.semantic_token_nums, *[decoder.config.codec_codebook_size**2] * (codes.shape[1] - 1)]
+    )
     bad = int((codes >= limits).sum()) if codes.numel() else 0
     if bad:
         log.warning("%d generated codec id(s) lie outside the decoder's codebooks %s; clamped", bad, limits.tolist())
@@ -253,20 +268,32 @@ def run_inference(
         raise (DatasetError if only_sample else ModelError)(f"vss infer cannot run:\n{bullet_list(problems)}")
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if (cfg is not None and cfg.model.dtype == "bfloat16" and dev.type == "cuda") else torch.float32
+    dtype = (
+        torch.bfloat16 if (cfg is not None and cfg.model.dtype == "bfloat16" and dev.type == "cuda") else torch.float32
+    )
     base = omni.load_omni(model_dir, dtype=dtype)
     model = load_adapter(base, adapter_dir).to(dev).get_base_model()
     configs = omni.CheckpointConfigs(model_dir)
     seconds = max_seconds if max_seconds is not None else data_cfg.audio_seconds
     max_steps = max(2, math.ceil(seconds * codec_lib.FRAME_RATE) + 1)
-    result = generate.generate(model, inputs, configs.special_ids, max_steps, temperature=temperature, top_k=top_k, seed=seed)
+    result = generate.generate(
+        model, inputs, configs.special_ids, max_steps, temperature=temperature, top_k=top_k, seed=seed
+    )
     wave = codec_lib.decode_codes(decoder, fit_codes(result.codes, decoder)).cpu().numpy()
     text = clean_text(configs.tokenizer, result.text_ids)
     _write_atomic(out, lambda tmp: sf.write(str(tmp), wave, decoder.sample_rate, subtype="PCM_16", format="WAV"))
     text_out = out.with_suffix(".txt")
     _write_atomic(text_out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     return InferenceReport(
-        out=str(out), text_out=str(text_out), text=text, model_dir=str(model_dir), adapter_dir=str(adapter_dir),
-        frames=result.codes.shape[0], segments=result.segments, seconds=len(wave) / decoder.sample_rate,
-        sample_rate=decoder.sample_rate, stopped_at_eos=result.stopped_at_eos, codes=result.codes.tolist(),
+        out=str(out),
+        text_out=str(text_out),
+        text=text,
+        model_dir=str(model_dir),
+        adapter_dir=str(adapter_dir),
+        frames=result.codes.shape[0],
+        segments=result.segments,
+        seconds=len(wave) / decoder.sample_rate,
+        sample_rate=decoder.sample_rate,
+        stopped_at_eos=result.stopped_at_eos,
+        codes=result.codes.tolist(),
     )

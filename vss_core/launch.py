@@ -17,8 +17,8 @@ import contextvars
 import json
 import logging
 import os
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +35,12 @@ from vss_core.monitor import ResourceSample, sample_resources, stop_reason
 from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, refuse_live_ranks, write_config, write_json_atomic
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-OOM_MARKERS = ("CUDA out of memory", "torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
+OOM_MARKERS = (
+    "CUDA out of memory",
+    "torch.OutOfMemoryError",
+    "torch.cuda.OutOfMemoryError",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+)
 STEP_DOWNS = "step_downs.json"
 STOP_GRACE_S = 20.0  # after SIGTERM, how long the launcher's group gets to exit before SIGKILL
 log = logging.getLogger(__name__)
@@ -119,7 +124,9 @@ def training_env(cfg: VSSConfig, base: dict[str, str] | None = None) -> dict[str
     return env
 
 
-def completed_report(run: RunPaths, exit_code: int = 0, wall_s: float = 0.0, reused: bool = False) -> TrainingReport | None:
+def completed_report(
+    run: RunPaths, exit_code: int = 0, wall_s: float = 0.0, reused: bool = False
+) -> TrainingReport | None:
     """The report of a training that finished writing its adapter, or None when the adapter or the
     summary is missing or damaged (a re-run then trains, resuming from checkpoints)."""
     from safetensors import safe_open
@@ -173,21 +180,33 @@ def next_step_down(cfg: VSSConfig) -> tuple[VSSConfig, str] | None:
     if ds.max_live_parameters > 1e8:
         live = max(1e8, ds.max_live_parameters / 2)
         prefetch = max(1e6, (ds.prefetch_bucket_size or 5e7) / 2)
-        change = {"max_live_parameters": live, "max_reuse_distance": min(ds.max_reuse_distance, live),
-                  "prefetch_bucket_size": prefetch}
-        why = (f"deepspeed.max_live_parameters {ds.max_live_parameters:.0e} -> {live:.0e}, "
-               f"max_reuse_distance -> {min(ds.max_reuse_distance, live):.0e}, prefetch_bucket_size -> {prefetch:.0e}")
+        change = {
+            "max_live_parameters": live,
+            "max_reuse_distance": min(ds.max_reuse_distance, live),
+            "prefetch_bucket_size": prefetch,
+        }
+        why = (
+            f"deepspeed.max_live_parameters {ds.max_live_parameters:.0e} -> {live:.0e}, "
+            f"max_reuse_distance -> {min(ds.max_reuse_distance, live):.0e}, prefetch_bucket_size -> {prefetch:.0e}"
+        )
         return cfg.model_copy(update={"deepspeed": ds.model_copy(update=change)}), why
     if not ds.allgather_sequential:
-        return (cfg.model_copy(update={"deepspeed": ds.model_copy(update={"allgather_sequential": True})}),
-                "deepspeed.allgather_sequential false -> true (gather the MoE leaf parameter by parameter)")
+        return (
+            cfg.model_copy(update={"deepspeed": ds.model_copy(update={"allgather_sequential": True})}),
+            "deepspeed.allgather_sequential false -> true (gather the MoE leaf parameter by parameter)",
+        )
     if tr.micro_batch_size > 1:
         micro = tr.micro_batch_size // 2
         accum = tr.gradient_accumulation_steps * tr.micro_batch_size // micro
-        return (cfg.model_copy(update={"training": tr.model_copy(update={
-            "micro_batch_size": micro, "gradient_accumulation_steps": accum})}),
+        return (
+            cfg.model_copy(
+                update={
+                    "training": tr.model_copy(update={"micro_batch_size": micro, "gradient_accumulation_steps": accum})
+                }
+            ),
             f"training.micro_batch_size {tr.micro_batch_size} -> {micro}, "
-            f"gradient_accumulation_steps {tr.gradient_accumulation_steps} -> {accum} (same effective batch)")
+            f"gradient_accumulation_steps {tr.gradient_accumulation_steps} -> {accum} (same effective batch)",
+        )
     return None
 
 
@@ -264,6 +283,7 @@ def _follow(
 def end_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     """End the launcher's whole process group (it leads its own session): SIGTERM, then SIGKILL
     after `grace_s`. Ranks that outlive the launcher itself are in the group and end too."""
+
     def signal_group(sig: int) -> bool:
         try:
             os.killpg(proc.pid, sig)
@@ -333,8 +353,10 @@ def run_training(
         except TrainingOOMError as exc:
             step = next_step_down(cfg) if attempt < cfg.training.oom_step_downs else None
             if step is None:
-                raise TrainingError(f"{exc}\nNo memory step-down left (training.oom_step_downs="
-                                    f"{cfg.training.oom_step_downs}). Run `vss plan` for what would fit.") from None
+                raise TrainingError(
+                    f"{exc}\nNo memory step-down left (training.oom_step_downs="
+                    f"{cfg.training.oom_step_downs}). Run `vss plan` for what would fit."
+                ) from None
             cfg, change = step
             on_line(f"CUDA out of memory: retrying with a memory-only step-down: {change}")
             path = Path(run.root) / STEP_DOWNS

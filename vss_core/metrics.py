@@ -17,16 +17,16 @@ import torch
 
 METHODS = {
     "loss": "cross-entropy of the held-out sample's answer under teacher forcing, weighted as in training "
-            "(text x training.text_loss_weight + the 4 codebooks x training.codebook_loss_weights)",
+    "(text x training.text_loss_weight + the 4 codebooks x training.codebook_loss_weights)",
     "eos_rate": "share of generations that end with the codec EOS after the text end, before the length cap "
-                "(eval.max_seconds, default data.audio_seconds)",
+    "(eval.max_seconds, default data.audio_seconds)",
     "text_wer": "word error rate of the generated text stream against out.txt (jiwer.wer on lower-cased text "
-                "without punctuation); samples without out.txt are left out",
+    "without punctuation); samples without out.txt are left out",
     "mcd": "mel-cepstral distance in dB between the decoded answer and out.wav: c1..c24 of a log-amplitude mel (80 bands, "
-           "25 ms / 10 ms) DCT, aligned by DTW; lower is closer",
+    "25 ms / 10 ms) DCT, aligned by DTW; lower is closer",
     "asr_wer": "word error rate of eval.asr_model's transcript of the decoded answer against out.txt",
     "speaker_similarity": "not computed: no speaker-embedding model that ships its weights inside a pip package "
-                          "is installable here",
+    "is installable here",
 }
 
 MCD_COEFFS = 24
@@ -55,8 +55,9 @@ def mel_cepstrum(wave: np.ndarray, sample_rate: int = 16000, coeffs: int = MCD_C
     n_fft, hop = int(0.025 * sample_rate), int(0.010 * sample_rate)
     if x.numel() < n_fft:
         return np.zeros((0, coeffs), dtype=np.float64)
-    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop, n_mels=80, center=False,
-                                               power=2.0)(x)
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate, n_fft=n_fft, hop_length=hop, n_mels=80, center=False, power=2.0
+    )(x)
     logmel = 0.5 * torch.log(mel.clamp(min=1e-10)).T.double()  # [frames, 80]: log amplitude, as a cepstrum is
     n = logmel.shape[1]
     k = torch.arange(n, dtype=torch.float64)

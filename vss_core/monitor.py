@@ -34,7 +34,8 @@ class ResourceSample(BaseModel):
     def line(self) -> str:
         """One log line a person reads, like a glance at nvidia-smi and free -h."""
         gpus = " ".join(
-            f"GPU{g.index} {g.memory_used_gb:.1f}/{g.memory_total_gb:.0f} GiB {g.utilization_pct:.0f}%" for g in self.gpus
+            f"GPU{g.index} {g.memory_used_gb:.1f}/{g.memory_total_gb:.0f} GiB {g.utilization_pct:.0f}%"
+            for g in self.gpus
         )
         return (
             f"Resources: {gpus + ' | ' if gpus else ''}RAM {self.ram_used_gb:.1f}/{self.ram_total_gb:.1f} GiB"
@@ -56,7 +57,9 @@ def _gpu_samples() -> list[GPUSample]:
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
             util = pynvml.nvmlDeviceGetUtilizationRates(handle)
             out.append(
-                GPUSample(index=i, memory_used_gb=mem.used / GB, memory_total_gb=mem.total / GB, utilization_pct=util.gpu)
+                GPUSample(
+                    index=i, memory_used_gb=mem.used / GB, memory_total_gb=mem.total / GB, utilization_pct=util.gpu
+                )
             )
         return out
     except Exception:
@@ -91,10 +94,14 @@ def stop_reason(sample: ResourceSample, swap_baseline_gb: float, training) -> st
     """
     grown = sample.swap_used_gb - swap_baseline_gb
     if grown > training.swap_stop_gb:
-        return (f"swap in use grew by {grown:.2f} GiB (from {swap_baseline_gb:.2f} to {sample.swap_used_gb:.2f} GiB), "
-                f"past training.swap_stop_gb={training.swap_stop_gb:g}")
+        return (
+            f"swap in use grew by {grown:.2f} GiB (from {swap_baseline_gb:.2f} to {sample.swap_used_gb:.2f} GiB), "
+            f"past training.swap_stop_gb={training.swap_stop_gb:g}"
+        )
     no_swap = sample.swap_total_gb == 0 and sample.ram_available_gb is not None
     if no_swap and training.ram_stop_gb > 0 and sample.ram_available_gb < training.ram_stop_gb:
-        return (f"available RAM fell to {sample.ram_available_gb:.2f} GiB of {sample.ram_total_gb:.1f} GiB on a machine "
-                f"without swap, below training.ram_stop_gb={training.ram_stop_gb:g}")
+        return (
+            f"available RAM fell to {sample.ram_available_gb:.2f} GiB of {sample.ram_total_gb:.1f} GiB on a machine "
+            f"without swap, below training.ram_stop_gb={training.ram_stop_gb:g}"
+        )
     return None

@@ -124,21 +124,29 @@ def _modality_parts(vcfg: Any, acfg: Any, hidden: int) -> dict[str, Any]:
     v = vision.count_parameters(vcfg, hidden)
     a = audio.count_parameters(acfg, hidden)
     with torch.device("meta"):
-        vmods = (_wrappable(vision.LongCatVisionModel(vcfg), "vision_model")
-                 + _wrappable(vision.build_projector(vcfg, hidden), "vision_projector"))
-        amods = (_wrappable(audio.LongCatAudioEncoder(acfg), "audio_encoder")
-                 + _wrappable(audio.AudioProjector(acfg.output_dim, hidden), "audio_projector"))
+        vmods = _wrappable(vision.LongCatVisionModel(vcfg), "vision_model") + _wrappable(
+            vision.build_projector(vcfg, hidden), "vision_projector"
+        )
+        amods = _wrappable(audio.LongCatAudioEncoder(acfg), "audio_encoder") + _wrappable(
+            audio.AudioProjector(acfg.output_dim, hidden), "audio_projector"
+        )
     return {
-        "vision_config": vcfg.to_json(), "vision_params": v["vision_model"],
-        "vision_projector_params": v["vision_projector"], "vision_hidden_size": vcfg.hidden_size,
-        "vision_patch_dim": vcfg.patch_dim, "vision_modules": vmods,
-        "audio_params": a["audio_encoder"], "audio_projector_params": a["audio_projector"],
-        "audio_input_size": acfg.input_size, "audio_modules": amods,
+        "vision_config": vcfg.to_json(),
+        "vision_params": v["vision_model"],
+        "vision_projector_params": v["vision_projector"],
+        "vision_hidden_size": vcfg.hidden_size,
+        "vision_patch_dim": vcfg.patch_dim,
+        "vision_modules": vmods,
+        "audio_params": a["audio_encoder"],
+        "audio_projector_params": a["audio_projector"],
+        "audio_input_size": acfg.input_size,
+        "audio_modules": amods,
     }
 
 
-def shape_from_llm_config(llm: Any, source: str, vision: Any = None, audio: Any = None,
-                          preprocessor: Mapping[str, Any] | None = None) -> ModelShape:
+def shape_from_llm_config(
+    llm: Any, source: str, vision: Any = None, audio: Any = None, preprocessor: Mapping[str, Any] | None = None
+) -> ModelShape:
     """ModelShape from a `LongcatFlashConfig` (or anything with its attributes) and the modality
     configs (`vision.VisionConfig`, `audio.AudioConfig`, or their config.json objects; the audio
     preprocessor_config.json object); without them, the official values of the real model."""
@@ -149,8 +157,10 @@ def shape_from_llm_config(llm: Any, source: str, vision: Any = None, audio: Any 
     notes: list[str] = []
     if vision is None:
         vision = vision_lib.VisionConfig(**vision_lib.REAL_VISION_SIZES, resize_factor=REAL_VISION_RESIZE_FACTOR)
-        notes.append("vision: the official LongCat-ViT sizes (hidden 1280, intermediate 5184, 32 layers, 16 heads, "
-                     f"adaptor 7168); no vision/config.json read, resize_factor {REAL_VISION_RESIZE_FACTOR} assumed")
+        notes.append(
+            "vision: the official LongCat-ViT sizes (hidden 1280, intermediate 5184, 32 layers, 16 heads, "
+            f"adaptor 7168); no vision/config.json read, resize_factor {REAL_VISION_RESIZE_FACTOR} assumed"
+        )
     elif isinstance(vision, Mapping):
         vision = vision_lib.VisionConfig.from_json(dict(vision), "vision/config.json")
     if audio is None:
@@ -162,16 +172,27 @@ def shape_from_llm_config(llm: Any, source: str, vision: Any = None, audio: Any 
         notes.append(f"audio in: one token per {AUDIO_TOKEN_S * 1000:.0f} ms (no audio/preprocessor_config.json read)")
     return ModelShape(
         source=source,
-        vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, num_layers=llm.num_layers,
-        num_attention_heads=llm.num_attention_heads, q_lora_rank=llm.q_lora_rank, kv_lora_rank=llm.kv_lora_rank,
-        qk_nope_head_dim=llm.qk_nope_head_dim, qk_rope_head_dim=llm.qk_rope_head_dim, v_head_dim=llm.v_head_dim,
-        ffn_hidden_size=llm.ffn_hidden_size, n_routed_experts=llm.n_routed_experts,
-        zero_expert_num=llm.zero_expert_num or 0, expert_ffn_hidden_size=llm.expert_ffn_hidden_size,
-        moe_topk=llm.moe_topk, attention_bias=bool(getattr(llm, "attention_bias", False)),
+        vocab_size=llm.vocab_size,
+        hidden_size=llm.hidden_size,
+        num_layers=llm.num_layers,
+        num_attention_heads=llm.num_attention_heads,
+        q_lora_rank=llm.q_lora_rank,
+        kv_lora_rank=llm.kv_lora_rank,
+        qk_nope_head_dim=llm.qk_nope_head_dim,
+        qk_rope_head_dim=llm.qk_rope_head_dim,
+        v_head_dim=llm.v_head_dim,
+        ffn_hidden_size=llm.ffn_hidden_size,
+        n_routed_experts=llm.n_routed_experts,
+        zero_expert_num=llm.zero_expert_num or 0,
+        expert_ffn_hidden_size=llm.expert_ffn_hidden_size,
+        moe_topk=llm.moe_topk,
+        attention_bias=bool(getattr(llm, "attention_bias", False)),
         tie_word_embeddings=bool(getattr(llm, "tie_word_embeddings", False)),
         **_modality_parts(vision, audio, llm.hidden_size),
         audio_preprocessor=None if preprocessor is None else dict(preprocessor),
-        speech_vocab_size=embeddings.AUDIO_VOCAB_SIZE, speech_heads=embeddings.AUDIO_HEAD_NUM, notes=notes,
+        speech_vocab_size=embeddings.AUDIO_VOCAB_SIZE,
+        speech_heads=embeddings.AUDIO_HEAD_NUM,
+        notes=notes,
     )
 
 
@@ -197,16 +218,20 @@ def read_model_shape(model_dir: str | Path) -> ModelShape:
 
     model_dir = Path(model_dir)
     problems: list[str] = []
-    raw = {rel: checkpoint.read_json(model_dir / rel, problems)
-           for rel in ("config.json", checkpoint.VISION_CONFIG, checkpoint.AUDIO_CONFIG)}
+    raw = {
+        rel: checkpoint.read_json(model_dir / rel, problems)
+        for rel in ("config.json", checkpoint.VISION_CONFIG, checkpoint.AUDIO_CONFIG)
+    }
     parsed: dict[Any, Any] = {}
     if raw["config.json"] is not None:
         try:
             parsed["llm"] = checkpoint.llm_config(raw["config.json"])
         except (TypeError, ValueError) as exc:
             problems.append(f"{model_dir / 'config.json'}: not a LongCat-Flash config ({exc})")
-    for key, rel, parse in (("vision", checkpoint.VISION_CONFIG, vision.VisionConfig.from_json),
-                            ("audio", checkpoint.AUDIO_CONFIG, audio.AudioConfig.from_json)):
+    for key, rel, parse in (
+        ("vision", checkpoint.VISION_CONFIG, vision.VisionConfig.from_json),
+        ("audio", checkpoint.AUDIO_CONFIG, audio.AudioConfig.from_json),
+    ):
         if raw[rel] is not None:
             try:
                 parsed[key] = parse(raw[rel], model_dir / rel)
@@ -239,8 +264,11 @@ def codec_parameter_counts() -> dict[str, int]:
     with torch.device("meta"):
         ac = acoustic.AcousticEncoder(acoustic.AcousticEncoderConfig.official())
         dec = decoder.Decoder(decoder.DecoderConfig.official("16k"))
-    return {"semantic_tokenizer": semantic.parameter_count(), "acoustic_encoder": sum(p.numel() for p in ac.parameters()),
-            "decoder_16k": sum(p.numel() for p in dec.parameters())}
+    return {
+        "semantic_tokenizer": semantic.parameter_count(),
+        "acoustic_encoder": sum(p.numel() for p in ac.parameters()),
+        "decoder_16k": sum(p.numel() for p in dec.parameters()),
+    }
 
 
 @dataclass(frozen=True)
@@ -261,11 +289,18 @@ def count_params(s: ModelShape) -> ParamCounts:
     counted by their modules' own helpers (no model is built here)."""
     h, qk = s.hidden_size, s.qk_nope_head_dim + s.qk_rope_head_dim
     b = int(s.attention_bias)
-    attn = (h * s.q_lora_rank + b * s.q_lora_rank + s.q_lora_rank
-            + s.q_lora_rank * s.num_attention_heads * qk
-            + h * (s.kv_lora_rank + s.qk_rope_head_dim) + b * (s.kv_lora_rank + s.qk_rope_head_dim) + s.kv_lora_rank
-            + s.kv_lora_rank * s.num_attention_heads * (s.qk_nope_head_dim + s.v_head_dim)
-            + s.num_attention_heads * s.v_head_dim * h + b * h)
+    attn = (
+        h * s.q_lora_rank
+        + b * s.q_lora_rank
+        + s.q_lora_rank
+        + s.q_lora_rank * s.num_attention_heads * qk
+        + h * (s.kv_lora_rank + s.qk_rope_head_dim)
+        + b * (s.kv_lora_rank + s.qk_rope_head_dim)
+        + s.kv_lora_rank
+        + s.kv_lora_rank * s.num_attention_heads * (s.qk_nope_head_dim + s.v_head_dim)
+        + s.num_attention_heads * s.v_head_dim * h
+        + b * h
+    )
     dense = 3 * h * s.ffn_hidden_size
     gate_up_experts = s.n_routed_experts + (s.zero_expert_num if s.allocated_zero_experts else 0)
     gate_up = gate_up_experts * 2 * s.expert_ffn_hidden_size * h
@@ -287,9 +322,15 @@ def count_params(s: ModelShape) -> ParamCounts:
     }
     total = sum(parts.values())
     return ParamCounts(
-        total=total, llm=llm, moe_leaf=experts + router, experts_per_layer=experts,
-        largest_param=max(gate_up, embed), vision=s.vision_params, audio=s.audio_params,
-        omni_extras=total - llm - s.vision_params - s.audio_params, parts=parts,
+        total=total,
+        llm=llm,
+        moe_leaf=experts + router,
+        experts_per_layer=experts,
+        largest_param=max(gate_up, embed),
+        vision=s.vision_params,
+        audio=s.audio_params,
+        omni_extras=total - llm - s.vision_params - s.audio_params,
+        parts=parts,
     )
 
 
@@ -347,8 +388,11 @@ def count_lora(s: ModelShape, targets: list[str], rank: int) -> LoraCount:
     leaf = 0
     for target in targets:
         if target == EXPERTS_TARGET:
-            e, f, h = s.n_routed_experts + (s.zero_expert_num if s.allocated_zero_experts else 0), \
-                s.expert_ffn_hidden_size, s.hidden_size
+            e, f, h = (
+                s.n_routed_experts + (s.zero_expert_num if s.allocated_zero_experts else 0),
+                s.expert_ffn_hidden_size,
+                s.hidden_size,
+            )
             per_layer = rank * e * (h + 2 * f) + rank * s.n_routed_experts * (f + h)
             per_target[target] = per_layer * s.num_layers
             leaf = per_layer
@@ -383,7 +427,7 @@ def vision_unit(s: ModelShape, frames: int, height: int, width: int) -> tuple[in
 
     cfg = vision.VisionConfig.from_json(s.vision_config, "vision/config.json")
     lo, hi = vision.pixel_budget(cfg, frames, is_video=True)
-    hi = min(hi, cfg.max_tokens * cfg.patch_size ** 2)
+    hi = min(hi, cfg.max_tokens * cfg.patch_size**2)
     rh, rw = vision.smart_resize(height, width, vision.resize_factor(cfg), lo, hi, cfg.patch_size)
     grid = (1, rh // cfg.patch_size, rw // cfg.patch_size)
     return vision.image_pad_count(grid), grid[1] * grid[2]
@@ -407,15 +451,19 @@ def codec_frames(seconds: float) -> int:
     return math.ceil(round(seconds * codec.SAMPLE_RATE) / codec.HOP_SAMPLES)
 
 
-def sequence_tokens(s: ModelShape, frames: int, audio_seconds: float,
-                    frame_size: tuple[int, int] = (720, 1280)) -> int:
+def sequence_tokens(s: ModelShape, frames: int, audio_seconds: float, frame_size: tuple[int, int] = (720, 1280)) -> int:
     """LLM positions of one voice-chat sample (vss_core.sequence): per frame pair a `second{t}:`
     timestamp and its `<|image_pad|>` tokens, `<|audio|>` + one `<|audio_pad|>` per 80 ms + `<|/audio|>`,
     the answer as one segment of N codec frames in N + 1 positions, and the turns' text."""
     pads, _ = vision_unit(s, frames, *frame_size)
     pairs = math.ceil(frames / 2)
-    return (TEXT_TOKENS + pairs * (TIMESTAMP_TOKENS + pads) + audio_in_tokens(s, audio_seconds)
-            + codec_frames(audio_seconds) + 1)
+    return (
+        TEXT_TOKENS
+        + pairs * (TIMESTAMP_TOKENS + pads)
+        + audio_in_tokens(s, audio_seconds)
+        + codec_frames(audio_seconds)
+        + 1
+    )
 
 
 # --- inputs and machine --------------------------------------------------------------------------
@@ -477,17 +525,29 @@ def inputs_from_config(cfg: Any, shape: ModelShape, **changes: Any) -> PlanInput
     """PlanInputs from a VSSConfig (sections hardware, lora, deepspeed, data, training, model)."""
     ds = cfg.deepspeed
     ins = PlanInputs(
-        shape=shape, lora_targets=tuple(cfg.lora.targets), lora_rank=cfg.lora.rank,
-        dtype_bytes=2 if cfg.model.dtype == "bfloat16" else 4, accelerator=cfg.hardware.accelerator,
-        gpus_per_node=cfg.hardware.gpus_per_node, nodes=cfg.hardware.nodes, zero_stage=ds.zero_stage,
-        offload_param=ds.offload_param, offload_optimizer=ds.offload_optimizer,
-        max_live_parameters=ds.max_live_parameters, prefetch_bucket_size=ds.prefetch_bucket_size,
-        reduce_bucket_size=ds.reduce_bucket_size, param_buffer_count=ds.param_buffer_count,
-        optimizer_buffer_count=ds.optimizer_buffer_count, sub_group_size=ds.sub_group_size,
+        shape=shape,
+        lora_targets=tuple(cfg.lora.targets),
+        lora_rank=cfg.lora.rank,
+        dtype_bytes=2 if cfg.model.dtype == "bfloat16" else 4,
+        accelerator=cfg.hardware.accelerator,
+        gpus_per_node=cfg.hardware.gpus_per_node,
+        nodes=cfg.hardware.nodes,
+        zero_stage=ds.zero_stage,
+        offload_param=ds.offload_param,
+        offload_optimizer=ds.offload_optimizer,
+        max_live_parameters=ds.max_live_parameters,
+        prefetch_bucket_size=ds.prefetch_bucket_size,
+        reduce_bucket_size=ds.reduce_bucket_size,
+        param_buffer_count=ds.param_buffer_count,
+        optimizer_buffer_count=ds.optimizer_buffer_count,
+        sub_group_size=ds.sub_group_size,
         allgather_sequential=bool(getattr(ds, "allgather_sequential", False)),
-        activation_checkpointing=ds.activation_checkpointing, micro_batch_size=cfg.training.micro_batch_size,
-        video_frames=cfg.data.video_frames, audio_seconds=cfg.data.audio_seconds,
-        checkpoints_to_keep=cfg.training.checkpoints_to_keep, local_model=is_local_source(cfg.model.source),
+        activation_checkpointing=ds.activation_checkpointing,
+        micro_batch_size=cfg.training.micro_batch_size,
+        video_frames=cfg.data.video_frames,
+        audio_seconds=cfg.data.audio_seconds,
+        checkpoints_to_keep=cfg.training.checkpoints_to_keep,
+        local_model=is_local_source(cfg.model.source),
     )
     return dataclasses.replace(ins, **changes)
 
@@ -550,8 +610,12 @@ class Plan(BaseModel):
 
     def table(self) -> str:
         """Markdown a person reads at a glance: verdict, per-resource need/have, components, fixes."""
-        out = [f"**Verdict: {'FITS' if self.fits else 'DOES NOT FIT'}** (GiB = 1024^3 bytes, as nvidia-smi reports)",
-               "", "| resource | need | have | margin | fits |", "|---|---|---|---|---|"]
+        out = [
+            f"**Verdict: {'FITS' if self.fits else 'DOES NOT FIT'}** (GiB = 1024^3 bytes, as nvidia-smi reports)",
+            "",
+            "| resource | need | have | margin | fits |",
+            "|---|---|---|---|---|",
+        ]
         for r in self.resources:
             have = "not given" if r.have_gib is None else f"{r.have_gib:,.1f}"
             margin = "-" if r.margin_gib is None else f"{r.margin_gib:+,.1f}"
@@ -561,16 +625,20 @@ class Plan(BaseModel):
             out += ["", f"{r.name}:", "", "| component | GiB | note |", "|---|---|---|"]
             out += [f"| {i.component} | {i.gib:,.2f} | {i.note} |" for i in r.items if i.gib > 0 or i.note]
         f = self.facts
-        out += ["", "Model: " + f"{f['total_params'] / 1e9:,.2f}B params ({f['weights_gib']:,.1f} GiB), "
-                f"MoE leaf {f['moe_leaf_params'] / 1e9:,.2f}B params ({f['moe_leaf_gib']:,.1f} GiB), "
-                f"LoRA {f['lora_params'] / 1e6:,.1f}M trainable, {f['tokens_per_sample']:,} tokens per sample."]
+        out += [
+            "",
+            "Model: " + f"{f['total_params'] / 1e9:,.2f}B params ({f['weights_gib']:,.1f} GiB), "
+            f"MoE leaf {f['moe_leaf_params'] / 1e9:,.2f}B params ({f['moe_leaf_gib']:,.1f} GiB), "
+            f"LoRA {f['lora_params'] / 1e6:,.1f}M trainable, {f['tokens_per_sample']:,} tokens per sample.",
+        ]
         if self.suggestions:
             out += ["", "What would make it fit (each re-planned):", ""]
             for s in self.suggestions:
                 extra = f" — needs: {'; '.join(s.needs)}" if s.needs else ""
                 over = " ".join(s.overrides)
-                worst = ", ".join(f"{r.name} {r.need_gib:,.1f}/{r.have_gib:,.1f}" for r in s.plan.resources
-                                  if r.have_gib is not None)
+                worst = ", ".join(
+                    f"{r.name} {r.need_gib:,.1f}/{r.have_gib:,.1f}" for r in s.plan.resources if r.have_gib is not None
+                )
                 out.append(f"- {s.change}: `{over}` -> fits ({worst}){extra}")
         elif self.nothing_fits:
             out += ["", "No single change, nor any pair of changes vss knows, makes this run fit this machine."]
@@ -604,15 +672,18 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
     cuda = ins.accelerator == "cuda"
     zero3 = ins.zero_stage == 3
     notes: list[str] = [*s.notes]
-    notes.append(f"sequence: {pairs} frame pairs of {ins.frame_size_px[0]}x{ins.frame_size_px[1]} -> {pads} "
-                 f"<|image_pad|> each ({patches} patches), {audio_in_tokens(s, ins.audio_seconds)} audio tokens "
-                 f"(80 ms), {code_frames} codec frames (16.67 Hz) in {code_frames + 1} positions; "
-                 f"{TIMESTAMP_TOKENS} tokens per timestamp and {TEXT_TOKENS} of turn text assumed")
+    notes.append(
+        f"sequence: {pairs} frame pairs of {ins.frame_size_px[0]}x{ins.frame_size_px[1]} -> {pads} "
+        f"<|image_pad|> each ({patches} patches), {audio_in_tokens(s, ins.audio_seconds)} audio tokens "
+        f"(80 ms), {code_frames} codec frames (16.67 Hz) in {code_frames + 1} positions; "
+        f"{TIMESTAMP_TOKENS} tokens per timestamp and {TEXT_TOKENS} of turn text assumed"
+    )
     cp = codec_parameter_counts()
     notes.append(
         f"codec (LongCat-Audio-Codec, official sizes), in no training rank: data preparation runs the semantic "
         f"tokenizer {cp['semantic_tokenizer'] / 1e6:.1f}M + acoustic encoder {cp['acoustic_encoder'] / 1e6:.2f}M "
-        f"params in one process before training; `vss infer` runs the 16k decoder {cp['decoder_16k'] / 1e6:.2f}M")
+        f"params in one process before training; `vss infer` runs the 16k decoder {cp['decoder_16k'] / 1e6:.2f}M"
+    )
 
     # -- per rank on the device (GPU memory, or RAM for the CPU accelerator)
     dev: list[Item] = []
@@ -624,28 +695,42 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
         dev.append(Item(component="weight partitions (1/world each)", gib=_gib(weights / world)))
     if zero3:
         gathers = 1 if ins.allgather_sequential else 2
-        how = ("stage3_allgather_sequential" if ins.allgather_sequential else
-               "coalesced all-gather holds the flat buffer and the per-parameter copies: 2x the leaf")
-        dev.append(Item(component="MoE leaf gathered whole (one layer's experts + router)",
-                        gib=_gib(leaf * gathers), note=how))
+        how = (
+            "stage3_allgather_sequential"
+            if ins.allgather_sequential
+            else "coalesced all-gather holds the flat buffer and the per-parameter copies: 2x the leaf"
+        )
+        dev.append(
+            Item(component="MoE leaf gathered whole (one layer's experts + router)", gib=_gib(leaf * gathers), note=how)
+        )
         live = ins.max_live_parameters * b
         prefetch = (ins.prefetch_bucket_size or DS_DEFAULT_PREFETCH) * b
         dev.append(Item(component="other live parameters (stage3_max_live_parameters)", gib=_gib(live)))
         dev.append(Item(component="prefetch bucket", gib=_gib(prefetch)))
         if ins.allgather_sequential:  # the coalesced path frees this before the copies that make its 2x peak
-            dev.append(Item(component="largest parameter's partition staged for its gather",
-                            gib=_gib(largest / world)))
+            dev.append(Item(component="largest parameter's partition staged for its gather", gib=_gib(largest / world)))
     reduce = min(ins.reduce_bucket_size or DS_DEFAULT_REDUCE, trainable) * b
     dev.append(Item(component="gradient reduce buckets (x2)", gib=_gib(2 * reduce)))
     if ins.offload_optimizer == "none":
-        dev.append(Item(component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param, 1/world)",
-                        gib=_gib(16 * trainable / world)))
+        dev.append(
+            Item(
+                component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param, 1/world)",
+                gib=_gib(16 * trainable / world),
+            )
+        )
     act = (s.num_layers if ins.activation_checkpointing else 0) * t * h * b
     dev.append(Item(component=f"checkpointed layer inputs ({s.num_layers} x {t:,} tokens x {h})", gib=_gib(act)))
     qk = s.qk_nope_head_dim + s.qk_rope_head_dim
     heads = s.num_attention_heads
-    attn_tok = (2 * h + 2 * s.q_lora_rank + heads * qk * 2 + 2 * (s.kv_lora_rank + s.qk_rope_head_dim)
-                + heads * (s.qk_nope_head_dim + s.v_head_dim) + 2 * heads * s.v_head_dim + h)
+    attn_tok = (
+        2 * h
+        + 2 * s.q_lora_rank
+        + heads * qk * 2
+        + 2 * (s.kv_lora_rank + s.qk_rope_head_dim)
+        + heads * (s.qk_nope_head_dim + s.v_head_dim)
+        + 2 * heads * s.v_head_dim
+        + h
+    )
     dense_tok = 4 * s.ffn_hidden_size + 2 * h
     moe_tok = 8 * (s.n_routed_experts + s.zero_expert_num) // b + s.moe_topk * (3 * h + 4 * s.expert_ffn_hidden_size)
     layer_tok = 2 * attn_tok + 2 * dense_tok + moe_tok
@@ -653,8 +738,13 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
     work = 2 * (t * layer_tok * b + scores)  # forward tensors + their gradients during the backward
     if not ins.activation_checkpointing:
         work = work * s.num_layers
-    dev.append(Item(component="one layer's recompute + backward working set", gib=_gib(work),
-                    note="eager attention scores included" if a.attention_scores else ""))
+    dev.append(
+        Item(
+            component="one layer's recompute + backward working set",
+            gib=_gib(work),
+            note="eager attention scores included" if a.attention_scores else "",
+        )
+    )
     steps = code_frames + 1
     heads_logits = 2 * s.speech_heads * s.speech_vocab_size * steps * ins.micro_batch_size * 4
     vis_tok = pairs * patches * ins.micro_batch_size
@@ -662,25 +752,43 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
     dev.append(Item(component="speech-head logits + frozen encoders' transient", gib=_gib(heads_logits + enc)))
     if cuda:
         subtotal = sum(i.gib for i in dev)
-        dev.append(Item(component=f"allocator fragmentation ({a.fragmentation:.0%})", gib=subtotal * a.fragmentation,
-                        note="assumed"))
+        dev.append(
+            Item(
+                component=f"allocator fragmentation ({a.fragmentation:.0%})",
+                gib=subtotal * a.fragmentation,
+                note="assumed",
+            )
+        )
     dev_need = sum(i.gib for i in dev)
 
     # -- CPU RAM per node
     ram: list[Item] = []
     if zero3 and ins.offload_param == "cpu":
         what = "whole copy (one node)" if ins.nodes == 1 else f"this node's {ranks}/{world} share"
-        ram.append(Item(component=f"weight partitions, offloaded ({what})", gib=_gib(weights * node_share),
-                        note="pinned" if cuda else ""))
+        ram.append(
+            Item(
+                component=f"weight partitions, offloaded ({what})",
+                gib=_gib(weights * node_share),
+                note="pinned" if cuda else "",
+            )
+        )
     if zero3 and ins.offload_param == "nvme":
         numel = max(DS_DEFAULT_PARAM_BUFFER_SIZE, math.ceil(pc.largest_param / world))
         count = ins.param_buffer_count or DS_DEFAULT_PARAM_BUFFER_COUNT
-        ram.append(Item(component=f"NVMe param swap buffers ({ranks} ranks x {count} x {numel:.3g} elements)",
-                        gib=_gib(ranks * count * numel * b),
-                        note="offload_param.buffer_size must be >= the largest parameter partition"))
+        ram.append(
+            Item(
+                component=f"NVMe param swap buffers ({ranks} ranks x {count} x {numel:.3g} elements)",
+                gib=_gib(ranks * count * numel * b),
+                note="offload_param.buffer_size must be >= the largest parameter partition",
+            )
+        )
     if ins.offload_optimizer == "cpu":
-        ram.append(Item(component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param)",
-                        gib=_gib(16 * trainable * node_share)))
+        ram.append(
+            Item(
+                component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param)",
+                gib=_gib(16 * trainable * node_share),
+            )
+        )
     if ins.offload_optimizer == "nvme":
         sub = min(ins.sub_group_size or DS_DEFAULT_SUB_GROUP, max(1, trainable // world))
         count = ins.optimizer_buffer_count or DS_DEFAULT_OPT_BUFFER_COUNT
@@ -690,8 +798,9 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
     load_module = pc.experts_per_layer * b
     ram.append(Item(component="checkpoint load: one module's weights read by rank 0", gib=_gib(load_module)))
     if not cuda:
-        ram.append(Item(component=f"{ranks} CPU ranks' device memory (the GPU column above, on the CPU)",
-                        gib=ranks * dev_need))
+        ram.append(
+            Item(component=f"{ranks} CPU ranks' device memory (the GPU column above, on the CPU)", gib=ranks * dev_need)
+        )
     ram_need = sum(i.gib for i in ram) / (1 - a.ram_reserve)
     ram.append(Item(component=f"kept free for the OS ({a.ram_reserve:.0%})", gib=ram_need * a.ram_reserve))
 
@@ -710,27 +819,52 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
     else:
         est = ins.download_bytes is None
         total = (pc.total * 2) if est else ins.download_bytes
-        disk.append(Item(component="weights download" + (" (estimated: params x 2 B)" if est else " (Hub metadata)"),
-                         gib=_gib(max(0, total - ins.cached_bytes)),
-                         note=f"{_gib(ins.cached_bytes):,.1f} GiB already cached" if ins.cached_bytes else ""))
+        disk.append(
+            Item(
+                component="weights download" + (" (estimated: params x 2 B)" if est else " (Hub metadata)"),
+                gib=_gib(max(0, total - ins.cached_bytes)),
+                note=f"{_gib(ins.cached_bytes):,.1f} GiB already cached" if ins.cached_bytes else "",
+            )
+        )
     # a prepared sample (float32 patches and features, int64 codes and sequence columns)
-    per_sample = (pairs * patches * s.vision_patch_dim * 4 + audio_in_tokens(s, ins.audio_seconds) * s.audio_input_size * 4
-                  + code_frames * s.speech_heads * 8 + tokens * (2 + s.speech_heads) * 8 * 2)
-    disk.append(Item(component=f"prepared data ({ins.num_samples} samples x {_gib(per_sample) * 1024:,.1f} MiB)",
-                     gib=_gib(per_sample * ins.num_samples), note="" if ins.num_samples else "samples not counted"))
+    per_sample = (
+        pairs * patches * s.vision_patch_dim * 4
+        + audio_in_tokens(s, ins.audio_seconds) * s.audio_input_size * 4
+        + code_frames * s.speech_heads * 8
+        + tokens * (2 + s.speech_heads) * 8 * 2
+    )
+    disk.append(
+        Item(
+            component=f"prepared data ({ins.num_samples} samples x {_gib(per_sample) * 1024:,.1f} MiB)",
+            gib=_gib(per_sample * ins.num_samples),
+            note="" if ins.num_samples else "samples not counted",
+        )
+    )
     ckpt = trainable * (b + 16)
-    disk.append(Item(component=f"checkpoints ({ins.checkpoints_to_keep} kept + 1 being written)",
-                     gib=_gib(ckpt * (ins.checkpoints_to_keep + 1)), note="LoRA + fp32 optimizer states"))
+    disk.append(
+        Item(
+            component=f"checkpoints ({ins.checkpoints_to_keep} kept + 1 being written)",
+            gib=_gib(ckpt * (ins.checkpoints_to_keep + 1)),
+            note="LoRA + fp32 optimizer states",
+        )
+    )
     disk.append(Item(component="adapter", gib=_gib(trainable * b)))
     if nvme and ins.nvme_shares_disk and machine.nvme_gib is None:
-        disk += [Item(component=f"NVMe offload: {i.component}", gib=i.gib, note="nvme_path on the same disk")
-                 for i in nvme]
+        disk += [
+            Item(component=f"NVMe offload: {i.component}", gib=i.gib, note="nvme_path on the same disk") for i in nvme
+        ]
     disk_need = sum(i.gib for i in disk)
 
     def judged(name: str, items: list[Item], need: float, have: float | None) -> Resource:
         fits = None if have is None else need <= have
-        return Resource(name=name, items=items, need_gib=need, have_gib=have, fits=fits,
-                        margin_gib=None if have is None else have - need)
+        return Resource(
+            name=name,
+            items=items,
+            need_gib=need,
+            have_gib=have,
+            fits=fits,
+            margin_gib=None if have is None else have - need,
+        )
 
     resources = []
     if cuda:
@@ -745,25 +879,45 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
 
     warnings = []
     if machine.swap_used_gib > 0.5:
-        warnings.append(f"{machine.swap_used_gib:.1f} GiB of swap already in use: a run that swaps crawls "
-                        "(the documents: if it swaps, stop). Free RAM first.")
-    if cuda and machine.gpu_free_gib is not None and machine.gpu_memory_gib is not None \
-            and machine.gpu_free_gib < dev_need <= machine.gpu_memory_gib:
-        warnings.append(f"a GPU has only {machine.gpu_free_gib:.1f} GiB free (another process holds memory); "
-                        f"the run needs {dev_need:.1f} GiB per rank")
+        warnings.append(
+            f"{machine.swap_used_gib:.1f} GiB of swap already in use: a run that swaps crawls "
+            "(the documents: if it swaps, stop). Free RAM first."
+        )
+    if (
+        cuda
+        and machine.gpu_free_gib is not None
+        and machine.gpu_memory_gib is not None
+        and machine.gpu_free_gib < dev_need <= machine.gpu_memory_gib
+    ):
+        warnings.append(
+            f"a GPU has only {machine.gpu_free_gib:.1f} GiB free (another process holds memory); "
+            f"the run needs {dev_need:.1f} GiB per rank"
+        )
 
     result = Plan(
         fits=all(r.fits is not False for r in resources),
         resources=resources,
         warnings=warnings,
         facts={
-            "total_params": pc.total, "llm_params": pc.llm, "weights_gib": _gib(weights),
-            "params_by_part": pc.parts, "codec_params": {**cp, "where": "semantic_tokenizer and acoustic_encoder: "
-                                                        "data preparation; decoder_16k: vss infer; not in training"},
-            "moe_leaf_params": pc.moe_leaf + lc.in_moe_leaf_per_layer, "moe_leaf_gib": _gib(leaf),
-            "largest_param": pc.largest_param, "largest_param_gib": _gib(largest),
-            "lora_params": lc.params, "lora_per_target": lc.per_target, "tokens_per_sample": tokens,
-            "world_size": world, "nodes": ins.nodes, "model": s.source,
+            "total_params": pc.total,
+            "llm_params": pc.llm,
+            "weights_gib": _gib(weights),
+            "params_by_part": pc.parts,
+            "codec_params": {
+                **cp,
+                "where": "semantic_tokenizer and acoustic_encoder: "
+                "data preparation; decoder_16k: vss infer; not in training",
+            },
+            "moe_leaf_params": pc.moe_leaf + lc.in_moe_leaf_per_layer,
+            "moe_leaf_gib": _gib(leaf),
+            "largest_param": pc.largest_param,
+            "largest_param_gib": _gib(largest),
+            "lora_params": lc.params,
+            "lora_per_target": lc.per_target,
+            "tokens_per_sample": tokens,
+            "world_size": world,
+            "nodes": ins.nodes,
+            "model": s.source,
             "allocated_zero_experts": s.allocated_zero_experts,
         },
         assumptions=[
@@ -786,34 +940,69 @@ def _candidates(ins: PlanInputs, machine: Machine, failing: set[str]) -> list[tu
     """(change, overrides, needs, PlanInputs changes) worth re-planning, cheapest first."""
     out: list[tuple[str, list[str], list[str], dict]] = []
     if ins.zero_stage == 3 and not ins.allgather_sequential:
-        out.append(("gather the MoE leaf parameter by parameter (no 2x coalesced copy)",
-                    ["deepspeed.allgather_sequential=true"], [],
-                    {"allgather_sequential": True}))
+        out.append(
+            (
+                "gather the MoE leaf parameter by parameter (no 2x coalesced copy)",
+                ["deepspeed.allgather_sequential=true"],
+                [],
+                {"allgather_sequential": True},
+            )
+        )
     if ins.offload_param == "none":
         out.append(("offload parameters to CPU RAM", ["deepspeed.offload_param=cpu"], [], {"offload_param": "cpu"}))
     if ins.offload_optimizer == "none":
-        out.append(("offload optimizer states to CPU RAM", ["deepspeed.offload_optimizer=cpu"], [],
-                    {"offload_optimizer": "cpu"}))
+        out.append(
+            (
+                "offload optimizer states to CPU RAM",
+                ["deepspeed.offload_optimizer=cpu"],
+                [],
+                {"offload_optimizer": "cpu"},
+            )
+        )
     if ins.offload_param != "nvme" and ins.accelerator == "cuda":
         buffer = max(DS_DEFAULT_PARAM_BUFFER_SIZE, math.ceil(count_params(ins.shape).largest_param / ins.world))
-        out.append(("offload parameters to NVMe",
-                    ["deepspeed.offload_param=nvme", "deepspeed.nvme_path=/local_nvme",
-                     f"deepspeed.param_buffer_size={buffer:.3e}"], [],
-                    {"offload_param": "nvme"}))
+        out.append(
+            (
+                "offload parameters to NVMe",
+                [
+                    "deepspeed.offload_param=nvme",
+                    "deepspeed.nvme_path=/local_nvme",
+                    f"deepspeed.param_buffer_size={buffer:.3e}",
+                ],
+                [],
+                {"offload_param": "nvme"},
+            )
+        )
     for k in range(ins.nodes + 1, ins.nodes + 8):
-        out.append((f"{k} nodes like this one", [f"hardware.nodes={k}", "hardware.hostfile=hostfile"], [],
-                    {"nodes": k, "_nodes": k}))
+        out.append(
+            (
+                f"{k} nodes like this one",
+                [f"hardware.nodes={k}", "hardware.hostfile=hostfile"],
+                [],
+                {"nodes": k, "_nodes": k},
+            )
+        )
     for live in (5e8, 3e8, 1e8):
         if live < ins.max_live_parameters:
-            out.append((f"lower live parameters to {live:.0e}",
-                        [f"deepspeed.max_live_parameters={live:.0e}", f"deepspeed.max_reuse_distance={live:.0e}"],
-                        [], {"max_live_parameters": live}))
+            out.append(
+                (
+                    f"lower live parameters to {live:.0e}",
+                    [f"deepspeed.max_live_parameters={live:.0e}", f"deepspeed.max_reuse_distance={live:.0e}"],
+                    [],
+                    {"max_live_parameters": live},
+                )
+            )
     frames, secs = ins.video_frames, ins.audio_seconds
     while frames > 2 or secs > 2:
         frames, secs = max(2, frames // 2 // 2 * 2 or 2), max(2.0, secs / 2)
-        out.append((f"{frames} frames and {secs:g} s of audio",
-                    [f"data.video_frames={frames}", f"data.audio_seconds={secs:g}"], [],
-                    {"video_frames": frames, "audio_seconds": secs}))
+        out.append(
+            (
+                f"{frames} frames and {secs:g} s of audio",
+                [f"data.video_frames={frames}", f"data.audio_seconds={secs:g}"],
+                [],
+                {"video_frames": frames, "audio_seconds": secs},
+            )
+        )
     if set(ins.lora_targets) != {"attention"}:
         out.append(("LoRA on attention only", ["lora.targets=[attention]"], [], {"lora_targets": ("attention",)}))
     return out
@@ -849,7 +1038,7 @@ def suggestions(ins: PlanInputs, machine: Machine, base: Plan) -> tuple[list[Sug
     if found:
         return found, False
     for i, c1 in enumerate(cands):
-        for c2 in cands[i + 1:]:
+        for c2 in cands[i + 1 :]:
             if kind(c1) == kind(c2) or kind(c1) in kinds_done or kind(c2) in kinds_done:
                 continue
             if set(c1[3]) & set(c2[3]):
@@ -857,8 +1046,9 @@ def suggestions(ins: PlanInputs, machine: Machine, base: Plan) -> tuple[list[Sug
             new_ins, new_m = _apply(ins, machine, {**c1[3], **c2[3]})
             p = plan(new_ins, new_m, suggest=False)
             if p.fits:
-                found.append(Suggestion(change=f"{c1[0]} + {c2[0]}", overrides=c1[1] + c2[1], needs=c1[2] + c2[2],
-                                        plan=p))
+                found.append(
+                    Suggestion(change=f"{c1[0]} + {c2[0]}", overrides=c1[1] + c2[1], needs=c1[2] + c2[2], plan=p)
+                )
                 kinds_done.add(kind(c2))
     return found, not found
 
@@ -869,17 +1059,30 @@ Plan.model_rebuild()
 
 def to_json(p: Plan) -> dict[str, Any]:
     """The plan as a JSON-ready object: top-level `fits`, per-resource figures beside it."""
+
     def res(r: Resource) -> dict[str, Any]:
-        return {"need_gib": round(r.need_gib, 3), "have_gib": r.have_gib, "fits": r.fits,
-                "margin_gib": None if r.margin_gib is None else round(r.margin_gib, 3),
-                "components": {i.component: round(i.gib, 3) for i in r.items}}
+        return {
+            "need_gib": round(r.need_gib, 3),
+            "have_gib": r.have_gib,
+            "fits": r.fits,
+            "margin_gib": None if r.margin_gib is None else round(r.margin_gib, 3),
+            "components": {i.component: round(i.gib, 3) for i in r.items},
+        }
 
     return {
         "fits": p.fits,
         "resources": {r.name: res(r) for r in p.resources},
         "facts": p.facts,
-        "suggestions": [{"change": s.change, "overrides": s.overrides, "needs": s.needs, "fits": s.plan.fits,
-                         "resources": {r.name: res(r) for r in s.plan.resources}} for s in p.suggestions],
+        "suggestions": [
+            {
+                "change": s.change,
+                "overrides": s.overrides,
+                "needs": s.needs,
+                "fits": s.plan.fits,
+                "resources": {r.name: res(r) for r in s.plan.resources},
+            }
+            for s in p.suggestions
+        ],
         "nothing_fits": p.nothing_fits,
         "warnings": p.warnings,
         "assumptions": p.assumptions,

@@ -29,7 +29,6 @@ from pydantic import BaseModel
 from vss_core.config import VSSConfig, deepspeed_config
 from vss_core.errors import ConfigError
 
-
 # Files by which the flow side and the training process talk about stopping.
 STOP_REQUEST = "STOP"  # written by vss_core.launch (swap growth): training checkpoints and exits at its next step
 STOPPED = "stopped.json"  # written by training when it honoured a stop request: step, checkpoint, reason
@@ -110,14 +109,17 @@ def create_run(cfg: VSSConfig) -> RunPaths:
 
 
 # Settings that do not change what training computes: where things go, and the upload stage.
-_NOT_TRAINING_INPUTS = {"training": {"output_dir", "run_name", "monitor_interval_s", "swap_stop_gb", "ram_stop_gb",
-                                     "oom_step_downs"}}
+_NOT_TRAINING_INPUTS = {
+    "training": {"output_dir", "run_name", "monitor_interval_s", "swap_stop_gb", "ram_stop_gb", "oom_step_downs"}
+}
 
 
 def training_key(cfg: VSSConfig, weights: str, dataset_fingerprint: str, prepared_key: str) -> str:
     """Identity of a training: the config that shapes it plus its inputs (weights revision, data
     fingerprint, preparation settings). Same key, same adapter: a re-run reuses or resumes it."""
-    payload = cfg.model_dump(mode="json", exclude={"upload": True, "eval": True, **_NOT_TRAINING_INPUTS, "profile": True})
+    payload = cfg.model_dump(
+        mode="json", exclude={"upload": True, "eval": True, **_NOT_TRAINING_INPUTS, "profile": True}
+    )
     blob = json.dumps([payload, weights, dataset_fingerprint, prepared_key], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -132,8 +134,12 @@ def live_ranks(run: RunPaths) -> list[int]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
-        if (proc.info["pid"] != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE
-                and run.config in cmdline and "vss_core.train" in cmdline):
+        if (
+            proc.info["pid"] != os.getpid()
+            and proc.info["status"] != psutil.STATUS_ZOMBIE
+            and run.config in cmdline
+            and "vss_core.train" in cmdline
+        ):
             found.append(proc.info["pid"])
     return sorted(found)
 
@@ -177,8 +183,14 @@ def open_run(cfg: VSSConfig, key: str) -> tuple[RunPaths, VSSConfig]:
             )
         effective = VSSConfig.model_validate_json(Path(paths.config).read_text())
         # where things go and how the run is watched follow the current request
-        effective = effective.model_copy(update={"upload": cfg.upload, "training": effective.training.model_copy(
-            update={k: getattr(cfg.training, k) for k in _NOT_TRAINING_INPUTS["training"]})})
+        effective = effective.model_copy(
+            update={
+                "upload": cfg.upload,
+                "training": effective.training.model_copy(
+                    update={k: getattr(cfg.training, k) for k in _NOT_TRAINING_INPUTS["training"]}
+                ),
+            }
+        )
         return paths, effective
     root.mkdir(exist_ok=True)
     write_config(paths, cfg)

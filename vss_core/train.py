@@ -39,9 +39,10 @@ from pathlib import Path
 
 import torch
 
-from vss_core import data, lora, model as omni, split
-from vss_core.errors import NONFINITE_MARK, TrainingError
+from vss_core import data, lora, split
+from vss_core import model as omni
 from vss_core.config import VSSConfig, config_from_json, deepspeed_config
+from vss_core.errors import NONFINITE_MARK, TrainingError
 from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_json_atomic
 
 log = logging.getLogger("vss.train")
@@ -80,7 +81,9 @@ def die_with_parent(watch_pid: int | None = None, interval_s: float = 0.5) -> No
             except psutil.NoSuchProcess:
                 alive = False
             if not alive:
-                log.error("vss process %d is gone: this rank stops (resume from the last complete checkpoint)", watch_pid)
+                log.error(
+                    "vss process %d is gone: this rank stops (resume from the last complete checkpoint)", watch_pid
+                )
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(interval_s)
 
@@ -273,8 +276,9 @@ def stream_losses(out) -> torch.Tensor:
 # --- main -----------------------------------------------------------------------------------------
 
 
-def nonfinite_samples(loss: torch.Tensor, indices: list[int], rank: int, world: int, micro_batch: int,
-                      all_reduce) -> list[int]:
+def nonfinite_samples(
+    loss: torch.Tensor, indices: list[int], rank: int, world: int, micro_batch: int, all_reduce
+) -> list[int]:
     """The samples (indices into the prepared ones) of this micro step whose loss is NaN/Inf, on any rank.
 
     One small all_reduce, so every rank gets the same answer and all stop together (a rank that
@@ -339,8 +343,11 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     names = split.training_names(all_names, cfg.data.eval_fraction)
     samples = data.load_prepared(prepared_dir, only=set(names))
     if rank == 0 and len(names) < len(all_names):
-        log.info("Held out for evaluation (data.eval_fraction=%g, never trained on): %s", cfg.data.eval_fraction,
-                 ", ".join(n for n in all_names if n not in set(names)))
+        log.info(
+            "Held out for evaluation (data.eval_fraction=%g, never trained on): %s",
+            cfg.data.eval_fraction,
+            ", ".join(n for n in all_names if n not in set(names)),
+        )
     tr = cfg.training
     per_epoch = steps_per_epoch(len(samples), world, tr.micro_batch_size, tr.gradient_accumulation_steps)
     total_steps = tr.max_steps or per_epoch * tr.epochs
@@ -379,7 +386,13 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     metrics = open(run.metrics, "a") if rank == 0 else None
     micro_per_step = tr.micro_batch_size * tr.gradient_accumulation_steps
     if rank == 0:
-        log.info("Starting training: %d samples, %d ranks, %d steps (%d per epoch)", len(samples), world, total_steps, per_epoch)
+        log.info(
+            "Starting training: %d samples, %d ranks, %d steps (%d per epoch)",
+            len(samples),
+            world,
+            total_steps,
+            per_epoch,
+        )
     first_loss = last_loss = parts = None
     engine.train()
     epoch_start = time.time()
@@ -392,8 +405,9 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             batch = omni.collate([samples[i] for i in order[lo : lo + tr.micro_batch_size]])
             out = engine(**batch, text_weight=tr.text_loss_weight, codebook_weights=tr.codebook_loss_weights)
             # Before backward: a NaN/Inf loss would poison the weights and every checkpoint after it.
-            bad = nonfinite_samples(out.loss, order[lo : lo + tr.micro_batch_size], rank, world,
-                                    tr.micro_batch_size, dist.all_reduce)
+            bad = nonfinite_samples(
+                out.loss, order[lo : lo + tr.micro_batch_size], rank, world, tr.micro_batch_size, dist.all_reduce
+            )
             if bad:
                 raise nonfinite_loss_error(step + 1, total_steps, m, [names[i] for i in bad])
             engine.backward(out.loss)
@@ -410,10 +424,22 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         if rank == 0:
             lr = scheduler.get_last_lr()[0]
             if n % tr.log_every_n_steps == 0 or n == total_steps:
-                log.info("Step %d/%d - Loss: %.3f (%s)", n, total_steps, loss,
-                         " ".join(f"{k} {v:.3f}" for k, v in parts.items()))
-            record = {"step": n, "total_steps": total_steps, "epoch": epoch + 1, "loss": loss,
-                      **{f"loss_{k}": v for k, v in parts.items()}, "lr": lr, "time": time.time()}
+                log.info(
+                    "Step %d/%d - Loss: %.3f (%s)",
+                    n,
+                    total_steps,
+                    loss,
+                    " ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+                )
+            record = {
+                "step": n,
+                "total_steps": total_steps,
+                "epoch": epoch + 1,
+                "loss": loss,
+                **{f"loss_{k}": v for k, v in parts.items()},
+                "lr": lr,
+                "time": time.time(),
+            }
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             writer.add_scalar("train/loss", loss, n)
@@ -421,7 +447,12 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
                 writer.add_scalar(f"train/loss_{k}", v, n)
             writer.add_scalar("train/lr", lr, n)
         if n % per_epoch == 0 and rank == 0:
-            log.info("Epoch %d/%d complete (%.1f s)", n // per_epoch, math.ceil(total_steps / per_epoch), time.time() - epoch_start)
+            log.info(
+                "Epoch %d/%d complete (%.1f s)",
+                n // per_epoch,
+                math.ceil(total_steps / per_epoch),
+                time.time() - epoch_start,
+            )
             epoch_start = time.time()
         saved = n % tr.save_every_n_steps == 0 and n < total_steps
         if saved:

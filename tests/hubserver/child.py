@@ -27,7 +27,10 @@ def main(argv: list[str]) -> None:
         import huggingface_hub as hf
 
         hf.snapshot_download(
-            repo_id, cache_dir=cache_dir, endpoint=os.environ["HF_ENDPOINT"], token=False,
+            repo_id,
+            cache_dir=cache_dir,
+            endpoint=os.environ["HF_ENDPOINT"],
+            token=False,
             allow_patterns=hub.ALLOW_PATTERNS,
         )
     else:

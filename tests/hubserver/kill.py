@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def child_env(hub: HubServer) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE")}
-    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT),
-               HF_HUB_DISABLE_TELEMETRY="1")
+    env.update(
+        HF_ENDPOINT=hub.url, HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1"
+    )
     return env
 
 
@@ -31,7 +32,13 @@ def _snapshot_files(hub: HubServer, repo_id: str, cache_dir: Path, patterns: lis
 
 
 def download_and_kill(
-    hub: HubServer, mode: str, repo_id: str, cache_dir: Path, big: str, pause_at: int, timeout: float = 120.0,
+    hub: HubServer,
+    mode: str,
+    repo_id: str,
+    cache_dir: Path,
+    big: str,
+    pause_at: int,
+    timeout: float = 120.0,
     codec_repo: str | None = None,
 ) -> int:
     """Run `python -m tests.hubserver.child mode` and SIGKILL it mid-`big` (a file of `repo_id`); return bytes of
@@ -42,14 +49,27 @@ def download_and_kill(
     hub.faults.release.clear()
     hub.faults.pause_after[big] = pause_at
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.hubserver.child", mode, repo_id, str(cache_dir), *([codec_repo] if codec_repo else [])],
-        cwd=ROOT, env=child_env(hub), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "tests.hubserver.child",
+            mode,
+            repo_id,
+            str(cache_dir),
+            *([codec_repo] if codec_repo else []),
+        ],
+        cwd=ROOT,
+        env=child_env(hub),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + timeout
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"download child exited early ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(
+                    f"download child exited early ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"download child did not reach byte {pause_at} of {big} in {timeout}s")
             served = hub.served_by_file(repo_id)
@@ -65,4 +85,3 @@ def download_and_kill(
         hub.faults.pause_after.pop(big, None)
         hub.faults.release.set()
     return hub.served_bytes(repo_id, big)
-

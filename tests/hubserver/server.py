@@ -193,9 +193,20 @@ class HubServer:
                 else:
                     tree[path] = blob
             self._counter += 1
-            seed = json.dumps([parent.oid if parent else None, message, self._counter, sorted((p, b.git_oid) for p, b in tree.items())])
+            seed = json.dumps(
+                [
+                    parent.oid if parent else None,
+                    message,
+                    self._counter,
+                    sorted((p, b.git_oid) for p, b in tree.items()),
+                ]
+            )
             oid = hashlib.sha1(seed.encode()).hexdigest()
-            repo.commits.append(Commit(oid=oid, message=message, files=tree, date=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())))
+            repo.commits.append(
+                Commit(
+                    oid=oid, message=message, files=tree, date=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+                )
+            )
             repo.branches[branch] = oid
         return oid
 
@@ -391,13 +402,30 @@ class _Handler(BaseHTTPRequestHandler):
             if blobs:
                 entry.update(size=blob.size, blobId=blob.git_oid)
                 if blob.lfs:
-                    entry["lfs"] = {"size": blob.size, "sha256": blob.sha256, "pointerSize": len(_lfs_pointer(blob.sha256, blob.size))}
+                    entry["lfs"] = {
+                        "size": blob.size,
+                        "sha256": blob.sha256,
+                        "pointerSize": len(_lfs_pointer(blob.sha256, blob.size)),
+                    }
             siblings.append(entry)
-        self._send_json({
-            "_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": repo.private,
-            "gated": False, "disabled": False, "lastModified": commit.date, "createdAt": repo.commits[0].date,
-            "tags": [], "downloads": 0, "likes": 0, "library_name": None, "siblings": siblings,
-        })
+        self._send_json(
+            {
+                "_id": repo_id,
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": commit.oid,
+                "private": repo.private,
+                "gated": False,
+                "disabled": False,
+                "lastModified": commit.date,
+                "createdAt": repo.commits[0].date,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "library_name": None,
+                "siblings": siblings,
+            }
+        )
 
     def _tree(self, method, query, body, repo_id: str, rev: str, prefix: str) -> None:
         repo = self._readable_repo(repo_id)
@@ -414,17 +442,22 @@ class _Handler(BaseHTTPRequestHandler):
                 d = "/".join(([prefix] if prefix else []) + parts[:i])
                 if (recursive or i == 1) and d not in dirs:
                     dirs.add(d)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d})
+                    entries.append(
+                        {"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
+                    )
             if not recursive and len(parts) > 1:
                 continue
             entry = {"type": "file", "oid": blob.git_oid, "size": blob.size, "path": path}
             if blob.lfs:  # no "xetHash": the client must not take its Xet path against this server
-                entry["lfs"] = {"oid": blob.sha256, "size": blob.size, "pointerSize": len(_lfs_pointer(blob.sha256, blob.size))}
+                entry["lfs"] = {
+                    "oid": blob.sha256,
+                    "size": blob.size,
+                    "pointerSize": len(_lfs_pointer(blob.sha256, blob.size)),
+                }
             entries.append(entry)
         self._send_json(entries)
 
     def _resolve(self, method, query, body, repo_id: str, rev: str, path: str) -> None:
-        hub = self.server_state
         repo = self._readable_repo(repo_id)
         commit = self._commit_of(repo, rev)
         blob = commit.files.get(path)
@@ -475,7 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
                 head = chunk[: pause_at - pos]
                 self._write_counted(repo_id, path, head)
                 pos += len(head)
-                chunk = chunk[len(head):]
+                chunk = chunk[len(head) :]
                 faults.release.wait(timeout=120)
                 if self._peer_closed():  # the client was killed while stalled: send nothing more
                     raise BrokenPipeError(f"client of {path} went away")
@@ -531,8 +564,11 @@ class _Handler(BaseHTTPRequestHandler):
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         hub.create_repo(repo_id, private=private)
         # Like the Hub, a new repo starts with one commit holding .gitattributes.
-        hub.commit(repo_id, {".gitattributes": Blob.from_bytes(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", lfs=False)},
-                   message="initial commit")
+        hub.commit(
+            repo_id,
+            {".gitattributes": Blob.from_bytes(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", lfs=False)},
+            message="initial commit",
+        )
         self._send_json({"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
 
     def _validate_yaml(self, method, query, body) -> None:
@@ -545,8 +581,14 @@ class _Handler(BaseHTTPRequestHandler):
         for f in json.loads(body)["files"]:
             remote = head.files.get(f["path"]) if head else None
             # Always "regular": this server has no LFS/Xet storage, so the content rides in the commit.
-            files.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                          "oid": remote.git_oid if remote and not remote.lfs else None})
+            files.append(
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": remote.git_oid if remote and not remote.lfs else None,
+                }
+            )
         self._send_json({"files": files, "commitOid": head.oid if head else None})
 
     def _commit(self, method, query, body, repo_id: str, rev: str) -> None:
@@ -561,7 +603,11 @@ class _Handler(BaseHTTPRequestHandler):
             if key == "header":
                 message = value.get("summary") or message
             elif key == "file":
-                data = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
+                data = (
+                    base64.b64decode(value["content"])
+                    if value.get("encoding") == "base64"
+                    else value["content"].encode()
+                )
                 files[value["path"]] = Blob.from_bytes(data, lfs=False)
             elif key in ("deletedFile", "deletedFolder"):
                 files[value["path"]] = None

@@ -77,10 +77,12 @@ def _prefect(env, *args: str, timeout: float = 120) -> subprocess.CompletedProce
 
 
 def _automation_names(env) -> list[str]:
-    code = ("from prefect.client.orchestration import get_client\n"
-            "with get_client(sync_client=True) as c:\n"
-            "    print(sorted(a.name for a in c.read_automations() if not a.name.startswith('train-') "
-            "and '__automation' not in a.name))")
+    code = (
+        "from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    print(sorted(a.name for a in c.read_automations() if not a.name.startswith('train-') "
+        "and '__automation' not in a.name))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return eval(out.stdout.strip().splitlines()[-1])
 
@@ -118,15 +120,31 @@ def served(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
     }
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "serve")}
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=logs["server"], stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=logs["server"],
+        stderr=subprocess.STDOUT,
+    )
     served = None
     try:
         _wait(lambda: _healthy(api), 120, "prefect server", [server])
         served = subprocess.Popen(
-            [str(BIN / "vss"), "serve", "--no-demo-assets", "--debounce", "3", "--watch-interval", "3600",
-             "--crash-after", "40"],
-            cwd=tmp_path, env=env, stdout=logs["serve"], stderr=subprocess.STDOUT,
+            [
+                str(BIN / "vss"),
+                "serve",
+                "--no-demo-assets",
+                "--debounce",
+                "3",
+                "--watch-interval",
+                "3600",
+                "--crash-after",
+                "40",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=logs["serve"],
+            stderr=subprocess.STDOUT,
         )
         listed = lambda: _prefect(env, "deployment", "ls").stdout
         _wait(lambda: "demo-cpu" in listed() and "watch-data" in listed(), 120, "vss serve to register", [served])
@@ -150,14 +168,21 @@ def served(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
 def test_served_deployments_refuse_bad_params_retrain_on_data_events_and_reuse(served):
     tmp_path, env, served = served.root, served.env, served.process
     # A bad parameter is refused when the run is created, naming the field.
-    bad = _prefect(env, "deployment", "run", "vss/demo-cpu",
-                   "--params", json.dumps({"overrides": {"training": {"lerning_rate": 0.1}}}))
+    bad = _prefect(
+        env,
+        "deployment",
+        "run",
+        "vss/demo-cpu",
+        "--params",
+        json.dumps({"overrides": {"training": {"lerning_rate": 0.1}}}),
+    )
     assert bad.returncode != 0 and "lerning_rate" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
     assert _flow_runs(env) == []
 
     # A data update event starts one training run of the deployment watching that dataset.
-    note = subprocess.run([str(BIN / "vss"), "notify-data-updated"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    note = subprocess.run(
+        [str(BIN / "vss"), "notify-data-updated"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert note.returncode == 0 and "Emitted vss.data.updated" in note.stdout, note.stdout + note.stderr
     done = lambda: [r for r in _flow_runs(env) if r["state"] in ("COMPLETED", "FAILED", "CRASHED")]
     _wait(lambda: done(), 600, "the event-triggered run to finish", [served])
@@ -210,18 +235,20 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
             p.kill()
     assert not (run_dir / "adapter").exists()
 
-    again = _prefect(env, "deployment", "run", "vss/demo-cpu", "--params", params, "--watch", "--watch-timeout", "600",
-                     timeout=660)
+    again = _prefect(
+        env, "deployment", "run", "vss/demo-cpu", "--params", params, "--watch", "--watch-timeout", "600", timeout=660
+    )
     assert again.returncode == 0 and "Completed" in again.stdout + again.stderr, again.stdout + again.stderr
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["resumed_from_step"] >= 4 and summary["steps"] == 40, summary
 
 
 def test_a_silent_run_is_marked_crashed_by_the_automation(served):
-    tmp_path, env, served = served.root, served.env, served.process
+    env, served = served.env, served.process
     # A run whose flow process hangs (stopped: alive, silent) is marked Crashed once its heartbeats stop.
-    started = _prefect(env, "deployment", "run", "vss/demo-cpu",
-                       "--params", json.dumps({"overrides": {"training": {"seed": 7}}}))
+    started = _prefect(
+        env, "deployment", "run", "vss/demo-cpu", "--params", json.dumps({"overrides": {"training": {"seed": 7}}})
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     running = lambda: [r for r in _flow_runs(env) if r["state"] == "RUNNING"]
     _wait(lambda: running(), 120, "the new run to start", [served])

@@ -18,7 +18,8 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from flows.vss import _gate
-from vss_core import data, evaluate, lora, model as omni, runs, split
+from vss_core import data, evaluate, lora, runs, split
+from vss_core import model as omni
 from vss_core.config import LoraConfig, load_config
 
 pytestmark = pytest.mark.integration
@@ -26,35 +27,49 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
-    cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}", f"model.source={tiny_model_dir}",
-                                   f"model.codec_source={tiny_codec_dir}", "eval.max_seconds=1.0"])
+    cfg = load_config(
+        "cpu-demo",
+        [
+            f"data.root={demo_data_dir}",
+            f"model.source={tiny_model_dir}",
+            f"model.codec_source={tiny_codec_dir}",
+            "eval.max_seconds=1.0",
+        ],
+    )
     report = data.validate_dataset(cfg.data)
-    prepared = data.prepare_dataset(report.valid, cfg.data, tiny_model_dir, tiny_codec_dir,
-                                    tmp_path_factory.mktemp("prepared"))
+    prepared = data.prepare_dataset(
+        report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
+    )
     samples = evaluate.held_out_samples(report, prepared, cfg.data.eval_fraction)
     assert samples and [s.name for s in samples] == split.held_out(prepared.samples, cfg.data.eval_fraction)
     return cfg, samples
 
 
 def _adapter(folder: Path, model_dir: Path, noise: float) -> Path:
-    peft_model = lora.apply_lora(omni.load_omni(model_dir), LoraConfig(
-        rank=4, alpha=8, dropout=0.0, targets=["attention", "audio_heads", "text_head"]))
+    peft_model = lora.apply_lora(
+        omni.load_omni(model_dir),
+        LoraConfig(rank=4, alpha=8, dropout=0.0, targets=["attention", "audio_heads", "text_head"]),
+    )
     gen = torch.Generator().manual_seed(0)
     for name, p in peft_model.named_parameters():
         if "lora_B" in name and noise:
             p.data = torch.randn(p.shape, generator=gen) * noise
     folder.mkdir(parents=True)
     state = get_peft_model_state_dict(peft_model)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(folder / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
     peft_model.peft_config["default"].save_pretrained(str(folder))
     (folder / "README.md").write_text("# adapter\n")
     return folder
 
 
 def _evaluate(cfg, samples, adapter, model_dir, codec_dir, out):
-    return evaluate.evaluate(adapter, model_dir, codec_dir, samples, cfg, out, with_base=True,
-                             tensorboard_dir=out / "tb", step=3)
+    return evaluate.evaluate(
+        adapter, model_dir, codec_dir, samples, cfg, out, with_base=True, tensorboard_dir=out / "tb", step=3
+    )
 
 
 def test_a_zero_adapter_scores_as_the_base_model(setup, tmp_path, tiny_model_dir, tiny_codec_dir):
@@ -74,8 +89,9 @@ def test_a_zero_adapter_scores_as_the_base_model(setup, tmp_path, tiny_model_dir
     assert list((tmp_path / "eval" / "tb").glob("events.out.tfevents.*"))
 
 
-def test_the_gate_blocks_a_worse_adapter_and_the_card_and_report_say_why(setup, tmp_path, tiny_model_dir,
-                                                                           tiny_codec_dir):
+def test_the_gate_blocks_a_worse_adapter_and_the_card_and_report_say_why(
+    setup, tmp_path, tiny_model_dir, tiny_codec_dir
+):
     cfg, samples = setup
     adapter = _adapter(tmp_path / "adapter", tiny_model_dir, noise=2.0)
     out = tmp_path / "eval"
@@ -111,30 +127,50 @@ def test_the_gate_blocks_a_worse_adapter_and_the_card_and_report_say_why(setup, 
 
 def _tiny_asr(folder: Path) -> Path:
     """A random-weight wav2vec2 CTC model with its processor: a real transformers ASR model directory."""
-    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
-                              Wav2Vec2Processor)
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
 
     folder.mkdir(parents=True)
     vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
-                                     word_delimiter_token="|")
+    tokenizer = Wav2Vec2CTCTokenizer(
+        str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|"
+    )
     features = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True)
     Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
     torch.manual_seed(0)
-    Wav2Vec2ForCTC(Wav2Vec2Config(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, pad_token_id=0)).save_pretrained(folder)
+    Wav2Vec2ForCTC(
+        Wav2Vec2Config(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=(16, 16),
+            conv_stride=(5, 4),
+            conv_kernel=(10, 8),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+            pad_token_id=0,
+        )
+    ).save_pretrained(folder)
     return folder
 
 
 def test_asr_word_error_rate_with_a_local_asr_model(setup, tmp_path, tiny_model_dir, tiny_codec_dir):
     cfg, samples = setup
     adapter = _adapter(tmp_path / "adapter", tiny_model_dir, noise=0.0)
-    asr_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"asr_model": str(_tiny_asr(tmp_path / "asr"))})})
-    report = evaluate.evaluate(adapter, tiny_model_dir, tiny_codec_dir, samples[:1], asr_cfg, tmp_path / "eval",
-                               with_base=False)
+    asr_cfg = cfg.model_copy(
+        update={"eval": cfg.eval.model_copy(update={"asr_model": str(_tiny_asr(tmp_path / "asr"))})}
+    )
+    report = evaluate.evaluate(
+        adapter, tiny_model_dir, tiny_codec_dir, samples[:1], asr_cfg, tmp_path / "eval", with_base=False
+    )
     (score,) = report.scores
     assert score.asr_text is not None and score.asr_wer is not None and score.asr_wer >= 0
     assert report.value("adapter", "asr_wer") == score.asr_wer and "asr_wer" in report.table()
@@ -165,34 +201,60 @@ def test_the_pause_gate_waits_and_resumes_on_approval_on_a_real_server(tmp_path)
     from tests.integration.test_deployment import _free_port, _healthy, _wait
 
     report = evaluate.EvalReport(
-        adapter_dir=str(tmp_path), adapter_sha256="0" * 64, samples=["03"], settings={}, scores=[],
-        summary={"adapter": {"loss": 3.0}, "base": {"loss": 2.5}})
+        adapter_dir=str(tmp_path),
+        adapter_sha256="0" * 64,
+        samples=["03"],
+        settings={},
+        scores=[],
+        summary={"adapter": {"loss": 3.0}, "base": {"loss": 2.5}},
+    )
     (tmp_path / "report.json").write_text(report.model_dump_json())
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
     bin_dir = Path(sys.executable).parent
     with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                   str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         flow_proc = None
         try:
             _wait(lambda: _healthy(api), 120, "prefect server", [server])
             script = tmp_path / "gated.py"
             script.write_text(_PAUSED_FLOW)
-            flow_proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "report.json")], env=env,
-                                         cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True)
-            code = ("from prefect.client.orchestration import get_client\n"
-                    "with get_client(sync_client=True) as c:\n"
-                    "    print([(str(r.id), r.state.type.value) for r in c.read_flow_runs()])")
-            runs_now = lambda: eval(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                                   text=True, check=True).stdout.strip().splitlines()[-1])
+            flow_proc = subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / "report.json")],
+                env=env,
+                cwd=Path(__file__).resolve().parents[2],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            code = (
+                "from prefect.client.orchestration import get_client\n"
+                "with get_client(sync_client=True) as c:\n"
+                "    print([(str(r.id), r.state.type.value) for r in c.read_flow_runs()])"
+            )
+            runs_now = lambda: eval(
+                subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             _wait(lambda: any(s == "PAUSED" for _, s in runs_now()), 120, "the flow to pause", [flow_proc])
-            (run_id, _), = runs_now()
-            resume = ("import sys; from prefect.flow_runs import resume_flow_run\n"
-                      "resume_flow_run(sys.argv[1], run_input={'approve': True, 'note': 'looks fine'})")
+            ((run_id, _),) = runs_now()
+            resume = (
+                "import sys; from prefect.flow_runs import resume_flow_run\n"
+                "resume_flow_run(sys.argv[1], run_input={'approve': True, 'note': 'looks fine'})"
+            )
             subprocess.run([sys.executable, "-c", resume, run_id], env=env, check=True, timeout=60)
             out, _ = flow_proc.communicate(timeout=120)
             assert flow_proc.returncode == 0 and "RESULT uploaded" in out, out[-3000:]

@@ -61,7 +61,9 @@ def _logs_and_artifacts(flow_run_id) -> str:
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return "\n".join([log.message for log in logs] + [json.dumps(a.data) for a in artifacts])
 
 
@@ -75,7 +77,14 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
     result, flow_run_id = _run(profile="cpu-demo", overrides=overrides)
 
     assert [s.stage for s in result.stages] == [
-        "preflight", "validate data", "download weights", "prepare data", "train", "evaluate", "gate", "upload adapter",
+        "preflight",
+        "validate data",
+        "download weights",
+        "prepare data",
+        "train",
+        "evaluate",
+        "gate",
+        "upload adapter",
     ]
     by_stage = {s.stage: s for s in result.stages}
     assert "1 held-out: loss" in by_stage["evaluate"].detail and by_stage["gate"].status == "passed"

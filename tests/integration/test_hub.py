@@ -40,7 +40,10 @@ ABSOLUTE, ABSOLUTE_NAME = "org/omni-absolute", "/tmp/vss-absolute-victim/victim.
 BIG = "audio_codec/big_dummy.bin"  # matches ALLOW_PATTERNS; LFS-stored (>= 10 MB)
 BIG_SIZE = 24 << 20
 UNWANTED = "original/consolidated.pth"  # matches no allow pattern: must never be fetched
-DECODERS_24K = ("ckpts/LongCatAudioCodec_decoder_24k_4codebooks.pt", "ckpts/LongCatAudioCodec_decoder_24k_2codebooks.pt")
+DECODERS_24K = (
+    "ckpts/LongCatAudioCodec_decoder_24k_4codebooks.pt",
+    "ckpts/LongCatAudioCodec_decoder_24k_2codebooks.pt",
+)
 WRITE_TOKEN = "hf_test_write_SECRETVALUE_1234567890"
 READ_TOKEN = "hf_test_read_SECRETVALUE_0987654321"
 BAD_TOKEN = "hf_test_bad_SECRETVALUE_5555555555"
@@ -51,8 +54,11 @@ def server(tiny_model_dir, tiny_codec_dir):
     big = (hashlib.sha256(b"vss").digest() * (BIG_SIZE // 32))[:BIG_SIZE]
     with HubServer(tokens={WRITE_TOKEN: "write", READ_TOKEN: "read"}) as srv:
         srv.add_repo_from_dir(REPO, tiny_model_dir, extra={BIG: big, UNWANTED: b"u" * 500_000})
-        srv.add_repo_from_dir(CODEC, tiny_codec_dir, extra={
-            **{p: os.urandom(200_000) for p in DECODERS_24K}, "README.md": b"# LongCat-Audio-Codec\n"})
+        srv.add_repo_from_dir(
+            CODEC,
+            tiny_codec_dir,
+            extra={**{p: os.urandom(200_000) for p in DECODERS_24K}, "README.md": b"# LongCat-Audio-Codec\n"},
+        )
         srv.add_repo_from_dir(PRIVATE, tiny_model_dir, private=True)
         srv.add_repo_from_dir(NO_ENCODER, tiny_codec_dir)
         srv.commit(NO_ENCODER, {codec.ENCODER_CKPT.as_posix(): None}, message="drop the encoder")
@@ -60,8 +66,10 @@ def server(tiny_model_dir, tiny_codec_dir):
         srv.add_repo_from_dir(DOTDOT, tiny_model_dir, extra={DOTDOT_NAME: b"evil" * 10})
         srv.add_repo_from_dir(ABSOLUTE, tiny_model_dir, extra={ABSOLUTE_NAME: b"evil" * 10})
         srv.add_repo_from_dir(GELU, tiny_model_dir)
-        srv.commit(GELU, {"vision/config.json": Blob.from_bytes(json.dumps(dict(vision, hidden_act="GELU")).encode(),
-                                                                 lfs=False)})
+        srv.commit(
+            GELU,
+            {"vision/config.json": Blob.from_bytes(json.dumps(dict(vision, hidden_act="GELU")).encode(), lfs=False)},
+        )
         yield srv
 
 
@@ -77,8 +85,9 @@ def hubsrv(server):
 
 
 def settings_for(srv: HubServer, token: str | None = None, source: str = "environment variable HF_TOKEN") -> Settings:
-    return Settings(hf_endpoint=srv.url, hf_token=SecretStr(token) if token else None,
-                    hf_token_source=source if token else None)
+    return Settings(
+        hf_endpoint=srv.url, hf_token=SecretStr(token) if token else None, hf_token_source=source if token else None
+    )
 
 
 def model_cfg(cache: Path, **kw) -> ModelConfig:
@@ -107,7 +116,9 @@ def _configs(srv: HubServer, repo: str) -> set[str]:
 def _no_weight_served(srv: HubServer, *repos: str) -> None:
     for repo in repos:
         served = set(srv.served_by_file(repo))
-        assert served <= _configs(srv, repo), f"{repo}: weights served before the refusal: {served - _configs(srv, repo)}"
+        assert served <= _configs(srv, repo), (
+            f"{repo}: weights served before the refusal: {served - _configs(srv, repo)}"
+        )
 
 
 def _no_partials(cache: Path) -> bool:
@@ -120,9 +131,10 @@ def _no_partials(cache: Path) -> bool:
 def test_full_download_pins_both_repos_and_fetches_only_needed_files(hubsrv, tmp_path, tiny_model_dir, tiny_codec_dir):
     report = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
 
-    for repo, path, revision, requested in ((REPO, report.path, report.revision, report.requested_revision),
-                                            (CODEC, report.codec_path, report.codec_revision,
-                                             report.codec_requested_revision)):
+    for repo, path, revision, requested in (
+        (REPO, report.path, report.revision, report.requested_revision),
+        (CODEC, report.codec_path, report.codec_revision, report.codec_requested_revision),
+    ):
         head = hubsrv.head(repo)
         storage = tmp_path / f"models--{repo.replace('/', '--')}"
         assert revision == head.oid and requested == "main"
@@ -154,12 +166,20 @@ def test_each_repo_is_pinned_to_its_own_revision(hubsrv, tmp_path, tiny_model_di
     model_v1 = hubsrv.add_repo_from_dir(model_repo, tiny_model_dir)
     hubsrv.repos[model_repo].branches["v1"] = model_v1  # a tag
     codec_v1 = hubsrv.add_repo_from_dir(codec_repo, tiny_codec_dir, extra={"README.md": b"v1\n"})
-    model_v2 = hubsrv.commit(model_repo, {"tokenizer_config.json": Blob.from_bytes(
-        (tiny_model_dir / "tokenizer_config.json").read_bytes() + b"\n", lfs=False)})
+    model_v2 = hubsrv.commit(
+        model_repo,
+        {
+            "tokenizer_config.json": Blob.from_bytes(
+                (tiny_model_dir / "tokenizer_config.json").read_bytes() + b"\n", lfs=False
+            )
+        },
+    )
     codec_v2 = hubsrv.commit(codec_repo, {"README.md": Blob.from_bytes(b"v2\n", lfs=False)})
 
-    old = hub.download_weights(model_cfg(tmp_path, source=model_repo, revision="v1", codec_source=codec_repo,
-                                         codec_revision=codec_v1), settings_for(hubsrv))
+    old = hub.download_weights(
+        model_cfg(tmp_path, source=model_repo, revision="v1", codec_source=codec_repo, codec_revision=codec_v1),
+        settings_for(hubsrv),
+    )
     assert (old.revision, old.requested_revision) == (model_v1, "v1")
     assert (old.codec_revision, old.codec_requested_revision) == (codec_v1, codec_v1)
     assert (Path(old.codec_path) / "README.md").read_text() == "v1\n"
@@ -170,7 +190,9 @@ def test_each_repo_is_pinned_to_its_own_revision(hubsrv, tmp_path, tiny_model_di
     new = hub.download_weights(model_cfg(tmp_path, source=model_repo, codec_source=codec_repo), settings_for(hubsrv))
     assert (new.revision, new.codec_revision) == (model_v2, codec_v2)
     assert (Path(new.codec_path) / "README.md").read_text() == "v2\n"
-    assert hubsrv.served_by_file(model_repo) == {"tokenizer_config.json": _wanted(hubsrv, model_repo)["tokenizer_config.json"]}
+    assert hubsrv.served_by_file(model_repo) == {
+        "tokenizer_config.json": _wanted(hubsrv, model_repo)["tokenizer_config.json"]
+    }
     assert hubsrv.served_by_file(codec_repo) == {"README.md": 3}, "files unchanged between commits share their blobs"
 
 
@@ -186,8 +208,10 @@ def test_kill_mid_file_then_vss_resumes_it(hubsrv, tmp_path):
     assert set(served) == {BIG}, f"completed files must not be fetched again: {served}"
     assert hubsrv.served_by_file(CODEC) == {} and report.codec.bytes_cached == report.codec.bytes_total
     refetched = before + served[BIG] - BIG_SIZE
-    print(f"\nkill at {before} B of a {BIG_SIZE} B file: vss re-fetched {refetched} B "
-          f"({refetched / BIG_SIZE:.2%} of the file); resumed {report.bytes_resumed} B")
+    print(
+        f"\nkill at {before} B of a {BIG_SIZE} B file: vss re-fetched {refetched} B "
+        f"({refetched / BIG_SIZE:.2%} of the file); resumed {report.bytes_resumed} B"
+    )
     assert refetched <= hub.STREAM_CHUNK, "a kill costs at most the chunk in flight"
     assert report.bytes_resumed >= pause_at - hub.STREAM_CHUNK
     assert report.bytes_downloaded == served[BIG]
@@ -209,8 +233,10 @@ def test_kill_mid_file_plain_snapshot_download_restarts_and_vss_cleans_up(hubsrv
     served = hubsrv.served_by_file(REPO)
     assert served == {BIG: BIG_SIZE}, "huggingface_hub keeps completed files but restarts the killed one"
     refetched = before + served[BIG] - BIG_SIZE
-    print(f"\nkill at {before} B of a {BIG_SIZE} B file: plain snapshot_download re-fetched {refetched} B "
-          f"({refetched / BIG_SIZE:.2%} of the file)")
+    print(
+        f"\nkill at {before} B of a {BIG_SIZE} B file: plain snapshot_download re-fetched {refetched} B "
+        f"({refetched / BIG_SIZE:.2%} of the file)"
+    )
     assert refetched == before
     assert orphans[0].exists(), "and leaves the partial file behind"
 
@@ -322,11 +348,16 @@ def test_transient_5xx_on_metadata_is_retried(hubsrv, tmp_path):
 
 def test_disk_check_counts_both_repos_minus_cache(hubsrv, tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "_free_bytes", lambda path: 1_000_000)  # a nearly full disk cannot exist here
-    weights = {repo: {p: n for p, n in _wanted(hubsrv, repo).items() if p not in _configs(hubsrv, repo)}
-               for repo in (REPO, CODEC)}
+    weights = {
+        repo: {p: n for p, n in _wanted(hubsrv, repo).items() if p not in _configs(hubsrv, repo)}
+        for repo in (REPO, CODEC)
+    }
     need = hub._fmt(sum(sum(w.values()) for w in weights.values()))
-    with pytest.raises(PreflightError, match=rf"{REPO}@main .* and {CODEC}@main .* needs {need} more in .* "
-                                             r"only 1\.0 MB is free"):
+    with pytest.raises(
+        PreflightError,
+        match=rf"{REPO}@main .* and {CODEC}@main .* needs {need} more in .* "
+        r"only 1\.0 MB is free",
+    ):
         hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
     _no_weight_served(hubsrv, REPO, CODEC)
     monkeypatch.undo()
@@ -342,8 +373,11 @@ def test_missing_repo_and_revision_are_config_errors(hubsrv, tmp_path):
         hub.download_weights(model_cfg(tmp_path, revision="v9"), settings_for(hubsrv))
     with pytest.raises(ModelError) as both:
         hub.download_weights(model_cfg(tmp_path, revision="v9", codec_source="org/no-codec"), settings_for(hubsrv))
-    assert "model.revision" in str(both.value) and "model.codec_source org/no-codec@main: the repo was not found" in str(
-        both.value), "both problems in one error"
+    assert "model.revision" in str(
+        both.value
+    ) and "model.codec_source org/no-codec@main: the repo was not found" in str(both.value), (
+        "both problems in one error"
+    )
     with pytest.raises(ModelError, match="Set model.codec_revision"):
         hub.download_weights(model_cfg(tmp_path, codec_revision="v9"), settings_for(hubsrv))
 
@@ -378,7 +412,8 @@ def test_preflight_reads_only_configs_and_gives_the_planner_both_sizes(hubsrv, t
     # What the planner does with it: the same shape as the checkpoint itself.
     from_hub = hardware.model_shape(model_cfg(tmp_path), configs_dir)
     assert from_hub.model_dump(exclude={"source"}) == hardware.model_shape(
-        ModelConfig(source=str(tiny_model_dir))).model_dump(exclude={"source"})
+        ModelConfig(source=str(tiny_model_dir))
+    ).model_dump(exclude={"source"})
 
     hubsrv.reset_counters()
     report = hub.download_weights(model_cfg(tmp_path), settings_for(hubsrv))
@@ -460,16 +495,18 @@ def test_upload_creates_private_repo_then_reupload_makes_no_duplicate_commit(hub
 
 
 def test_upload_public_when_configured(hubsrv, adapter):
-    hub.upload_adapter(adapter, UploadConfig(repo_id="org/adapter-public", private=False),
-                       settings_for(hubsrv, WRITE_TOKEN))
+    hub.upload_adapter(
+        adapter, UploadConfig(repo_id="org/adapter-public", private=False), settings_for(hubsrv, WRITE_TOKEN)
+    )
     assert hubsrv.repos["org/adapter-public"].private is False
 
 
 def test_upload_retries_5xx_then_succeeds(hubsrv, adapter):
     hubsrv.faults.fail_route("create_repo", status=502, times=2)
     sleeps = Sleeps()
-    report = hub.upload_adapter(adapter, UploadConfig(repo_id="org/adapter-b"), settings_for(hubsrv, WRITE_TOKEN),
-                                sleep=sleeps)
+    report = hub.upload_adapter(
+        adapter, UploadConfig(repo_id="org/adapter-b"), settings_for(hubsrv, WRITE_TOKEN), sleep=sleeps
+    )
     assert report.uploaded and sleeps == [2.0, 4.0]
 
 
@@ -483,8 +520,12 @@ def test_upload_gives_up_after_max_attempts(hubsrv, adapter):
     hubsrv.faults.fail_route("create_repo", status=503, times=99)
     sleeps = Sleeps()
     with pytest.raises(HubError, match=r"upload.repo_id org/adapter-d: the Hub .* failed: HTTP 503") as err:
-        hub.upload_adapter(adapter, UploadConfig(repo_id="org/adapter-d", max_attempts=3),
-                           settings_for(hubsrv, WRITE_TOKEN), sleep=sleeps)
+        hub.upload_adapter(
+            adapter,
+            UploadConfig(repo_id="org/adapter-d", max_attempts=3),
+            settings_for(hubsrv, WRITE_TOKEN),
+            sleep=sleeps,
+        )
     assert sleeps == [2.0, 4.0] and err.value.retryable
     assert str(adapter) in str(err.value)
 
@@ -492,8 +533,11 @@ def test_upload_gives_up_after_max_attempts(hubsrv, adapter):
 def test_upload_401_is_clear_and_never_shows_the_token(hubsrv, adapter, caplog):
     caplog.set_level(logging.DEBUG)
     with pytest.raises(HubError) as err:
-        hub.upload_adapter(adapter, UploadConfig(repo_id="org/adapter-e"),
-                           settings_for(hubsrv, BAD_TOKEN, source="token file /root/.cache/huggingface/token"))
+        hub.upload_adapter(
+            adapter,
+            UploadConfig(repo_id="org/adapter-e"),
+            settings_for(hubsrv, BAD_TOKEN, source="token file /root/.cache/huggingface/token"),
+        )
     msg = str(err.value)
     assert "org/adapter-e" in msg and "token file /root/.cache/huggingface/token" in msg and "HTTP 401" in msg
     assert err.value.retryable is False

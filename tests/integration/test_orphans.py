@@ -27,7 +27,9 @@ GiB = 1024**3
 def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
     cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}"])
     report = data.validate_dataset(cfg.data)
-    return data.prepare_dataset(report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared"))
+    return data.prepare_dataset(
+        report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
+    )
 
 
 def _run_processes(run: RunPaths) -> list[psutil.Process]:
@@ -53,15 +55,22 @@ _STAGE = textwrap.dedent("""
 
 
 def test_kill_9_of_the_training_stage_process_leaves_no_rank_and_the_rerun_resumes(tmp_path, tiny_model_dir, prepared):
-    cfg = load_config("cpu-demo", [f"training.output_dir={tmp_path}", "training.run_name=orphans",
-                                   "training.max_steps=12"])
+    cfg = load_config(
+        "cpu-demo", [f"training.output_dir={tmp_path}", "training.run_name=orphans", "training.max_steps=12"]
+    )
     run = create_run(cfg)
-    stage = subprocess.Popen([sys.executable, "-c", _STAGE, run.root, str(tiny_model_dir), prepared.dir],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage = subprocess.Popen(
+        [sys.executable, "-c", _STAGE, run.root, str(tiny_model_dir), prepared.dir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 300
-        while not (any(Path(run.checkpoints).glob("step-*/COMPLETE"))
-                   and Path(run.metrics).is_file() and len(Path(run.metrics).read_text().splitlines()) >= 5):
+        while not (
+            any(Path(run.checkpoints).glob("step-*/COMPLETE"))
+            and Path(run.metrics).is_file()
+            and len(Path(run.metrics).read_text().splitlines()) >= 5
+        ):
             assert stage.poll() is None and time.time() < deadline, "training ended before it could be killed"
             time.sleep(0.1)
         assert len([p for p in _run_processes(run) if "--local_rank" in " ".join(p.cmdline())]) == 2
@@ -95,8 +104,15 @@ def test_a_raising_callback_and_a_malformed_line_then_swap_growth_still_stop_tra
         return real()._replace(total=8 * GiB, used=0 if calls["n"] <= 3 else 6 * GiB)
 
     monkeypatch.setattr(psutil, "swap_memory", swapping)
-    cfg = load_config("cpu-demo", [f"training.output_dir={tmp_path}", "training.run_name=guard",
-                                   "training.monitor_interval_s=1", "training.max_steps=8"])
+    cfg = load_config(
+        "cpu-demo",
+        [
+            f"training.output_dir={tmp_path}",
+            "training.run_name=guard",
+            "training.monitor_interval_s=1",
+            "training.max_steps=8",
+        ],
+    )
     run = create_run(cfg)
     Path(run.metrics).write_text("{truncated by a crash\n")
 

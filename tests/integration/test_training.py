@@ -13,7 +13,8 @@ import psutil
 import pytest
 import torch
 
-from vss_core import data, launch, model as omni
+from vss_core import data, launch
+from vss_core import model as omni
 from vss_core.config import load_config
 from vss_core.errors import TrainingError
 from vss_core.runs import RunPaths, create_run
@@ -26,7 +27,9 @@ TARGETS = "lora.targets=[attention, projectors, audio_heads, experts]"
 def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
     cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}"])
     report = data.validate_dataset(cfg.data)
-    return data.prepare_dataset(report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared"))
+    return data.prepare_dataset(
+        report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
+    )
 
 
 def _cfg(tmp_path, name):

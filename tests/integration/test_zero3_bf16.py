@@ -25,11 +25,18 @@ def test_router_stays_fp32_under_zero3_bf16(tmp_path, tiny_model_dir, tiny_codec
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     child = Path(__file__).with_name("zero3_bf16_child.py")
-    done = subprocess.run([sys.executable, str(child), str(tiny_model_dir), str(tmp_path / "prep"), str(port)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(child), str(tiny_model_dir), str(tmp_path / "prep"), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     fp32 = sorted(n for n, d in out["dtypes"].items() if d == "torch.float32")
-    assert fp32 == ["llm.model.layers.0.mlp.router.classifier.weight", "llm.model.layers.0.mlp.router.e_score_correction_bias"]
+    assert fp32 == [
+        "llm.model.layers.0.mlp.router.classifier.weight",
+        "llm.model.layers.0.mlp.router.e_score_correction_bias",
+    ]
     assert all(d == "torch.bfloat16" for n, d in out["dtypes"].items() if n not in fp32)
     assert out["router_equal"] and out["loss"] > 0

@@ -1,6 +1,6 @@
 """Child process of test_zero3_bf16: one rank, gloo, the tiny model loaded in bf16 under ZeRO-3.
 
-    python tests/integration/zero3_bf16_child.py MODEL_DIR PREPARED_DIR PORT -> one JSON line
+python tests/integration/zero3_bf16_child.py MODEL_DIR PREPARED_DIR PORT -> one JSON line
 """
 
 import json

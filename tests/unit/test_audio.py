@@ -206,10 +206,19 @@ def test_fbank_matches_kaldi_povey_without_dc_removal(tmp_path: Path) -> None:
 
     def kaldi(**kw: object) -> torch.Tensor:
         args = dict(
-            num_mel_bins=fb["num_mel_bins"], frame_length=fb["frame_length"], frame_shift=fb["frame_shift"],
-            dither=0.0, preemphasis_coefficient=fb["preemphasis"], low_freq=fb["low_freq"],
-            high_freq=fb["high_freq"], sample_frequency=fb["freq"], window_type="povey",
-            remove_dc_offset=False, round_to_power_of_two=True, snip_edges=True, use_energy=False,
+            num_mel_bins=fb["num_mel_bins"],
+            frame_length=fb["frame_length"],
+            frame_shift=fb["frame_shift"],
+            dither=0.0,
+            preemphasis_coefficient=fb["preemphasis"],
+            low_freq=fb["low_freq"],
+            high_freq=fb["high_freq"],
+            sample_frequency=fb["freq"],
+            window_type="povey",
+            remove_dc_offset=False,
+            round_to_power_of_two=True,
+            snip_edges=True,
+            use_energy=False,
         )
         args.update(kw)
         return ta_kaldi.fbank(batch[:1] * 32768.0, **args)
@@ -386,7 +395,10 @@ def test_state_dict_keys_are_official() -> None:
     assert state["output.weight"].shape == (16, 64)
     projector = audio.AudioProjector(cfg.output_dim, 48)
     assert {k: tuple(v.shape) for k, v in projector.state_dict().items()} == {
-        "0.weight": (48, 64), "0.bias": (48,), "2.weight": (48, 48), "2.bias": (48,),
+        "0.weight": (48, 64),
+        "0.bias": (48,),
+        "2.weight": (48, 48),
+        "2.bias": (48,),
     }
 
 
@@ -402,7 +414,11 @@ def ref_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.T
 
 
 def ref_encoder_projector(
-    sd: dict[str, torch.Tensor], pd: dict[str, torch.Tensor], raw: dict, x: torch.Tensor, keep: torch.Tensor,
+    sd: dict[str, torch.Tensor],
+    pd: dict[str, torch.Tensor],
+    raw: dict,
+    x: torch.Tensor,
+    keep: torch.Tensor,
     zero_memory_input: bool,
 ) -> torch.Tensor:
     """Official LongCatAudioEncoder.forward + audio_projector for one sequence x [T, C].
@@ -447,8 +463,14 @@ def ref_encoder_projector(
 
 ENCODER_CASES = {
     "tiny": audio.TINY_AUDIO_CONFIG,
-    "dilated": {**audio.TINY_AUDIO_CONFIG, "input_size": 24, "left_order": 3, "right_order": 2,
-                "left_stride": 2, "num_right_layers": 2},
+    "dilated": {
+        **audio.TINY_AUDIO_CONFIG,
+        "input_size": 24,
+        "left_order": 3,
+        "right_order": 2,
+        "left_stride": 2,
+        "num_right_layers": 2,
+    },
 }
 
 

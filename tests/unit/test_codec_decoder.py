@@ -261,9 +261,7 @@ def test_state_dict_keys_are_the_official_ones(tiny_decoder):
     assert not list(tiny_decoder.buffers())
 
 
-@pytest.mark.parametrize(
-    ("kind", "params", "up_kernel"), [("16k", 162_459_042, 16), ("24k", 150_902_178, 8)]
-)
+@pytest.mark.parametrize(("kind", "params", "up_kernel"), [("16k", 162_459_042, 16), ("24k", 150_902_178, 8)])
 def test_real_size_on_meta(kind, params, up_kernel):
     with torch.device("meta"):
         dec = Decoder(DecoderConfig.official(kind))

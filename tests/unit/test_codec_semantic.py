@@ -147,7 +147,7 @@ def _layer_norm(x, w, b, eps=1e-5):
 
 def _reference(sd: dict, config, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Official math on ONE unpadded waveform (float64): returns (hidden [F, D], codes [F])."""
-    fb, enc = config.fbank, config.encoder
+    enc = config.encoder
     x = wave * 32767.0  # LongCatAudioCodecEncoder.get_semantic_codes_with_lengths
     # Fbank.forward: 25 ms frames every 10 ms (snip edges), pre-emphasis inside each frame, Povey window.
     win, hop, nfft = 400, 160, 512
@@ -161,7 +161,9 @@ def _reference(sd: dict, config, wave: torch.Tensor) -> tuple[torch.Tensor, torc
     k = torch.arange(nfft // 2 + 1, dtype=torch.float64)
     angle = 2 * math.pi * n[:, None] * k[None, :] / nfft
     power = (frames @ torch.cos(angle)) ** 2 + (frames @ torch.sin(angle)) ** 2
-    energy = torch.log(torch.clamp(power @ sd["feature_extractor.fbank.mel_banks"], min=float(np.finfo(np.float32).eps)))
+    energy = torch.log(
+        torch.clamp(power @ sd["feature_extractor.fbank.mel_banks"], min=float(np.finfo(np.float32).eps))
+    )
     # Cmvn.forward
     feats = (energy - sd["feature_extractor.cmvn.cmvn_mean"]) * sd["feature_extractor.cmvn.cmvn_scale"]
     # Conv2dSubsampling: per layer two zero frames in front, 3x3 conv, stride (s, 1), ReLU
@@ -238,7 +240,9 @@ def test_fbank_matches_kaldi_without_dc_removal(tmp_path):
     tok = semantic.SemanticTokenizer(semantic.TINY_SEMANTIC_CONFIG).double()
     # Broadband noise keeps every band well above the leakage of strong tones through the window, where
     # a float32 (official) and a float64 (torchaudio) window would disagree.
-    wave = _speechlike(8000, seed=3) + 0.05 * torch.randn(8000, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    wave = _speechlike(8000, seed=3) + 0.05 * torch.randn(
+        8000, generator=torch.Generator().manual_seed(4), dtype=torch.float64
+    )
     ours, frames = tok.feature_extractor.fbank(wave[None] * 32767, torch.tensor([8000]))
     kaldi = torchaudio_kaldi.fbank(
         wave[None] * 32767, num_mel_bins=80, frame_length=25, frame_shift=10, dither=0.0,

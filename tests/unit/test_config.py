@@ -75,8 +75,10 @@ def test_cpu_demo_is_cpu_two_ranks_few_steps():
 
 
 def test_overrides_are_typed():
-    cfg = load_config("conservative-2xb200", ["training.learning_rate=1e-5", "lora.rank=8", "data.on_invalid=skip",
-                                              "lora.targets=[attention, dense_mlp]"])
+    cfg = load_config(
+        "conservative-2xb200",
+        ["training.learning_rate=1e-5", "lora.rank=8", "data.on_invalid=skip", "lora.targets=[attention, dense_mlp]"],
+    )
     assert cfg.training.learning_rate == 1e-5 and cfg.lora.rank == 8
     assert cfg.data.on_invalid == "skip" and cfg.lora.targets == ["attention", "dense_mlp"]
     assert load_config("cpu-demo", {"training.epochs": 1}).training.epochs == 1
@@ -142,7 +144,10 @@ def test_typed_overrides_refuse_unknown_keys_and_merge_onto_the_profile():
         config.VSSOverrides.model_validate({"training": {"lerning_rate": 1}})
     with pytest.raises(ValidationError, match="lora.rank"):
         config.VSSOverrides.model_validate({"lora": {"rank": 0}})
-    assert config.nested_overrides(["training.epochs=2", "data.root=/x"]) == {"training": {"epochs": 2}, "data": {"root": "/x"}}
+    assert config.nested_overrides(["training.epochs=2", "data.root=/x"]) == {
+        "training": {"epochs": 2},
+        "data": {"root": "/x"},
+    }
 
 
 # --- values checked when a run is created (issue 13 item 5) ---------------------------------------

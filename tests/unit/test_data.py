@@ -47,7 +47,11 @@ def _audio_frames(seconds: float) -> int:
 def _cfg(root, **kw):
     # The validation cache goes beside the dataset in tmp_path, never into the user's home.
     base = {
-        "root": str(root), "video_frames": 8, "video_fps": 2.0, "audio_seconds": 10.0, "workers": 1,
+        "root": str(root),
+        "video_frames": 8,
+        "video_fps": 2.0,
+        "audio_seconds": 10.0,
+        "workers": 1,
         "validation_cache": str(root.parent / "validation-cache"),
     }
     return DataConfig(**(base | kw))
@@ -79,7 +83,12 @@ def test_good_dataset_validates(dataset):
     assert report.warnings == []
     s = report.samples[0]
     assert s.video.model_dump() == {
-        "frames": 20, "fps": 10.0, "width": 96, "height": 80, "duration_s": 2.0, "codec": "h264"
+        "frames": 20,
+        "fps": 10.0,
+        "width": 96,
+        "height": 80,
+        "duration_s": 2.0,
+        "codec": "h264",
     }
     audio = s.in_audio.model_dump()
     assert audio.pop("rms_dbfs") == pytest.approx(-20, abs=6)  # the demo speech peaks at -6 dBFS
@@ -276,7 +285,9 @@ def test_prepare_writes_exact_tensors(dataset, model_dir, codec_dir, tmp_path):
     wave, _ = sf.read(dataset / "01" / "out.wav", dtype="float32")
     assert torch.equal(items[0]["codes"], codec.load_encoder(codec_dir).encode(torch.from_numpy(wave)))
     wave_in, _ = sf.read(dataset / "01" / "in.wav", dtype="float32")
-    feats, mask = audio.FeatureExtractor.from_dir(model_dir / "audio")(torch.from_numpy(wave_in)[None], torch.tensor([len(wave_in)]))
+    feats, mask = audio.FeatureExtractor.from_dir(model_dir / "audio")(
+        torch.from_numpy(wave_in)[None], torch.tensor([len(wave_in)])
+    )
     assert torch.equal(items[0]["audio_features"], feats[0][mask[0]])
     # 8 frames at 2 fps do not fit in a 2 s clip: they are spread over it, so the frames move.
     n = int(item["grid_shapes"][0].prod())
@@ -422,7 +433,11 @@ def test_unwritable_cache_is_a_warning_not_an_error(dataset, tmp_path):
     blocker.write_text("x")
     report = data.validate_dataset(_cfg(dataset, validation_cache=str(blocker / "cache")))
     assert len(report.valid) == 3
-    assert len(report.warnings) == 1 and "validation cache" in report.warnings[0] and "cannot be written" in report.warnings[0]
+    assert (
+        len(report.warnings) == 1
+        and "validation cache" in report.warnings[0]
+        and "cannot be written" in report.warnings[0]
+    )
 
 
 def test_content_fingerprint_sees_what_stat_cannot(dataset, monkeypatch):
@@ -550,7 +565,9 @@ def test_text_files_are_validated(dataset):
     assert data.validate_dataset(_cfg(dataset)).fingerprint != before
 
 
-def test_transcript_trains_the_text_stream_and_no_transcript_trains_speech_only(dataset, model_dir, codec_dir, tmp_path):
+def test_transcript_trains_the_text_stream_and_no_transcript_trains_speech_only(
+    dataset, model_dir, codec_dir, tmp_path
+):
     from vss_core import model, sequence
 
     (dataset / "02" / "out.txt").unlink()
@@ -569,7 +586,9 @@ def test_transcript_trains_the_text_stream_and_no_transcript_trains_speech_only(
         assert sem[sem != -100].tolist() == (item["codes"][:, 0] + 32).tolist() + [2]
 
 
-def test_a_transcript_too_long_for_its_audio_fails_preparation_naming_the_sample(dataset, model_dir, codec_dir, tmp_path):
+def test_a_transcript_too_long_for_its_audio_fails_preparation_naming_the_sample(
+    dataset, model_dir, codec_dir, tmp_path
+):
     # 70 characters of rare letters: within the rough check (4 per position) but more tokens than positions
     (dataset / "02" / "out.txt").write_text("Qzx9 " * 14)
     cfg = _cfg(dataset, audio_seconds=1.0)
@@ -634,8 +653,12 @@ def test_a_valid_variable_frame_rate_video_is_accepted_and_prepared(dataset, mod
 def test_a_float_wav_far_beyond_full_scale_is_rejected_before_it_makes_nan_features(dataset):
     wave, rate = sf.read(dataset / "01" / "in.wav", dtype="float32")
     sf.write(dataset / "01" / "in.wav", wave * 1e30, rate, subtype="FLOAT")
-    sf.write(dataset / "02" / "out.wav", np.clip(sf.read(dataset / "02" / "out.wav", dtype="float32")[0] * 1.5, -1.5, 1.5),
-             16000, subtype="FLOAT")  # a little over full scale (clipped mastering): accepted
+    sf.write(
+        dataset / "02" / "out.wav",
+        np.clip(sf.read(dataset / "02" / "out.wav", dtype="float32")[0] * 1.5, -1.5, 1.5),
+        16000,
+        subtype="FLOAT",
+    )  # a little over full scale (clipped mastering): accepted
     problems = _problems(data.validate_dataset(_cfg(dataset)))
     assert "in.wav (FLOAT samples) peaks at" in problems["01"] and "Normalise it to [-1, 1]" in problems["01"]
     assert problems["02"] == "" and problems["03"] == ""

@@ -43,8 +43,9 @@ def test_served_deployments_are_prefect_yaml_field_by_field():
             root = str(Path(config.load_config(raw["parameters"]["profile"]).data.root).absolute())
             assert trig.match.root == {**raw["match"], "prefect.resource.id": dataset_resource_id(root)}
         intervals = [x["interval"] for x in d.get("schedules", []) if "interval" in x]
-        assert [sch.schedule.interval.total_seconds() for sch in s.schedules if hasattr(sch.schedule, "interval")] \
-            == intervals
+        assert [
+            sch.schedule.interval.total_seconds() for sch in s.schedules if hasattr(sch.schedule, "interval")
+        ] == intervals
 
 
 def test_watch_data_is_its_own_flow_and_the_training_flow_is_vss():
@@ -54,8 +55,7 @@ def test_watch_data_is_its_own_flow_and_the_training_flow_is_vss():
 
 
 def test_serve_options_change_only_what_they_name():
-    served = _served(watch_profile="conservative-2xb200", watch_interval_s=60, debounce_s=3,
-                     backstop_cron="0 3 * * *")
+    served = _served(watch_profile="conservative-2xb200", watch_interval_s=60, debounce_s=3, backstop_cron="0 3 * * *")
     assert served["watch-data"].parameters["profile"] == "conservative-2xb200"
     assert served["watch-data"].schedules[0].schedule.interval.total_seconds() == 60
     for name in ("train-2xb200", "train-8xh100", "demo-cpu"):
@@ -66,8 +66,10 @@ def test_serve_options_change_only_what_they_name():
         _served(watch_profile="no-such-profile")
 
 
-@pytest.mark.parametrize("profile,expected", [("conservative-2xb200", "train-2xb200"),
-                                              ("standard-8xh100", "train-8xh100"), ("cpu-demo", "demo-cpu")])
+@pytest.mark.parametrize(
+    "profile,expected",
+    [("conservative-2xb200", "train-2xb200"), ("standard-8xh100", "train-8xh100"), ("cpu-demo", "demo-cpu")],
+)
 def test_one_data_event_starts_one_deployment(profile, expected, monkeypatch):
     """The event `vss-watch-data` or `vss notify-data-updated` sends, matched by Prefect's own resource
     matching against every trigger, in prefect.yaml and as served."""
@@ -80,8 +82,12 @@ def test_one_data_event_starts_one_deployment(profile, expected, monkeypatch):
     resource = Resource(sent["resource"])
     from prefect.events import DeploymentEventTrigger
 
-    written = {d["name"] for d in SPEC["deployments"] for t in d.get("triggers", [])
-               if DeploymentEventTrigger.model_validate({k: v for k, v in t.items() if k != "type"}).match.matches(resource)}
+    written = {
+        d["name"]
+        for d in SPEC["deployments"]
+        for t in d.get("triggers", [])
+        if DeploymentEventTrigger.model_validate({k: v for k, v in t.items() if k != "type"}).match.matches(resource)
+    }
     served = {name for name, d in _served().items() for t in d.triggers if t.match.matches(resource)}
     assert written == served == {expected}
 
@@ -92,12 +98,20 @@ def test_the_crash_automation_watches_heartbeats_of_vss_runs_only():
     (automation,) = serve.automations()
     trig = automation.trigger
     assert trig.posture == "Proactive" and trig.after == {"prefect.flow-run.heartbeat"}
-    assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-            "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"} <= trig.expect
+    assert {
+        "prefect.flow-run.heartbeat",
+        "prefect.flow-run.Completed",
+        "prefect.flow-run.Failed",
+        "prefect.flow-run.Cancelled",
+        "prefect.flow-run.Crashed",
+    } <= trig.expect
     assert trig.for_each == {"prefect.resource.id"}
     flows = {"vss", "vss-watch-data"}
-    assert set(trig.match_related.root["prefect.resource.name"]) == flows == {
-        serve.load_flow(d["entrypoint"]).name for d in SPEC["deployments"]}
+    assert (
+        set(trig.match_related.root["prefect.resource.name"])
+        == flows
+        == {serve.load_flow(d["entrypoint"]).name for d in SPEC["deployments"]}
+    )
     (action,) = automation.actions
     assert action.type == "change-flow-run-state" and action.state == StateType.CRASHED
     # a run is declared silent only after several heartbeats were missed
@@ -108,8 +122,10 @@ def test_the_crash_automation_watches_heartbeats_of_vss_runs_only():
 
 
 def test_every_deployment_gets_the_heartbeat_frequency():
-    beats = {d["name"]: d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]
-             for d in SPEC["deployments"]}
+    beats = {
+        d["name"]: d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]
+        for d in SPEC["deployments"]
+    }
     assert set(beats) == NAMES and len(set(beats.values())) == 1 and int(next(iter(beats.values()))) >= 30
 
 

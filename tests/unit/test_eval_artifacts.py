@@ -11,12 +11,21 @@ from vss_core import evaluate
 
 def _report(tmp_path):
     report = evaluate.EvalReport(
-        adapter_dir=str(tmp_path), adapter_sha256="0" * 64, samples=["03", "07"], settings={}, scores=[],
-        summary={"adapter": {"loss": 2.29, "loss_text": 3.18, "eos_rate": 0.5, "mcd": 90.0, "text_wer": 1.0},
-                 "base": {"loss": 8.48, "loss_text": 6.28, "eos_rate": 0.0, "mcd": 95.0, "text_wer": 6.6}})
+        adapter_dir=str(tmp_path),
+        adapter_sha256="0" * 64,
+        samples=["03", "07"],
+        settings={},
+        scores=[],
+        summary={
+            "adapter": {"loss": 2.29, "loss_text": 3.18, "eos_rate": 0.5, "mcd": 90.0, "text_wer": 1.0},
+            "base": {"loss": 8.48, "loss_text": 6.28, "eos_rate": 0.0, "mcd": 95.0, "text_wer": 6.6},
+        },
+    )
     metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("\n".join(json.dumps({"step": i, "loss": 9.0 - i, "loss_text": 6.0 - i / 2}) for i in range(1, 6))
-                       + "\nnot json\n")
+    metrics.write_text(
+        "\n".join(json.dumps({"step": i, "loss": 9.0 - i, "loss_text": 6.0 - i / 2}) for i in range(1, 6))
+        + "\nnot json\n"
+    )
     report.plots = evaluate.plot_all(report, tmp_path / "eval", metrics)
     return report
 

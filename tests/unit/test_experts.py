@@ -238,7 +238,7 @@ def _transformers_llm(seed: int) -> LongcatFlashForCausalLM:
     torch.manual_seed(seed)
     llm = LongcatFlashForCausalLM(llm_config(omni.TINY_LLM_CONFIG))
     with torch.no_grad():
-        for name, p in llm.named_parameters():
+        for p in llm.parameters():
             if p.ndim > 1:
                 p.normal_(std=0.05)
     return llm.eval()
@@ -248,8 +248,14 @@ def _transformers_llm(seed: int) -> LongcatFlashForCausalLM:
 def prepared_sample(tiny_model_dir: Path, tiny_codec_dir: Path, demo_data_dir: Path, tmp_path_factory) -> dict:
     """One prepared demo sample (1 s, 2 frames); every tiny checkpoint has the same tokenizer."""
     out = tmp_path_factory.mktemp("prepared")
-    cfg = DataConfig(root=str(demo_data_dir), video_frames=2, video_fps=2.0, audio_seconds=1.0, workers=1,
-                     validation_cache=str(out / "validation-cache"))
+    cfg = DataConfig(
+        root=str(demo_data_dir),
+        video_frames=2,
+        video_fps=2.0,
+        audio_seconds=1.0,
+        workers=1,
+        validation_cache=str(out / "validation-cache"),
+    )
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     data.prepare_dataset(samples[:1], cfg, tiny_model_dir, tiny_codec_dir, out / "prep")
     (item,) = data.load_prepared(out / "prep")

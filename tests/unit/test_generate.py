@@ -14,8 +14,14 @@ from vss_core.config import DataConfig
 
 @pytest.fixture(scope="module")
 def overfit(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
-    cfg = DataConfig(root=str(demo_data_dir), video_frames=4, video_fps=2, audio_seconds=1.0, workers=1,
-                     validation_cache=str(tmp_path_factory.mktemp("vcache")))
+    cfg = DataConfig(
+        root=str(demo_data_dir),
+        video_frames=4,
+        video_fps=2,
+        audio_seconds=1.0,
+        workers=1,
+        validation_cache=str(tmp_path_factory.mktemp("vcache")),
+    )
     samples = data.select_samples(data.validate_dataset(cfg), "fail")[:1]
     out = tmp_path_factory.mktemp("prep")
     data.prepare_dataset(samples, cfg, tiny_model_dir, tiny_codec_dir, out)

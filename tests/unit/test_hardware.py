@@ -43,7 +43,9 @@ def fake_nvml(monkeypatch, cards=None, init_error=None, count_error=None, nvlink
         pynvml, "nvmlDeviceGetNvLinkRemotePciInfo", lambda h, link: SimpleNamespace(busId=nvlink[h][link].encode())
     )
     monkeypatch.setattr(
-        pynvml, "nvmlDeviceGetMemoryInfo", lambda h: SimpleNamespace(total=int(cards[h][1] * GiB), free=int(cards[h][1] * GiB))
+        pynvml,
+        "nvmlDeviceGetMemoryInfo",
+        lambda h: SimpleNamespace(total=int(cards[h][1] * GiB), free=int(cards[h][1] * GiB)),
     )
 
 
@@ -72,8 +74,9 @@ def test_nvml_error_after_init(monkeypatch):
 
 
 def test_two_b200_pass_conservative_profile(monkeypatch):
-    fake_nvml(monkeypatch, cards=[("NVIDIA B200", 179), ("NVIDIA B200", 179)],
-              nvlink={0: [bus(1)] * 18, 1: [bus(0)] * 18})
+    fake_nvml(
+        monkeypatch, cards=[("NVIDIA B200", 179), ("NVIDIA B200", 179)], nvlink={0: [bus(1)] * 18, 1: [bus(0)] * 18}
+    )
     report = hardware.probe(".").model_copy(update={"ram_total_gb": 3000, "disk_free_gb": 2000})
     assert [g.name for g in report.gpus] == ["NVIDIA B200", "NVIDIA B200"]
     assert [g.nvlink_peers for g in report.gpus] == [[1], [0]]

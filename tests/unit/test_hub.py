@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from vss_core import codec, hub
 from vss_core.config import ModelConfig, UploadConfig
-from vss_core.errors import ModelError
+from vss_core.errors import HubError, ModelError
 from vss_core.model import checkpoint
 from vss_core.settings import Settings, load_settings
 
@@ -36,8 +36,9 @@ def test_local_sources_are_used_in_place_after_validation(tiny_model_dir, tiny_c
     assert report.path == str(tiny_model_dir.absolute()) and not report.downloaded and report.revision is None
     assert report.codec_path == str(tiny_codec_dir.absolute()) and not report.codec_downloaded
     assert report.codec_revision is None and report.total().bytes_total == 0
-    configs_dir, total = hub.model_configs(ModelConfig(source=str(tiny_model_dir), codec_source=str(tiny_codec_dir)),
-                                           Settings())
+    configs_dir, total = hub.model_configs(
+        ModelConfig(source=str(tiny_model_dir), codec_source=str(tiny_codec_dir)), Settings()
+    )
     assert configs_dir == tiny_model_dir.absolute() and total == 0
 
 
@@ -58,8 +59,9 @@ def test_incomplete_local_sources_list_every_problem_at_once(tmp_path, tiny_code
 
 def test_missing_local_directories_are_named(tmp_path):
     with pytest.raises(ModelError) as err:
-        hub.download_weights(ModelConfig(source=str(tmp_path / "nope"), codec_source=str(tmp_path / "nocodec")),
-                             Settings())
+        hub.download_weights(
+            ModelConfig(source=str(tmp_path / "nope"), codec_source=str(tmp_path / "nocodec")), Settings()
+        )
     assert f"model.source: {tmp_path / 'nope'} does not exist" in str(err.value)
     assert f"model.codec_source: {tmp_path / 'nocodec'} does not exist" in str(err.value)
 
@@ -80,7 +82,9 @@ def test_a_decoder_named_nowhere_is_refused_naming_the_key(tmp_path, tiny_model_
     codec.write_decoder_config(cfg_path, codec.TINY_DECODER, ckpt_path="ckpts/nope.pt")
     with pytest.raises(ModelError, match=r"codec_config.ckpt_path 'ckpts/nope.pt' .* is neither in the checkpoint"):
         hub.download_weights(ModelConfig(source=str(model_dir), codec_source=str(tiny_codec_dir)), Settings())
-    cfg_path.write_text("codec_config:\n  decoder_type: 48k\n  ckpt_path: ckpts/LongCatAudioCodec_decoder_16k_4codebooks.pt\n")
+    cfg_path.write_text(
+        "codec_config:\n  decoder_type: 48k\n  ckpt_path: ckpts/LongCatAudioCodec_decoder_16k_4codebooks.pt\n"
+    )
     with pytest.raises(ModelError, match=r"codec_config.decoder_type: '48k'"):
         hub.download_weights(ModelConfig(source=str(model_dir), codec_source=str(tiny_codec_dir)), Settings())
 
@@ -89,26 +93,47 @@ def test_allow_patterns_cover_the_layouts_and_leave_the_rest(tiny_model_dir, tin
     for f in tiny_model_dir.rglob("*"):
         if f.is_file():
             assert _matches(f.relative_to(tiny_model_dir).as_posix(), hub.ALLOW_PATTERNS), f
-    for rel in [*checkpoint.PT_FILES, checkpoint.GLOBAL_CMVN.as_posix(), hub.INDEX_FILE,
-                "model-00001-of-00071.safetensors"]:
+    for rel in [
+        *checkpoint.PT_FILES,
+        checkpoint.GLOBAL_CMVN.as_posix(),
+        hub.INDEX_FILE,
+        "model-00001-of-00071.safetensors",
+    ]:
         assert _matches(rel, hub.ALLOW_PATTERNS), rel
-    assert hub._model_config_files() >= {checkpoint.VISION_CONFIG.as_posix(), checkpoint.CODEC_CONFIG.as_posix(),
-                                         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    assert hub._model_config_files() >= {
+        checkpoint.VISION_CONFIG.as_posix(),
+        checkpoint.CODEC_CONFIG.as_posix(),
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
     assert not _matches("original/consolidated.pth", hub.ALLOW_PATTERNS)
     for f in tiny_codec_dir.rglob("*"):
         if f.is_file():
             assert _matches(f.relative_to(tiny_codec_dir).as_posix(), hub.CODEC_ALLOW_PATTERNS), f
     for rel in (codec.ENCODER_CKPT.as_posix(), codec.ENCODER_CMVN.as_posix(), codec.DECODER_16K):
         assert _matches(rel, hub.CODEC_ALLOW_PATTERNS)
-    for rel in ("ckpts/LongCatAudioCodec_decoder_24k_4codebooks.pt", "ckpts/LongCatAudioCodec_decoder_24k_2codebooks.pt",
-                "networks/semantic_codec.py"):
+    for rel in (
+        "ckpts/LongCatAudioCodec_decoder_24k_4codebooks.pt",
+        "ckpts/LongCatAudioCodec_decoder_24k_2codebooks.pt",
+        "networks/semantic_codec.py",
+    ):
         assert not _matches(rel, hub.CODEC_ALLOW_PATTERNS), rel
 
 
 def test_weights_report_totals_both_repos():
     report = hub.WeightsReport(
-        path="/m", source="org/m", revision="a" * 40, downloaded=True, files=3, bytes_total=30, bytes_downloaded=20,
-        damaged=["x.pt"], codec_path="/c", codec_source="org/c", codec_revision="b" * 40,
+        path="/m",
+        source="org/m",
+        revision="a" * 40,
+        downloaded=True,
+        files=3,
+        bytes_total=30,
+        bytes_downloaded=20,
+        damaged=["x.pt"],
+        codec_path="/c",
+        codec_source="org/c",
+        codec_revision="b" * 40,
         codec=hub.DownloadTally(files=2, bytes_total=5, bytes_downloaded=5, damaged=["ckpts/e.pt"]),
     )
     total = report.total()
@@ -137,7 +162,7 @@ def test_hf_transfer_warns_once(tmp_path, caplog, monkeypatch):
     cfg = ModelConfig(source="org/x", codec_source="org/c", cache_dir=str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="vss_core.hub"):
         for _ in range(2):
-            with pytest.raises(Exception):
+            with pytest.raises(HubError):  # nothing answers: the download fails, after the warning
                 hub.download_weights(cfg, s, sleep=lambda _: None)
     assert caplog.text.count("HF_HUB_ENABLE_HF_TRANSFER") == 1 and "hf_xet" in caplog.text
 
@@ -173,7 +198,9 @@ def test_upload_skips_without_token_or_repo(tmp_path):
     assert not no_token.uploaded and "HF_TOKEN" in no_token.message and str(tmp_path) in no_token.message
     s = Settings(hf_token=SecretStr("hf_x"), hf_token_source="environment variable HF_TOKEN")
     assert "upload.repo_id" in hub.upload_adapter(tmp_path, UploadConfig(), s).message
-    assert "upload.enabled=false" in hub.upload_adapter(tmp_path, UploadConfig(enabled=False, repo_id="me/x"), s).message
+    assert (
+        "upload.enabled=false" in hub.upload_adapter(tmp_path, UploadConfig(enabled=False, repo_id="me/x"), s).message
+    )
 
 
 def test_redaction_never_lets_the_token_through():

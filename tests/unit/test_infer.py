@@ -13,7 +13,9 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from deployments import cli
-from vss_core import codec as codec_lib, data, generate, infer, lora, model as omni
+from vss_core import codec as codec_lib
+from vss_core import data, generate, infer, lora
+from vss_core import model as omni
 from vss_core.config import DataConfig, LoraConfig, load_config
 from vss_core.errors import ConfigError, DatasetError, ModelError
 from vss_core.model import embeddings as emb
@@ -39,7 +41,8 @@ def special(tiny_model_dir):
 
 def _lora_model(model_dir, seed: int = 0):
     peft_model = lora.apply_lora(
-        omni.load_omni(model_dir), LoraConfig(rank=4, alpha=8, dropout=0.0, targets=["attention", "projectors", "audio_heads"])
+        omni.load_omni(model_dir),
+        LoraConfig(rank=4, alpha=8, dropout=0.0, targets=["attention", "projectors", "audio_heads"]),
     )
     gen = torch.Generator().manual_seed(seed)
     for name, p in peft_model.named_parameters():
@@ -53,7 +56,9 @@ def _save_run(peft_model, run_dir, model_dir, codec_dir):
     adapter = run_dir / "adapter"
     adapter.mkdir(parents=True)
     state = get_peft_model_state_dict(peft_model)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(adapter / infer.ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(adapter / infer.ADAPTER_WEIGHTS), metadata={"format": "pt"}
+    )
     peft_model.peft_config["default"].save_pretrained(str(adapter))
     cfg = load_config(
         "cpu-demo",
@@ -90,6 +95,7 @@ class Forcer:
                 self.audio_logits.append([])
             self.audio_logits[-1].append(out.detach().clone())
             return self._one_hot(out, self.audio(self.t, i))
+
         return hook
 
     def _lm_head(self, _m, _inp, out):  # the last call of a step
@@ -109,6 +115,7 @@ class Forcer:
 def _scripted(model, prompt, special, text_script, eos_steps, max_steps):
     """Generate with the text head forced to text_script[t] (then 400) and the semantic head to codec EOS
     at eos_steps (else 132 + t); acoustic head i emits 32 + 10 t + i at step t."""
+
     def text(t):
         return text_script[t] if t < len(text_script) else 400
 
@@ -176,7 +183,9 @@ def test_generation_validates_its_settings_and_sampling_is_seeded(tiny_model_dir
     greedy = generate.generate(model, prompt, special, 6)
     assert greedy.codes.shape[1] == 4 and greedy.codes.dtype == torch.int64 and (greedy.codes >= 0).all()
     assert len(greedy.steps) <= 6 and (greedy.stopped_at_eos or len(greedy.steps) == 6)
-    a, b, c = (generate.generate(model, prompt, special, 6, temperature=1.5, top_k=0, seed=s).text_ids for s in (3, 3, 4))
+    a, b, c = (
+        generate.generate(model, prompt, special, 6, temperature=1.5, top_k=0, seed=s).text_ids for s in (3, 3, 4)
+    )
     assert a == b and a != c
 
 
@@ -193,7 +202,9 @@ def test_kv_cached_generation_steps_give_the_training_forward_logits(
     (item,) = data.load_prepared(prepared.dir)
     P = prompt["input_ids"].shape[0]
     # Inference prepares the prompt with the very code training used: the training sequence starts with it.
-    assert torch.equal(item["input_ids"][:P], prompt["input_ids"]) and torch.equal(item["codec_ids"][:P], prompt["codec_ids"])
+    assert torch.equal(item["input_ids"][:P], prompt["input_ids"]) and torch.equal(
+        item["codec_ids"][:P], prompt["codec_ids"]
+    )
     for key in ("pixel_values", "grid_shapes", "audio_features"):
         assert torch.equal(item[key], prompt[key])
     body = (item["role_flags"] == 3).nonzero()[:, 0]
@@ -204,9 +215,17 @@ def test_kv_cached_generation_steps_give_the_training_forward_logits(
     batch = omni.collate([item])
     # The training forward's internals (OmniModel.forward): hidden -> lm_head / teacher-forced speech heads.
     with torch.no_grad():
-        embeds = model.embed(batch["input_ids"], batch["codec_ids"], batch["pixel_values"], batch["grid_shapes"],
-                             batch["audio_features"], batch["audio_mask"])
-        hidden = model.llm.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state[0]
+        embeds = model.embed(
+            batch["input_ids"],
+            batch["codec_ids"],
+            batch["pixel_values"],
+            batch["grid_shapes"],
+            batch["audio_features"],
+            batch["audio_mask"],
+        )
+        hidden = model.llm.model(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state[0]
         labels, codec_ids = item["codec_labels"], item["codec_ids"]
         next_ids = torch.cat([codec_ids[1:], torch.full_like(codec_ids[:1], omni.IGNORE)])
         teacher = torch.where(labels != omni.IGNORE, labels, next_ids.clamp(min=0))
@@ -256,7 +275,10 @@ def test_vss_infer_writes_wav_and_text_and_the_adapter_changes_the_speech(
     adapter = _save_run(peft_model, tmp_path / "run", tiny_model_dir, tiny_codec_dir)
     out = tmp_path / "speech" / "out.wav"
 
-    assert cli.main(["infer", "--adapter", str(adapter), "--sample", str(sample), "--out", str(out), "--max-seconds", "1"]) == 0
+    assert (
+        cli.main(["infer", "--adapter", str(adapter), "--sample", str(sample), "--out", str(out), "--max-seconds", "1"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert str(out) in printed and str(out.with_suffix(".txt")) in printed
     decoder = codec_lib.load_decoder(tiny_model_dir, tiny_codec_dir)
@@ -277,7 +299,9 @@ def test_vss_infer_writes_wav_and_text_and_the_adapter_changes_the_speech(
     # them: the tiny codec has 64 semantic / 25 acoustic codes, the heads 8192); out.txt is the text stream.
     fitted = infer.fit_codes(g.codes, decoder)
     sizes = [decoder.config.semantic_token_nums, *[decoder.config.codec_codebook_size**2] * 3]
-    assert (fitted < torch.tensor(sizes)).all() and torch.equal(fitted[g.codes < torch.tensor(sizes)], g.codes[g.codes < torch.tensor(sizes)])
+    assert (fitted < torch.tensor(sizes)).all() and torch.equal(
+        fitted[g.codes < torch.tensor(sizes)], g.codes[g.codes < torch.tensor(sizes)]
+    )
     expected = codec_lib.decode_codes(decoder, fitted).numpy()
     assert wave.shape[0] == expected.shape[0]
     np.testing.assert_allclose(wave[:, 0], expected.clip(-1, 1), atol=1 / 32767 + 1e-6)
@@ -300,11 +324,40 @@ def test_model_and_codec_default_to_the_run_config_and_otherwise_must_be_given(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--model is required" in err and "config.json" in err
     # --model alone: the tiny checkpoint's decoder weights live in the codec repository, not found
-    assert cli.main(["infer", "--adapter", str(lone), "--sample", str(sample), "--out", str(out),
-                     "--model", str(tiny_model_dir), "--max-seconds", "0.3"]) == 2
+    assert (
+        cli.main(
+            [
+                "infer",
+                "--adapter",
+                str(lone),
+                "--sample",
+                str(sample),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--max-seconds",
+                "0.3",
+            ]
+        )
+        == 2
+    )
     assert "ckpt_path" in capsys.readouterr().err and not out.exists()
-    argv = ["infer", "--adapter", str(lone), "--sample", str(sample), "--out", str(out), "--model", str(tiny_model_dir),
-            "--codec", str(tiny_codec_dir), "--max-seconds", "0.3"]
+    argv = [
+        "infer",
+        "--adapter",
+        str(lone),
+        "--sample",
+        str(sample),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--codec",
+        str(tiny_codec_dir),
+        "--max-seconds",
+        "0.3",
+    ]
     assert cli.main(argv) == 0
     assert sf.info(str(out)).samplerate == codec_lib.load_decoder(tiny_model_dir, tiny_codec_dir).sample_rate
     assert out.with_suffix(".txt").is_file()

@@ -33,8 +33,18 @@ def test_a_run_refuses_to_start_beside_live_ranks_of_its_directory(tmp_path):
     cfg = load_config("cpu-demo", [f"training.output_dir={tmp_path}", "training.run_name=busy"])
     run = create_run(cfg)
     # A process with a rank's command line for this run directory (what an orphaned rank looks like).
-    rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "vss_core.train",
-                             "--config", run.config, "--local_rank=0"])
+    rank = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(120)",
+            "-m",
+            "vss_core.train",
+            "--config",
+            run.config,
+            "--local_rank=0",
+        ]
+    )
     try:
         with pytest.raises(RunInProgressError, match=rf"pid {rank.pid}\b"):
             launch.run_training(cfg, run, Path("/nonexistent-model"), Path("/nonexistent-prepared"))

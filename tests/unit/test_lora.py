@@ -11,8 +11,8 @@ import torch
 from vss_core import data, lora
 from vss_core import model as omni
 from vss_core.config import DataConfig, LoraConfig
-from vss_core.model.checkpoint import build_tiny_model
 from vss_core.errors import ConfigError
+from vss_core.model.checkpoint import build_tiny_model
 
 MLA = ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
 DATA = {"video_frames": 4, "video_fps": 2.0, "audio_seconds": 2.0, "workers": 1}
@@ -44,7 +44,11 @@ def test_other_sets_resolve(tiny: omni.OmniModel) -> None:
     proj, _ = lora.resolve_targets(tiny, ["projectors"])
     # the official projector names: vision p0.1 / p0.3 + proj (p0.0 is its LayerNorm), audio 0 and 2
     assert proj == [
-        "audio_projector.0", "audio_projector.2", "vision_projector.p0.1", "vision_projector.p0.3", "vision_projector.proj",
+        "audio_projector.0",
+        "audio_projector.2",
+        "vision_projector.p0.1",
+        "vision_projector.p0.3",
+        "vision_projector.proj",
     ]
     heads, _ = lora.resolve_targets(tiny, ["audio_heads"])
     assert heads == [f"audio_output_layer.audio_output_layers.{i}" for i in range(4)]  # embedding.* stays frozen

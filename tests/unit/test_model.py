@@ -59,8 +59,14 @@ EXACT_KEYS: dict[str, dict[str, tuple[int, ...] | None]] = {
     },
     "audio/audio_projector.pt": {"0.weight": None, "0.bias": None, "2.weight": (H, H), "2.bias": (H,)},
     "vision/vision_projector.pt": {
-        "p0.0.weight": None, "p0.0.bias": None, "p0.1.weight": None, "p0.1.bias": None,
-        "p0.3.weight": None, "p0.3.bias": None, "proj.weight": None, "proj.bias": (H,),
+        "p0.0.weight": None,
+        "p0.0.bias": None,
+        "p0.1.weight": None,
+        "p0.1.bias": None,
+        "p0.3.weight": None,
+        "p0.3.bias": None,
+        "proj.weight": None,
+        "proj.bias": (H,),
     },
 }
 # Top-level prefixes of the encoders' state dicts (LongCatVisionModel: embeddings, encoder;
@@ -91,8 +97,14 @@ def prepared(tiny_model_dir, tiny_codec_dir, demo_data_dir, tmp_path_factory) ->
     out = tmp_path_factory.mktemp("prepared")
     items = []
     for i, (seconds, frames) in enumerate([(2.0, 4), (1.0, 2)]):
-        cfg = DataConfig(root=str(demo_data_dir), video_frames=frames, video_fps=2.0, audio_seconds=seconds,
-                         workers=1, validation_cache=str(out / "validation-cache"))
+        cfg = DataConfig(
+            root=str(demo_data_dir),
+            video_frames=frames,
+            video_fps=2.0,
+            audio_seconds=seconds,
+            workers=1,
+            validation_cache=str(out / "validation-cache"),
+        )
         samples = data.select_samples(data.validate_dataset(cfg), "fail")
         data.prepare_dataset(samples[i : i + 1], cfg, tiny_model_dir, tiny_codec_dir, out / str(i))
         (item,) = data.load_prepared(out / str(i))
@@ -183,17 +195,37 @@ def _edit_st(path: Path, edit) -> None:
 ST_KEY = "model.layers.0.self_attn.1.kv_b_proj.weight"
 CASES = {
     # (file, edit, key the message must name, word it must use)
-    "pt-extra": ("audio/audio_output_layers.pt", lambda s: s.__setitem__("linear.weight", torch.zeros(H, H)),
-                 "linear.weight", "unexpected"),
-    "pt-missing": ("audio/audio_embeddings.pt", lambda s: s.pop("audio_embeddings.2.weight"),
-                   "audio_embeddings.2.weight", "missing"),
-    "pt-shape": ("audio/audio_output_layers.pt", lambda s: s.__setitem__("embedding.1.weight", torch.zeros(5, H)),
-                 "embedding.1.weight", f"(5, {H})"),
-    "st-extra": ("model.safetensors", lambda s: s.__setitem__("model.layers.0.extra.weight", torch.zeros(3)),
-                 "model.layers.0.extra.weight", "unexpected"),
+    "pt-extra": (
+        "audio/audio_output_layers.pt",
+        lambda s: s.__setitem__("linear.weight", torch.zeros(H, H)),
+        "linear.weight",
+        "unexpected",
+    ),
+    "pt-missing": (
+        "audio/audio_embeddings.pt",
+        lambda s: s.pop("audio_embeddings.2.weight"),
+        "audio_embeddings.2.weight",
+        "missing",
+    ),
+    "pt-shape": (
+        "audio/audio_output_layers.pt",
+        lambda s: s.__setitem__("embedding.1.weight", torch.zeros(5, H)),
+        "embedding.1.weight",
+        f"(5, {H})",
+    ),
+    "st-extra": (
+        "model.safetensors",
+        lambda s: s.__setitem__("model.layers.0.extra.weight", torch.zeros(3)),
+        "model.layers.0.extra.weight",
+        "unexpected",
+    ),
     "st-missing": ("model.safetensors", lambda s: s.pop(ST_KEY), ST_KEY, "missing"),
-    "st-shape": ("model.safetensors", lambda s: s.__setitem__("lm_head.weight", torch.zeros(7, H)),
-                 "lm_head.weight", f"(7, {H})"),
+    "st-shape": (
+        "model.safetensors",
+        lambda s: s.__setitem__("lm_head.weight", torch.zeros(7, H)),
+        "lm_head.weight",
+        f"(7, {H})",
+    ),
 }
 
 
@@ -275,7 +307,10 @@ def test_collate_pads_right_and_concatenates_media(prepared: list[dict]) -> None
     assert torch.equal(batch["grid_shapes"], torch.cat([a["grid_shapes"], b["grid_shapes"]]))
     la, lb = a["audio_features"].shape[0], b["audio_features"].shape[0]
     assert batch["audio_mask"].sum(1).tolist() == [la, lb]
-    assert torch.equal(batch["audio_features"][1, :lb], b["audio_features"]) and (batch["audio_features"][1, lb:] == 0).all()
+    assert (
+        torch.equal(batch["audio_features"][1, :lb], b["audio_features"])
+        and (batch["audio_features"][1, lb:] == 0).all()
+    )
     assert "token_types" not in batch and "role_flags" not in batch
 
 
@@ -322,7 +357,9 @@ def test_padding_does_not_change_a_samples_losses(loaded: omni.OmniModel, prepar
             in_batch = model(**only(both, i))
             torch.testing.assert_close(in_batch.text_loss, alone.text_loss, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(in_batch.codebook_losses, alone.codebook_losses, rtol=1e-10, atol=1e-10)
-        assert not torch.allclose(model(**omni.collate([a])).codebook_losses, model(**omni.collate([b])).codebook_losses)
+        assert not torch.allclose(
+            model(**omni.collate([a])).codebook_losses, model(**omni.collate([b])).codebook_losses
+        )
 
 
 def test_pad_counts_must_match_the_media(loaded: omni.OmniModel, prepared: list[dict]) -> None:

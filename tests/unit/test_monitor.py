@@ -21,8 +21,9 @@ GiB = 1024**3
 def _follow_until_stop(tmp_path, cfg, on_metrics, on_resources=lambda s: None, timeout=15.0):
     run = RunPaths(root=str(tmp_path))
     stop = threading.Event()
-    thread = threading.Thread(target=launch._follow, args=(run, cfg, stop, on_metrics, on_resources,
-                                                             launch.sample_resources), daemon=True)
+    thread = threading.Thread(
+        target=launch._follow, args=(run, cfg, stop, on_metrics, on_resources, launch.sample_resources), daemon=True
+    )
     thread.start()
     stop_file = Path(run.root) / STOP_REQUEST
     deadline = time.time() + timeout
@@ -44,8 +45,10 @@ def test_a_raising_callback_and_a_malformed_line_do_not_end_the_swap_guard(tmp_p
         return s._replace(total=8 * GiB, used=0 if calls["n"] <= 2 else 6 * GiB)
 
     monkeypatch.setattr(psutil, "swap_memory", swapping)
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "lr": 0.1, "total_steps": 4}\n{not json\n'
-                                            '{"step": 2, "loss": 1.5, "lr": 0.1, "total_steps": 4}\n')
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 2.0, "lr": 0.1, "total_steps": 4}\n{not json\n'
+        '{"step": 2, "loss": 1.5, "lr": 0.1, "total_steps": 4}\n'
+    )
     seen = []
 
     def failing_artifact_call(records):

@@ -39,7 +39,9 @@ def test_moe_leaf_counts_routed_experts_only_and_matches_transformers_module_whe
     allocated = sum(p.numel() for p in module.parameters())
     oversized = real.model_copy(update={"allocated_zero_experts": True})
     assert plan.count_params(oversized).moe_leaf == allocated
-    assert allocated - (ROUTED_LEAF + ROUTER) == REAL.zero_expert_num * 2 * REAL.expert_ffn_hidden_size * REAL.hidden_size
+    assert (
+        allocated - (ROUTED_LEAF + ROUTER) == REAL.zero_expert_num * 2 * REAL.expert_ffn_hidden_size * REAL.hidden_size
+    )
 
 
 def test_real_llm_is_about_561b_params_and_1_12_tb_bf16(real):
@@ -63,13 +65,16 @@ def test_tiny_model_counts_match_the_built_model(tiny_model_dir):
 
 
 def test_attention_lora_at_r16_is_about_53m_and_experts_lora_is_billions(real):
-    per_sublayer = sum(i + o for i, o in [
-        (REAL.hidden_size, REAL.q_lora_rank),
-        (REAL.q_lora_rank, REAL.num_attention_heads * (REAL.qk_nope_head_dim + REAL.qk_rope_head_dim)),
-        (REAL.hidden_size, REAL.kv_lora_rank + REAL.qk_rope_head_dim),
-        (REAL.kv_lora_rank, REAL.num_attention_heads * (REAL.qk_nope_head_dim + REAL.v_head_dim)),
-        (REAL.num_attention_heads * REAL.v_head_dim, REAL.hidden_size),
-    ])
+    per_sublayer = sum(
+        i + o
+        for i, o in [
+            (REAL.hidden_size, REAL.q_lora_rank),
+            (REAL.q_lora_rank, REAL.num_attention_heads * (REAL.qk_nope_head_dim + REAL.qk_rope_head_dim)),
+            (REAL.hidden_size, REAL.kv_lora_rank + REAL.qk_rope_head_dim),
+            (REAL.kv_lora_rank, REAL.num_attention_heads * (REAL.qk_nope_head_dim + REAL.v_head_dim)),
+            (REAL.num_attention_heads * REAL.v_head_dim, REAL.hidden_size),
+        ]
+    )
     assert plan.count_lora(real, ["attention"], 16).params == 16 * per_sublayer * 2 * REAL.num_layers
     assert plan.count_lora(real, ["q_proj"], 16).params == 16 * per_sublayer * 2 * REAL.num_layers  # alias
     experts = plan.count_lora(real, ["attention", "experts"], 16)
@@ -154,14 +159,35 @@ def test_nothing_fits_is_said_not_faked(real):
 
 
 def test_plan_command_json_verdict_and_exit_code(capsys):
-    args = ["plan", "--profile", "standard-8xh100", "--gpus", "8", "--gpu-memory-gb", "79.6", "--ram-gb", "512",
-            "--json"]
+    args = [
+        "plan",
+        "--profile",
+        "standard-8xh100",
+        "--gpus",
+        "8",
+        "--gpu-memory-gb",
+        "79.6",
+        "--ram-gb",
+        "512",
+        "--json",
+    ]
     assert cli.main(args) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] is False and out["resources"]["CPU RAM (per node)"]["fits"] is False
     assert all(s["fits"] for s in out["suggestions"])
-    args = ["plan", "--profile", "conservative-2xb200", "--gpus", "2", "--gpu-memory-gb", "179", "--ram-gb", "3000",
-            "--disk-gb", "1863"]
+    args = [
+        "plan",
+        "--profile",
+        "conservative-2xb200",
+        "--gpus",
+        "2",
+        "--gpu-memory-gb",
+        "179",
+        "--ram-gb",
+        "3000",
+        "--disk-gb",
+        "1863",
+    ]
     assert cli.main(args) == 0
     assert "**Verdict: FITS**" in capsys.readouterr().out
 
@@ -177,8 +203,20 @@ def test_real_part_counts_and_codec_appear_in_the_json_plan(capsys):
 
     from vss_core.model import audio, embeddings, vision
 
-    args = ["plan", "--profile", "conservative-2xb200", "--gpus", "2", "--gpu-memory-gb", "179", "--ram-gb", "3000",
-            "--disk-gb", "1863", "--json"]
+    args = [
+        "plan",
+        "--profile",
+        "conservative-2xb200",
+        "--gpus",
+        "2",
+        "--gpu-memory-gb",
+        "179",
+        "--ram-gb",
+        "3000",
+        "--disk-gb",
+        "1863",
+        "--json",
+    ]
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     parts, h = out["facts"]["params_by_part"], Flash().hidden_size

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,8 +28,14 @@ def dataset(tmp_path):
 
 
 def _cfg(root, **kw):
-    base = {"root": str(root), "video_frames": 8, "video_fps": 2.0, "audio_seconds": 10.0, "workers": 1,
-            "validation_cache": None}
+    base = {
+        "root": str(root),
+        "video_frames": 8,
+        "video_fps": 2.0,
+        "audio_seconds": 10.0,
+        "workers": 1,
+        "validation_cache": None,
+    }
     return DataConfig(**(base | kw))
 
 
@@ -47,7 +52,9 @@ def test_two_preparations_with_different_settings_never_mix(dataset, tiny_model_
     dir4 = data.prepared_dir(base, fingerprint, tiny_model_dir, tiny_codec_dir, four)
     assert dir8 != dir4 and dir8.name.startswith(fingerprint[:16]) and dir4.parent == base
     assert dir8 == data.prepared_dir(base, fingerprint, tiny_model_dir, tiny_codec_dir, _cfg(dataset, video_frames=8))
-    assert data.prepared_dir(base, fingerprint, tiny_model_dir, tiny_codec_dir, _cfg(dataset, audio_seconds=1.0)) != dir8
+    assert (
+        data.prepared_dir(base, fingerprint, tiny_model_dir, tiny_codec_dir, _cfg(dataset, audio_seconds=1.0)) != dir8
+    )
 
     _prepare(dataset, eight, tiny_model_dir, tiny_codec_dir, dir8)
     _prepare(dataset, four, tiny_model_dir, tiny_codec_dir, dir4)
@@ -67,7 +74,8 @@ def test_two_preparations_with_different_settings_never_mix(dataset, tiny_model_
     _prepare(dataset, four, tiny_model_dir, tiny_codec_dir, dir8)
     assert [int(s["grid_shapes"][:, 0].sum()) for s in data.load_prepared(dir8)] == [2, 2]
     assert json.loads((dir8 / "manifest.json").read_text())["settings_key"] == data.prepared_key(
-        tiny_model_dir, tiny_codec_dir, four)
+        tiny_model_dir, tiny_codec_dir, four
+    )
 
 
 def test_load_checks_every_shape_and_lists_every_bad_file(dataset, tiny_model_dir, tiny_codec_dir, tmp_path):
@@ -75,7 +83,9 @@ def test_load_checks_every_shape_and_lists_every_bad_file(dataset, tiny_model_di
     _prepare(dataset, _cfg(dataset), tiny_model_dir, tiny_codec_dir, out)
     one, two = out / "01.pt", out / "02.pt"
     item = torch.load(one, weights_only=True)
-    torch.save({**item, "pixel_values": item["pixel_values"][:-3], "audio_features": item["audio_features"][:, :-1]}, one)
+    torch.save(
+        {**item, "pixel_values": item["pixel_values"][:-3], "audio_features": item["audio_features"][:, :-1]}, one
+    )
     item = torch.load(two, weights_only=True)
     del item["codes"]
     torch.save({**item, "input_ids": item["input_ids"][:-1]}, two)
@@ -92,8 +102,9 @@ def test_load_checks_every_shape_and_lists_every_bad_file(dataset, tiny_model_di
         data.load_prepared(out)
 
 
-def test_a_second_preparation_of_a_folder_waits_for_the_lock_or_fails_clearly(dataset, tiny_model_dir,
-                                                                              tiny_codec_dir, tmp_path):
+def test_a_second_preparation_of_a_folder_waits_for_the_lock_or_fails_clearly(
+    dataset, tiny_model_dir, tiny_codec_dir, tmp_path
+):
     out = tmp_path / "prep"
     out.mkdir()
     cfg = _cfg(dataset)
@@ -144,7 +155,9 @@ def test_a_non_finite_loss_names_the_step_and_the_samples(dataset, tiny_model_di
 
     fine = train.nonfinite_samples(torch.tensor(0.5), [0], rank=0, world=2, micro_batch=1, all_reduce=lambda t: None)
     assert fine == []
-    bad = train.nonfinite_samples(torch.tensor(float("nan")), [0], rank=0, world=2, micro_batch=1, all_reduce=all_reduce)
+    bad = train.nonfinite_samples(
+        torch.tensor(float("nan")), [0], rank=0, world=2, micro_batch=1, all_reduce=all_reduce
+    )
     assert bad == [0, 1] and reduce_calls[0].tolist() == [1.0, 0.0]
     err = train.nonfinite_loss_error(7, 12, 0, [names[i] for i in bad])
     assert isinstance(err, TrainingError)

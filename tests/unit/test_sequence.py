@@ -54,9 +54,11 @@ def ids(tok):
 
 def _codes(frames: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randint(0, 8192, (frames,), generator=g)] + [
-        torch.randint(0, 8100, (frames,), generator=g) for _ in range(3)
-    ], dim=1)
+    return torch.stack(
+        [torch.randint(0, 8192, (frames,), generator=g)]
+        + [torch.randint(0, 8100, (frames,), generator=g) for _ in range(3)],
+        dim=1,
+    )
 
 
 def _sample(tok, ids, **over):
@@ -185,9 +187,16 @@ def test_tiny_tokenizer_loads_and_carries_the_official_reserved_tokens(tok_dir, 
         assert tok.encode(mask, add_special_tokens=False) == [token_id], mask
         assert seq.encode_text(tok, f"a{special}b") == tok.encode(f"a{mask}b", add_special_tokens=False)
     by_name = {
-        "audio_bos": "<mask_110>", "audio_eos": "<mask_111>", "audio_pad": "<mask_112>", "pause": "<mask_113>",
-        "system_bos": "<mask_114>", "user_bos": "<mask_115>", "assistant_bos": "<mask_116>",
-        "voice_assistant_bos": "<mask_117>", "image_pad": "<mask_118>", "image": "<mask_119>",
+        "audio_bos": "<mask_110>",
+        "audio_eos": "<mask_111>",
+        "audio_pad": "<mask_112>",
+        "pause": "<mask_113>",
+        "system_bos": "<mask_114>",
+        "user_bos": "<mask_115>",
+        "assistant_bos": "<mask_116>",
+        "voice_assistant_bos": "<mask_117>",
+        "image_pad": "<mask_118>",
+        "image": "<mask_119>",
     }
     for name, mask in by_name.items():
         assert getattr(ids, name) == tok.convert_tokens_to_ids(mask), name
@@ -275,7 +284,7 @@ def test_generation_prompt_ends_with_the_voice_assistant_prefix(tok, ids):
     full = _sample(tok, ids)
     n = prompt["input_ids"].shape[0]
     assert full["input_ids"][:n].tolist() == prompt["input_ids"].tolist()
-    assert tok.decode(prompt["input_ids"][-len(tok.encode("VOICE ASSISTANT:", add_special_tokens=False)):]) == (
+    assert tok.decode(prompt["input_ids"][-len(tok.encode("VOICE ASSISTANT:", add_special_tokens=False)) :]) == (
         "VOICE ASSISTANT:"
     )
     assert (prompt["text_labels"] != IGNORE).sum() == 0 and (prompt["codec_labels"] != IGNORE).sum() == 0

@@ -43,6 +43,7 @@ def test_run_directory_holds_config_and_deepspeed_json(tmp_path):
 
     assert json.loads(Path(run.ds_config).read_text())["zero_optimization"]["stage"] == 3
     import pytest
+
     from vss_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="already exists"):
@@ -95,13 +96,15 @@ def test_a_damaged_adapter_is_not_reused(tmp_path):
     run = RunPaths(root=str(tmp_path))
     adapter = Path(run.adapter)
     adapter.mkdir()
-    (tmp_path / "train_summary.json").write_text('{"steps": 1, "first_loss": 1.0, "final_loss": 0.5, '
-                                                 '"trainable_parameters": 1, "total_parameters": 2, "resumed_from_step": 0}')
+    (tmp_path / "train_summary.json").write_text(
+        '{"steps": 1, "first_loss": 1.0, "final_loss": 0.5, '
+        '"trainable_parameters": 1, "total_parameters": 2, "resumed_from_step": 0}'
+    )
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"truncated")
     assert launch.completed_report(run) is None
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(adapter / "adapter_model.safetensors"))
     report = launch.completed_report(run, reused=True)
@@ -110,12 +113,15 @@ def test_a_damaged_adapter_is_not_reused(tmp_path):
 
 def test_runs_are_keyed_by_inputs_and_locked(tmp_path):
     import pytest
+
     from vss_core import runs
     from vss_core.errors import ConfigError
 
     cfg = load_config("cpu-demo", [f"training.output_dir={tmp_path}"])
     key = runs.training_key(cfg, "rev", "fp", "prep")
-    assert key == runs.training_key(load_config("cpu-demo", [f"training.output_dir={tmp_path}/elsewhere"]), "rev", "fp", "prep")
+    assert key == runs.training_key(
+        load_config("cpu-demo", [f"training.output_dir={tmp_path}/elsewhere"]), "rev", "fp", "prep"
+    )
     assert key != runs.training_key(cfg, "rev", "fp-changed", "prep")
     assert key != runs.training_key(load_config("cpu-demo", ["lora.rank=4"]), "rev", "fp", "prep")
     run, effective = runs.open_run(cfg, key)
@@ -126,8 +132,10 @@ def test_runs_are_keyed_by_inputs_and_locked(tmp_path):
         import subprocess
         import sys
 
-        code = (f"from vss_core import runs; r = runs.RunPaths(root={run.root!r})\n"
-                "try:\n    runs.locked(r).__enter__()\nexcept runs.RunInProgressError as e:\n    print(e)")
+        code = (
+            f"from vss_core import runs; r = runs.RunPaths(root={run.root!r})\n"
+            "try:\n    runs.locked(r).__enter__()\nexcept runs.RunInProgressError as e:\n    print(e)"
+        )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert "is in use by pid" in out and "in progress" in out
     named = load_config("cpu-demo", [f"training.output_dir={tmp_path}", "training.run_name=mine"])

@@ -52,13 +52,7 @@ def ref_rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 def ref_positions(t: int, h: int, w: int, s: int) -> list[tuple[int, int]]:
     """Official VisionRotaryEmbedding2D order: s x s blocks row-major, row-major inside, repeated t times."""
-    one = [
-        (bi * s + i, bj * s + j)
-        for bi in range(h // s)
-        for bj in range(w // s)
-        for i in range(s)
-        for j in range(s)
-    ]
+    one = [(bi * s + i, bj * s + j) for bi in range(h // s) for bj in range(w // s) for i in range(s) for j in range(s)]
     return one * t
 
 

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 import yaml
 
-from vss_core.codec import acoustic, decoder as decoder_lib, semantic
+from vss_core.codec import acoustic, semantic
+from vss_core.codec import decoder as decoder_lib
 from vss_core.codec.decoder import DecoderConfig
 from vss_core.errors import ModelError, bullet_list
 
@@ -74,7 +75,9 @@ def encoder_configs(codec_dir: Path) -> tuple[semantic.SemanticTokenizerConfig, 
         raw = _read_yaml(codec_dir / ENCODER_YAML, problems)
         if raw is not None:
             try:
-                ac_cfg = acoustic.AcousticEncoderConfig.from_yaml(raw.get("codec_config", raw), str(codec_dir / ENCODER_YAML))
+                ac_cfg = acoustic.AcousticEncoderConfig.from_yaml(
+                    raw.get("codec_config", raw), str(codec_dir / ENCODER_YAML)
+                )
             except ModelError as exc:
                 problems.append(str(exc))
     if problems:

@@ -324,9 +324,7 @@ class EncoderBlock(nn.Module):
             WNConv1d(dim // 2, dim, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
         )
 
-    def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, dim/2, T] -> ([B, dim, T/stride], downsampled lengths or None)."""
         if lengths is None:
             return self.block(x), None
@@ -354,9 +352,7 @@ class ConvEncoder(nn.Module):
         layers += [Snake1d(d_model), WNConv1d(d_model, d_latent, kernel_size=3, padding=1)]
         self.block = nn.Sequential(*layers)
 
-    def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, 1, L] -> ([B, latent, L / hop], frame lengths or None).
 
         Without `lengths` this is the official `Encoder.forward`; with them, `forward_with_lens`:

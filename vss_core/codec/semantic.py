@@ -179,7 +179,9 @@ class SemanticTokenizerConfig:
         enc_top = inf.section(infer_yaml, "encoder", root=True)
         enc_type = inf.get(enc_top, "encoder", "type", str)
         if enc_type is not None and enc_type != ENCODER_TYPE:
-            problems.append(f"{inf.file}: encoder.type: {enc_type!r} is not supported (the official value is {ENCODER_TYPE})")
+            problems.append(
+                f"{inf.file}: encoder.type: {enc_type!r} is not supported (the official value is {ENCODER_TYPE})"
+            )
         path = f"encoder.{ENCODER_TYPE}"
         enc = inf.section(enc_top, path)
         enc_values = {
@@ -302,7 +304,9 @@ class SemanticTokenizerConfig:
         if not 0 <= fb.preemphasis <= 1:
             infer(f"{fbk}.preemphasis", f"{fb.preemphasis} must be in [0, 1]")
         if fb.window_size < 2:
-            infer(f"{fbk}.frame_length", f"{fb.frame_length} ms gives a {fb.window_size}-sample window (need 2 or more)")
+            infer(
+                f"{fbk}.frame_length", f"{fb.frame_length} ms gives a {fb.window_size}-sample window (need 2 or more)"
+            )
         if fb.window_shift < 1:
             infer(f"{fbk}.frame_shift", f"{fb.frame_shift} ms gives a {fb.window_shift}-sample hop (need 1 or more)")
         if fb.low_freq < 0:
@@ -316,7 +320,10 @@ class SemanticTokenizerConfig:
         if fb.num_mel_bins < 1:
             infer(f"{fbk}.num_mel_bins", f"{fb.num_mel_bins} must be at least 1")
         if fb.padded_num_mel_bins is not None and fb.padded_num_mel_bins < fb.num_mel_bins:
-            infer(f"{fbk}.padded_num_mel_bins", f"{fb.padded_num_mel_bins} must be at least num_mel_bins {fb.num_mel_bins}")
+            infer(
+                f"{fbk}.padded_num_mel_bins",
+                f"{fb.padded_num_mel_bins} must be at least num_mel_bins {fb.num_mel_bins}",
+            )
         for name in ("delta_order", "left", "right"):
             if getattr(e, name) < 0:
                 infer(f"{enc}.{name}", f"{getattr(e, name)} must not be negative")
@@ -335,7 +342,9 @@ class SemanticTokenizerConfig:
         if any(s < 1 for s in e.conv2d_stride):
             infer(f"{enc}.conv2d_stride", f"{strides}: every stride must be at least 1")
         if e.input_size - 2 * max(e.num_conv_layers, 0) < 1:
-            infer(f"{enc}.feat_dim", f"{e.input_size} features leave nothing after {e.num_conv_layers} 3x3 convolutions")
+            infer(
+                f"{enc}.feat_dim", f"{e.input_size} features leave nothing after {e.num_conv_layers} 3x3 convolutions"
+            )
         for name in ("d_model", "nhead", "num_encoder_layers", "dim_feedforward"):
             if getattr(e, name) < 1:
                 infer(f"{enc}.{name}", f"{getattr(e, name)} must be at least 1")
@@ -413,7 +422,9 @@ class _YamlReader:
         try:
             return tuple(int(part) for part in value.split(","))
         except ValueError:
-            self.problems.append(f"{self.file}: {path}.{key}: {value!r} must be integers separated by commas (e.g. 2,3)")
+            self.problems.append(
+                f"{self.file}: {path}.{key}: {value!r} must be integers separated by commas (e.g. 2,3)"
+            )
             return None
 
 
@@ -479,14 +490,18 @@ def load_cmvn(path: Path | str, dim: int | None = None) -> tuple[torch.Tensor, t
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"CMVN file {path} does not exist. Download {CMVN_FILE} from the Hub repo meituan-longcat/LongCat-Audio-Codec.")
+        raise ModelError(
+            f"CMVN file {path} does not exist. Download {CMVN_FILE} from the Hub repo meituan-longcat/LongCat-Audio-Codec."
+        )
     try:
         stats = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ModelError(f"CMVN file {path} cannot be read as a .npy array: {exc}") from exc
     want = "[2, D + 1]" if dim is None else f"[2, {dim + 1}]"
     if stats.ndim != 2 or stats.shape[0] != 2 or stats.shape[1] < 2 or (dim is not None and stats.shape[1] != dim + 1):
-        raise ModelError(f"CMVN file {path} has shape {list(stats.shape)}; the official format is {want} (sums + count, squares + 0)")
+        raise ModelError(
+            f"CMVN file {path} has shape {list(stats.shape)}; the official format is {want} (sums + count, squares + 0)"
+        )
     if not np.issubdtype(stats.dtype, np.number):
         raise ModelError(f"CMVN file {path} holds {stats.dtype} values, not numbers")
     problems = []
@@ -501,14 +516,18 @@ def load_cmvn(path: Path | str, dim: int | None = None) -> tuple[torch.Tensor, t
     var = stats[1][:-1] / count - mean * mean
     negative = np.flatnonzero(var < 0)
     if negative.size:
-        raise ModelError(f"CMVN file {path}: negative variance in dimensions {negative.tolist()[:10]}; the official Cmvn would normalise them to NaN")
+        raise ModelError(
+            f"CMVN file {path}: negative variance in dimensions {negative.tolist()[:10]}; the official Cmvn would normalise them to NaN"
+        )
     mean_t = torch.from_numpy(np.ascontiguousarray(mean)).float()
     var_t = torch.from_numpy(np.ascontiguousarray(var)).float()
     scale_t = 1.0 / torch.clamp(torch.sqrt(var_t), min=FLOAT32_EPS)
     return mean_t, scale_t
 
 
-def write_cmvn(path: Path | str, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray, count: float = 1000.0) -> Path:
+def write_cmvn(
+    path: Path | str, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray, count: float = 1000.0
+) -> Path:
     """Write a CMVN file in the official format (see `load_cmvn`) that gives back `mean` and 1 / `std`.
 
     Args:
@@ -583,7 +602,9 @@ class Cmvn(nn.Module):
         """
         dim = self.cmvn_mean.shape[0]
         if tuple(mean.shape) != (dim,) or tuple(scale.shape) != (dim,):
-            raise ModelError(f"CMVN statistics have shapes {list(mean.shape)} and {list(scale.shape)}; the features have {dim} dimensions")
+            raise ModelError(
+                f"CMVN statistics have shapes {list(mean.shape)} and {list(scale.shape)}; the features have {dim} dimensions"
+            )
         self.cmvn_mean.copy_(mean)
         self.cmvn_scale.copy_(scale)
 
@@ -620,7 +641,9 @@ def subsampled_lengths(frame_lengths: torch.Tensor, strides: tuple[int, ...]) ->
 def sinusoid_positions(length: int, d_model: int, device: torch.device | None = None) -> torch.Tensor:
     """[length, d_model] sin/cos position table of `PositionalEncoding._extend_pe` (built in float32 there too)."""
     position = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
-    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / d_model))
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / d_model)
+    )
     table = torch.zeros(length, d_model, dtype=torch.float32, device=device)
     table[:, 0::2] = torch.sin(position * inv_freq)
     table[:, 1::2] = torch.cos(position * inv_freq)
@@ -810,12 +833,18 @@ class SemanticTokenizer(nn.Module):
 
     def _checked(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if wave.dim() != 2 or not wave.is_floating_point():
-            raise ValueError(f"SemanticTokenizer wants a float waveform [batch, samples], got {wave.dtype} {tuple(wave.shape)}")
+            raise ValueError(
+                f"SemanticTokenizer wants a float waveform [batch, samples], got {wave.dtype} {tuple(wave.shape)}"
+            )
         lengths = torch.as_tensor(lengths, device=wave.device)
         if lengths.shape != (wave.shape[0],) or lengths.is_floating_point():
-            raise ValueError(f"SemanticTokenizer wants integer lengths [{wave.shape[0]}], got {lengths.dtype} {tuple(lengths.shape)}")
+            raise ValueError(
+                f"SemanticTokenizer wants integer lengths [{wave.shape[0]}], got {lengths.dtype} {tuple(lengths.shape)}"
+            )
         if wave.shape[0] and (lengths.min() < 0 or lengths.max() > wave.shape[1]):
-            raise ValueError(f"SemanticTokenizer: lengths {lengths.tolist()} must lie in 0..{wave.shape[1]} (the padded length)")
+            raise ValueError(
+                f"SemanticTokenizer: lengths {lengths.tolist()} must lie in 0..{wave.shape[1]} (the padded length)"
+            )
         return wave.to(torch.promote_types(wave.dtype, torch.float32)), lengths.to(torch.int64)
 
     # -- the pipeline
@@ -870,7 +899,7 @@ class SemanticTokenizer(nn.Module):
             ModelError: naming `where` and every missing, unexpected, non-tensor or mis-shaped key.
         """
         own = self.state_dict()
-        ours = {k[len(CHECKPOINT_PREFIX):]: v for k, v in state_dict.items() if k.startswith(CHECKPOINT_PREFIX)}
+        ours = {k[len(CHECKPOINT_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(CHECKPOINT_PREFIX)}
         problems = []
         missing = [k for k in own if k not in ours and k not in DERIVED_BUFFERS]
         if missing:

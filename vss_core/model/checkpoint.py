@@ -130,7 +130,7 @@ class CheckpointConfigs:
 
     def __init__(self, model_dir: Path) -> None:
         """Raises:
-            ModelError: a config file is missing or invalid (all problems listed)."""
+        ModelError: a config file is missing or invalid (all problems listed)."""
         self.model_dir = model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ModelError(f"{model_dir}: not a directory; model.source must point at a checkpoint holding {_LAYOUT}")
@@ -291,7 +291,9 @@ def _shapes(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: torch.empty(tuple(v), device="meta") for k, v in state.items()}
 
 
-def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, zero_config: dict[str, Any] | None = None) -> OmniModel:
+def load_omni(
+    model_dir: Path, dtype: torch.dtype = torch.float32, zero_config: dict[str, Any] | None = None
+) -> OmniModel:
     """Build OmniModel from the checkpoint's configs and load every weight strictly.
 
     Weights are read lazily (safetensors `safe_open`, `.pt` files memory-mapped with
@@ -365,8 +367,12 @@ def load_omni(model_dir: Path, dtype: torch.dtype = torch.float32, zero_config: 
     if problems:
         raise ModelError(f"checkpoint {model_dir} does not match its configs:\n{bullet_list(problems)}")
     if mtp:
-        log.info("%s: %d multi-token-prediction weight(s) (%s...) not loaded: vss does not train them",
-                 model_dir, len(mtp), mtp[0])
+        log.info(
+            "%s: %d multi-token-prediction weight(s) (%s...) not loaded: vss does not train them",
+            model_dir,
+            len(mtp),
+            mtp[0],
+        )
 
     if zero_config is not None:
         import deepspeed
@@ -428,22 +434,35 @@ def _fuse_per_expert_weights(
             groups.setdefault(m["prefix"], {})[(int(m["e"]), m["proj"])] = key
     n = config.n_routed_experts
     for prefix, found in groups.items():
-        missing = [f"{prefix}.{e}.{proj}.weight" for e in range(n) for proj in ("gate_proj", "up_proj", "down_proj")
-                   if (e, proj) not in found]
+        missing = [
+            f"{prefix}.{e}.{proj}.weight"
+            for e in range(n)
+            for proj in ("gate_proj", "up_proj", "down_proj")
+            if (e, proj) not in found
+        ]
         if missing:
-            problems.append(f"per-expert weights missing under {prefix}: {', '.join(missing[:6])}"
-                            + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
+            problems.append(
+                f"per-expert weights missing under {prefix}: {', '.join(missing[:6])}"
+                + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            )
             continue
-        where = {found[(e, proj)]: sources[f"llm.{found[(e, proj)]}"][1] for e in range(n)
-                 for proj in ("gate_proj", "up_proj", "down_proj")}
+        where = {
+            found[(e, proj)]: sources[f"llm.{found[(e, proj)]}"][1]
+            for e in range(n)
+            for proj in ("gate_proj", "up_proj", "down_proj")
+        }
         gate, down = shapes[found[(0, "gate_proj")]], shapes[found[(0, "down_proj")]]
         for key in found.values():
             del shapes[key], sources[f"llm.{key}"]
         layer = prefix.removeprefix("llm.")
         shapes[f"{layer}.gate_up_proj"] = [n, 2 * gate[0], gate[1]]
         shapes[f"{layer}.down_proj"] = [n, *down]
-        sources[f"llm.{layer}.gate_up_proj"] = ("experts", where, (
-            [(found[(e, "gate_proj")], found[(e, "up_proj")]) for e in range(n)]), None)
+        sources[f"llm.{layer}.gate_up_proj"] = (
+            "experts",
+            where,
+            ([(found[(e, "gate_proj")], found[(e, "up_proj")]) for e in range(n)]),
+            None,
+        )
         sources[f"llm.{layer}.down_proj"] = ("experts", where, ([(found[(e, "down_proj")],) for e in range(n)]), None)
 
 
@@ -474,9 +493,7 @@ def _routed_rows_only(
             sources[f"llm.{key}"] = (kind, where, name, want.shape[0])
 
 
-def _copy_weights(
-    model: nn.Module, sources: dict[str, tuple[str, Any, str, int | None]], partitioned: bool
-) -> None:
+def _copy_weights(model: nn.Module, sources: dict[str, tuple[str, Any, str, int | None]], partitioned: bool) -> None:
     """Copy every parameter and persistent buffer from its source, module by module."""
     import contextlib
 

@@ -48,7 +48,9 @@ class TextEmbedding(nn.Module):
 class AudioEmbedding(nn.Module):
     """4 codec-id tables; `forward` returns their sum with padding ids embedded as zero."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, head_num: int = AUDIO_HEAD_NUM, padding_idx: int = PADDING_IDX):
+    def __init__(
+        self, vocab_size: int, hidden_size: int, head_num: int = AUDIO_HEAD_NUM, padding_idx: int = PADDING_IDX
+    ):
         super().__init__()
         self.padding_idx = padding_idx
         self.audio_embeddings = nn.ModuleList(nn.Embedding(vocab_size, hidden_size) for _ in range(head_num))
@@ -114,6 +116,8 @@ def repetition_penalty(logits: torch.Tensor, past_ids: torch.Tensor, penalty: fl
     seen c times is divided by penalty**c if positive and multiplied by it if negative.
     """
     valid = (past_ids >= 0) & (past_ids < logits.shape[-1])
-    counts = torch.zeros_like(logits).index_add_(0, past_ids[valid], torch.ones_like(past_ids[valid], dtype=logits.dtype))
+    counts = torch.zeros_like(logits).index_add_(
+        0, past_ids[valid], torch.ones_like(past_ids[valid], dtype=logits.dtype)
+    )
     alpha = torch.pow(torch.tensor(penalty, dtype=logits.dtype, device=logits.device), counts)
     return torch.where(logits < 0, logits * alpha, logits / alpha)

@@ -75,7 +75,10 @@ class OmniModel(nn.Module):
     ) -> None:
         super().__init__()
         self.llm_config, self.vision_config, self.audio_config, self.special = (
-            llm_config, vision_config, audio_config, special,
+            llm_config,
+            vision_config,
+            audio_config,
+            special,
         )
         hidden = llm_config.hidden_size
         # transformers' own experts would allocate gate_up_proj for the zero (identity) experts too.
