@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_hub.py [--size-mb 256] [--kill-at 0.5]
 
-Serves the tiny checkpoint plus one large LFS file, and the tiny codec as a second repo, from tests/hubserver
+Serves the tiny checkpoint plus one large LFS file, and the tiny codec as a second repo, from devtools/hubserver
 on 127.0.0.1 (vss downloads both; the plain baseline only the checkpoint), then:
   1. throughput of a full download: vss download_weights vs huggingface_hub.snapshot_download;
   2. a download SIGKILLed once the server has sent `kill-at` of the large file, then run again:
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import huggingface_hub as hf  # noqa: E402
 
-from tests.hubserver import HubServer  # noqa: E402
-from tests.hubserver.kill import download_and_kill  # noqa: E402
+from devtools.hubserver import HubServer  # noqa: E402
+from devtools.hubserver.kill import download_and_kill  # noqa: E402
 from vss_core import codec, hub, model  # noqa: E402
 from vss_core.config import ModelConfig  # noqa: E402
 from vss_core.settings import Settings  # noqa: E402

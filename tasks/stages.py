@@ -91,6 +91,8 @@ def preflight(cfg: VSSConfig, disk_path: str) -> hardware.PreflightReport:
 
 @task(name="validate_dataset", cache_policy=NO_CACHE)
 def validate_dataset(cfg: DataConfig) -> data.DatasetReport:
+    """Check every sample (files, decoders, lengths, optional texts), collecting all problems; the
+    dataset report becomes an artifact. Raises on invalid samples unless data.on_invalid=skip."""
     report = data.validate_dataset(cfg)
     logger = get_run_logger()
     for warning in report.warnings:
@@ -115,6 +117,8 @@ def validate_dataset(cfg: DataConfig) -> data.DatasetReport:
 # backoff, on transient errors only), so a task retry would only repeat what it already retried.
 @task(name="download_weights", retries=0, cache_policy=NO_CACHE)
 def download_weights(cfg: ModelConfig) -> hub.WeightsReport:
+    """Bring the checkpoint and the codec into the Hub cache (or use local folders in place): configs
+    checked before any weight byte, files resumed after a kill and hashed as they arrive."""
     report = hub.download_weights(cfg, settings())
     if report.downloaded:
         get_run_logger().info(
@@ -136,6 +140,8 @@ def download_weights(cfg: ModelConfig) -> hub.WeightsReport:
 def prepare_dataset(
     report: data.DatasetReport, cfg: DataConfig, model_dir: str, codec_dir: str, out_dir: str
 ) -> data.PreparedDataset:
+    """Turn the valid samples into model inputs (frames, audio features, codec ids, the official
+    sequence) in a folder keyed by the data and every preparation setting; unchanged samples are reused."""
     samples = data.select_samples(report, cfg.on_invalid)
     prepared = data.prepare_dataset(samples, cfg, Path(model_dir), Path(codec_dir), Path(out_dir))
     get_run_logger().info("Prepared %d samples into %s", len(prepared.samples), prepared.dir)
@@ -170,6 +176,8 @@ class _TrainingMonitor:
 def open_run(
     cfg: VSSConfig, weights: hub.WeightsReport, dataset: data.DatasetReport, prepared: data.PreparedDataset
 ) -> tuple[RunPaths, VSSConfig]:
+    """Find or create the run directory of these inputs (weights, data, preparation, config): a re-run
+    of the same inputs resumes or reuses it."""
     key = runs.training_key(cfg, weights.revision or weights.path, dataset.fingerprint, prepared.settings_key)
     run, effective = runs.open_run(cfg, key)
     get_run_logger().info("Run directory %s (training key %s)", run.root, key)
@@ -178,6 +186,8 @@ def open_run(
 
 @task(name="run_training", retries=1, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
 def run_training(cfg: VSSConfig, run: RunPaths, model_dir: str, prepared_dir: str) -> launch.TrainingReport:
+    """Train the LoRA under DeepSpeed ZeRO-3 in its own process group, streaming its log, metrics and
+    resources into the flow run; resumes from the last complete checkpoint; retried once on a crash."""
     logger = get_run_logger()
     monitor = _TrainingMonitor(logger)
     try:
@@ -318,6 +328,7 @@ def wait_for_approval(report: evaluate.EvalReport, decision: evaluate.GateDecisi
 
 @task(name="upload_adapter", retries=0, cache_policy=NO_CACHE)  # retried per request in vss_core.hub
 def upload_adapter(adapter_dir: str, cfg: UploadConfig) -> hub.UploadReport:
+    """Upload the adapter folder (with its model card) to upload.repo_id; skipped without a token or repo."""
     report = hub.upload_adapter(Path(adapter_dir), cfg, settings())
     get_run_logger().info(report.message)
     return report
@@ -328,6 +339,7 @@ def upload_adapter(adapter_dir: str, cfg: UploadConfig) -> hub.UploadReport:
 
 @task(name="check_data_changed", cache_policy=NO_CACHE)
 def check_data_changed(cfg: DataConfig, state_dir: str) -> data.DataChange:
+    """Fingerprint the dataset and compare with the last look (state kept under the output directory)."""
     change = data.check_data_changed(cfg, Path(state_dir))
     get_run_logger().info(change.message)
     return change

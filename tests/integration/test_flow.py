@@ -13,7 +13,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from tests.hubserver import HubServer
+from devtools.hubserver import HubServer
 
 pytestmark = pytest.mark.integration
 REPO, ADAPTER_REPO = "org/tiny-omni", "me/vss-adapter"

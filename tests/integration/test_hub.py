@@ -1,6 +1,6 @@
 """Weights in, adapter out: the real huggingface_hub client against the project's Hub server on 127.0.0.1.
 
-The server (tests/hubserver) serves the tiny omni checkpoint (`model.write_tiny_checkpoint`) and the tiny
+The server (devtools/hubserver) serves the tiny omni checkpoint (`model.write_tiny_checkpoint`) and the tiny
 LongCat-Audio-Codec (`codec.write_tiny_codec`, plus 24 kHz decoders vss must leave on the Hub) as two repos,
 and counts the bytes it serves per file, so "not fetched again" is measured on the wire. It never advertises
 Xet, so downloads take the client's plain HTTP path.
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tests.hubserver import Blob, HubServer
-from tests.hubserver.kill import download_and_kill
+from devtools.hubserver import Blob, HubServer
+from devtools.hubserver.kill import download_and_kill
 from vss_core import codec, hardware, hub
 from vss_core.codec.decoder import DecoderConfig
 from vss_core.config import ModelConfig, UploadConfig

@@ -3,7 +3,7 @@
 It speaks the subset of the Hub API that the real huggingface_hub 2.x client uses to download and upload a
 model repo, and it injects the faults vss must survive. Start it in-process:
 
-    from tests.hubserver import HubServer
+    from devtools.hubserver import HubServer
     with HubServer(tokens={"hf_write": "write"}) as hub:
         hub.add_repo_from_dir("org/model", some_dir)
         # point huggingface_hub at hub.url (endpoint=hub.url or HF_ENDPOINT in a subprocess)
@@ -12,6 +12,6 @@ It never advertises Xet (no X-Xet-* headers, no xetHash in the tree, uploads ans
 the client takes its plain HTTP path for downloads and the NDJSON commit for uploads.
 """
 
-from tests.hubserver.server import Blob, Faults, HubServer
+from devtools.hubserver.server import Blob, Faults, HubServer
 
 __all__ = ["Blob", "Faults", "HubServer"]

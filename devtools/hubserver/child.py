@@ -1,6 +1,6 @@
 """A download in its own process, to be killed mid-file by tests and benches.
 
-    HF_ENDPOINT=http://127.0.0.1:PORT python -m tests.hubserver.child vss|plain REPO_ID CACHE_DIR [CODEC_REPO_ID]
+    HF_ENDPOINT=http://127.0.0.1:PORT python -m devtools.hubserver.child vss|plain REPO_ID CACHE_DIR [CODEC_REPO_ID]
 
 `vss` runs vss_core.hub.download_weights (settings from the environment) of the model REPO_ID and the
 codec CODEC_REPO_ID (default: ModelConfig's); `plain` runs huggingface_hub.snapshot_download of REPO_ID

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.hubserver.server import HubServer
+from devtools.hubserver.server import HubServer
 from vss_core.hub import ALLOW_PATTERNS, CODEC_ALLOW_PATTERNS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def download_and_kill(
     timeout: float = 120.0,
     codec_repo: str | None = None,
 ) -> int:
-    """Run `python -m tests.hubserver.child mode` and SIGKILL it mid-`big` (a file of `repo_id`); return bytes of
+    """Run `python -m devtools.hubserver.child mode` and SIGKILL it mid-`big` (a file of `repo_id`); return bytes of
     `big` served to it. With `codec_repo` (mode vss), the child downloads that codec too, and the kill waits for it."""
     others = _snapshot_files(hub, repo_id, cache_dir, ALLOW_PATTERNS, big)
     if codec_repo is not None:
@@ -52,7 +52,7 @@ def download_and_kill(
         [
             sys.executable,
             "-m",
-            "tests.hubserver.child",
+            "devtools.hubserver.child",
             mode,
             repo_id,
             str(cache_dir),
