@@ -22,6 +22,12 @@ from vss_core.errors import ConfigError, bullet_list
 PROFILE_PACKAGE = "vss_core.profiles"
 
 
+def is_local_source(source: str) -> bool:
+    """model.source / model.codec_source names a local directory (used in place), not a Hub repo id: it
+    exists, or it is written as a path (./, /, ~). The one rule hub, plan and infer apply."""
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

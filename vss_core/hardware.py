@@ -14,7 +14,7 @@ import psutil
 from pydantic import BaseModel
 
 from vss_core import plan as planner
-from vss_core.config import HardwareConfig, ModelConfig, VSSConfig
+from vss_core.config import HardwareConfig, ModelConfig, VSSConfig, is_local_source
 from vss_core.errors import PreflightError, bullet_list
 
 # GiB throughout, as nvidia-smi, free -h and df -h report (an "80GB" H100 shows 79.6 GiB).
@@ -186,7 +186,7 @@ def model_shape(cfg: ModelConfig, configs_dir: Path | None = None) -> planner.Mo
     Raises:
         ConfigError: a local model.source whose config files cannot be read.
     """
-    if planner.is_local_source(cfg.source):
+    if is_local_source(cfg.source):
         return planner.read_model_shape(Path(cfg.source).expanduser())
     if configs_dir is not None:
         return planner.read_model_shape(configs_dir)
@@ -195,7 +195,7 @@ def model_shape(cfg: ModelConfig, configs_dir: Path | None = None) -> planner.Mo
 
 def cached_bytes(cfg: ModelConfig) -> int:
     """Bytes of model.source already in the Hugging Face cache (its blobs), 0 for a local source."""
-    if planner.is_local_source(cfg.source):
+    if is_local_source(cfg.source):
         return 0
     from huggingface_hub import constants
 
@@ -225,7 +225,7 @@ def plan_run(
         ConfigError: the model's configs cannot be read, or a LoRA target matches nothing.
     """
     download, configs_dir = None, None
-    if remote is not None and not planner.is_local_source(run.model.source):
+    if remote is not None and not is_local_source(run.model.source):
         configs_dir, download = remote(run.model)
     ins = planner.inputs_from_config(
         run,

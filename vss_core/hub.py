@@ -68,7 +68,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from vss_core.config import ModelConfig, UploadConfig
+from vss_core.config import ModelConfig, UploadConfig, is_local_source
 from vss_core.errors import HubError, ModelError, PreflightError, bullet_list
 from vss_core.settings import Settings, enable_xet_high_performance
 
@@ -295,10 +295,6 @@ def _specs(cfg: ModelConfig) -> tuple[_Spec, _Spec]:
     )
 
 
-def _is_local_source(source: str) -> bool:
-    return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
-
-
 def _matches(path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(path, pat) for pat in patterns)
 
@@ -434,7 +430,7 @@ def _preflight(cfg: ModelConfig, settings: Settings, sleep: Sleep) -> tuple[_Ope
     problems: list[str] = []
     opened: dict[str, _Opened] = {}
     for spec in specs:  # local sources first: their problems stand even when the Hub is unreachable
-        if _is_local_source(spec.source):
+        if is_local_source(spec.source):
             local = Path(spec.source).expanduser().absolute()
             opened[spec.key] = local if local.is_dir() else None
             if not local.is_dir():

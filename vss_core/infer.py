@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from vss_core import codec as codec_lib
 from vss_core import data, generate
 from vss_core import model as omni
-from vss_core.config import DataConfig, VSSConfig, config_from_json
+from vss_core.config import DataConfig, VSSConfig, config_from_json, is_local_source
 from vss_core.errors import ConfigError, DatasetError, ModelError, VSSError, bullet_list
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def resolve_model_dir(
         return model_dir, codec_dir, cfg, problems
     source = cfg.model.codec_source if cfg is not None else None
     if source is None or not Path(source).expanduser().is_dir():
-        if source is not None and not source.startswith((".", "/", "~")) and "/" in source:
+        if source is not None and not is_local_source(source) and "/" in source:
             from vss_core import hub
             from vss_core.settings import load_settings
 
@@ -113,7 +113,7 @@ def _resolve_model(adapter_dir: Path, model_dir: Path | None) -> tuple[Path | No
     source = Path(cfg.model.source).expanduser()
     if source.is_dir():
         return source, cfg, []
-    if cfg.model.source.startswith((".", "/", "~")) or source.exists():
+    if is_local_source(cfg.model.source):
         return (
             None,
             cfg,

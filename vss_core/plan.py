@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from vss_core.config import is_local_source
 from vss_core.errors import ConfigError, bullet_list
 
 GiB = 1024**3
@@ -550,11 +551,6 @@ def inputs_from_config(cfg: Any, shape: ModelShape, **changes: Any) -> PlanInput
         local_model=is_local_source(cfg.model.source),
     )
     return dataclasses.replace(ins, **changes)
-
-
-def is_local_source(source: str) -> bool:
-    """model.source names a local directory (the rule vss_core.hub applies)."""
-    return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
 
 
 class Machine(BaseModel):

@@ -157,7 +157,7 @@ def test_settings_token_sources_and_cache(tmp_path):
 
 def test_hf_transfer_warns_once(tmp_path, caplog, monkeypatch):
     hub._warn_hf_transfer_once.cache_clear()
-    monkeypatch.setattr(hub, "_is_local_source", lambda source: False)
+    monkeypatch.setattr(hub, "is_local_source", lambda source: False)
     s = Settings(hf_transfer_requested=True, hf_endpoint="http://127.0.0.1:9")  # nothing listens on port 9
     cfg = ModelConfig(source="org/x", codec_source="org/c", cache_dir=str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="vss_core.hub"):
