@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field, computed_field
 from vss_core import codec as codec_lib
 from vss_core import model as model_lib
 from vss_core import sequence
+from vss_core.atomic import write_atomic, write_json_atomic
 from vss_core.config import DataConfig
 from vss_core.errors import ConfigError, DatasetError, ModelError, bullet_list
 
@@ -638,12 +639,6 @@ def _read_cache(path: Path | None, root: Path) -> dict[str, Any]:
     return samples if isinstance(samples, dict) else {}
 
 
-def _write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(obj)}")
-    tmp.write_text(json.dumps(obj, indent=indent))
-    os.replace(tmp, path)
-
-
 def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -736,7 +731,7 @@ def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetR
     if cache_path is not None:
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(
+            write_json_atomic(
                 cache_path,
                 {
                     "format": PROBE_FORMAT,
@@ -1039,10 +1034,9 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     codes = prep.codec.encode(target).to(torch.int64)
     seq = _sequence(prep, inputs, codes, _read_text(sample_dir / "out.txt"))
     item = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq
-    out = Path(job["out"])
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    torch.save({**item, "codes": codes.contiguous(), "key": job["key"]}, tmp)
-    os.replace(tmp, out)
+    write_atomic(
+        Path(job["out"]), lambda tmp: torch.save({**item, "codes": codes.contiguous(), "key": job["key"]}, tmp)
+    )
     return job["name"], job["key"], _shapes_of(item | {"codes": codes})
 
 
@@ -1341,7 +1335,7 @@ def _prepare_locked(
 
     names = [s.name for s in good]
     entries = [{"name": n, "file": f"{n}.pt", "key": results[n][0], **results[n][1]} for n in names]
-    _write_json_atomic(
+    write_json_atomic(
         manifest_path,
         {"format": PREPARE_FORMAT, "settings_key": settings_key, "samples": entries, "skipped": skipped},
     )
@@ -1487,7 +1481,7 @@ def check_data_changed(cfg: DataConfig, state_dir: Path, cache_dir: Path | None 
     state = Path(state_dir) / f"watch-{hashlib.sha256(root.encode()).hexdigest()[:12]}.json"
     previous = json.loads(state.read_text()).get("fingerprint") if state.is_file() else None
     state.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(state, {"root": root, "fingerprint": report.fingerprint, "samples": len(report.samples)})
+    write_json_atomic(state, {"root": root, "fingerprint": report.fingerprint, "samples": len(report.samples)})
     changed = previous is not None and previous != report.fingerprint
     if previous is None:
         message = f"{root}: first look, {len(report.samples)} samples (fingerprint {report.fingerprint[:12]} recorded)"

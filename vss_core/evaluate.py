@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,9 +36,9 @@ import torch
 from pydantic import BaseModel, Field
 
 from vss_core import metrics, split
+from vss_core.atomic import write_atomic, write_json_atomic
 from vss_core.config import VSSConfig
 from vss_core.errors import VSSError
-from vss_core.runs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -327,11 +326,8 @@ def _eval_loss(net, sample: EvalSample, cfg: VSSConfig, collate) -> tuple[float 
 def _write_answer(folder: Path, name: str, wave: np.ndarray, text: str, rate: int) -> None:
     import soundfile as sf
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.wav.tmp-{os.getpid()}"
-    sf.write(str(tmp), wave, rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, folder / f"{name}.wav")
-    (folder / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
+    write_atomic(folder / f"{name}.wav", lambda tmp: sf.write(str(tmp), wave, rate, subtype="PCM_16", format="WAV"))
+    write_atomic(folder / f"{name}.txt", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def _load_report(out_dir: Path) -> EvalReport | None:
@@ -431,13 +427,11 @@ def plot_comparison(report: EvalReport, path: Path) -> Path:
 
 
 def _save(fig, plt, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.tight_layout()
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # --- the gate and the model card ------------------------------------------------------------------------
@@ -490,9 +484,7 @@ def add_to_model_card(adapter_dir: Path, report: EvalReport) -> None:
     text += (
         f"\n\n{CARD_SECTION}\n\nOn held-out samples never trained on (adapter vs the base model):\n\n{report.table()}\n"
     )
-    tmp = card.with_name(f".{card.name}.tmp-{os.getpid()}")
-    tmp.write_text(text.lstrip())
-    os.replace(tmp, card)
+    write_atomic(card, lambda tmp: tmp.write_text(text.lstrip()))
 
 
 # --- `vss eval` -------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from safetensors.torch import load_file
 from vss_core import codec as codec_lib
 from vss_core import data, generate
 from vss_core import model as omni
+from vss_core.atomic import write_atomic
 from vss_core.config import DataConfig, VSSConfig, config_from_json, is_local_source
 from vss_core.errors import ConfigError, DatasetError, ModelError, VSSError, bullet_list
 
@@ -211,13 +211,6 @@ def fit_codes(codes: torch.Tensor, decoder) -> torch.Tensor:
     return torch.minimum(codes, limits - 1)
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def run_inference(
     adapter_dir: Path,
     sample_dir: Path,
@@ -281,9 +274,9 @@ def run_inference(
     )
     wave = codec_lib.decode_codes(decoder, fit_codes(result.codes, decoder)).cpu().numpy()
     text = clean_text(configs.tokenizer, result.text_ids)
-    _write_atomic(out, lambda tmp: sf.write(str(tmp), wave, decoder.sample_rate, subtype="PCM_16", format="WAV"))
+    write_atomic(out, lambda tmp: sf.write(str(tmp), wave, decoder.sample_rate, subtype="PCM_16", format="WAV"))
     text_out = out.with_suffix(".txt")
-    _write_atomic(text_out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    write_atomic(text_out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     return InferenceReport(
         out=str(out),
         text_out=str(text_out),

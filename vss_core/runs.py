@@ -21,11 +21,11 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import psutil
 from pydantic import BaseModel
 
+from vss_core.atomic import write_json_atomic  # noqa: F401 - re-exported: runs writes its JSON with it
 from vss_core.config import VSSConfig, deepspeed_config
 from vss_core.errors import ConfigError
 
@@ -71,14 +71,6 @@ class RunPaths(BaseModel):
     @property
     def tensorboard(self) -> str:
         return self._p("tensorboard")
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON through a temp file and rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def write_config(paths: RunPaths, cfg: VSSConfig) -> None:
