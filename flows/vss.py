@@ -24,13 +24,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import stages
-from vss_core import config, data, evaluate, runs
+from vss_core import config, data, evaluate, runs, summary
 
 Overrides = config.VSSOverrides
 
 
 @flow(name="vss", description="Fine-tune LongCat-Flash-Omni with LoRA under DeepSpeed ZeRO-3.")
-def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.RunResult:
+def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> summary.RunResult:
     """Run the whole pipeline.
 
     Args:
@@ -39,7 +39,7 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
     """
     cfg = config.load_config(profile, overrides)
     out = Path(cfg.training.output_dir).absolute()
-    result = runs.RunResult(profile=cfg.profile)
+    result = summary.RunResult(profile=cfg.profile)
 
     pre = stages.preflight(cfg, str(out))
     result.add("preflight", "ok", f"{len(pre.hardware.gpus)} GPU(s); {len(pre.warnings)} warning(s)")
@@ -70,7 +70,7 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> runs.R
     result.run_dir = run.root
     with runs.locked(run):  # two runs of the same inputs never write one run directory at once
         trained = stages.run_training(cfg, run, weights.path, prepared.dir)
-        result.add("train", "reused" if trained.reused else "ok", runs.describe_training(trained))
+        result.add("train", "reused" if trained.reused else "ok", summary.describe_training(trained))
         result.adapter_dir, result.training_wall_s = trained.adapter_dir, trained.wall_s
         evaluated = _evaluate(cfg, run, trained, weights, dataset, prepared, out, result)
         if evaluated is not None:

@@ -18,7 +18,7 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from flows.vss import _gate
-from vss_core import data, evaluate, lora, runs, split
+from vss_core import data, evaluate, lora, split, summary
 from vss_core import model as omni
 from vss_core.config import LoraConfig, load_config
 
@@ -101,7 +101,7 @@ def test_the_gate_blocks_a_worse_adapter_and_the_card_and_report_say_why(
     decision = evaluate.gate(report, "loss")
     assert not decision.passed and f"+{worse:.4f}" in decision.message
 
-    result = runs.RunResult(profile="cpu-demo")
+    result = summary.RunResult(profile="cpu-demo")
     with pytest.raises(evaluate.EvalGateError, match=r"upload blocked \(eval.gate=block\).*worse than the base"):
         _gate(cfg, report, result)
     assert result.stages[-1].status == "blocked"
