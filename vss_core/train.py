@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from vss_core import data, lora, split
+from vss_core import data, lora, split, tracking
 from vss_core import model as omni
 from vss_core.config import VSSConfig, config_from_json, deepspeed_config
 from vss_core.errors import NONFINITE_MARK, TrainingError
@@ -316,7 +316,6 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     import deepspeed
     import deepspeed.comm as dist
     from deepspeed.utils import set_z3_leaf_modules
-    from torch.utils.tensorboard import SummaryWriter
 
     backend = "gloo" if cfg.hardware.accelerator == "cpu" else "nccl"
     deepspeed.init_distributed(dist_backend=backend)
@@ -382,7 +381,14 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         if rank == 0:
             log.info("Resumed from checkpoint %s (step %d/%d)", path, start_step, total_steps)
 
-    writer = SummaryWriter(str(Path(run.root) / "tensorboard")) if rank == 0 else None
+    from vss_core.settings import load_settings
+
+    # TensorBoard always; Weights & Biases too when WANDB_API_KEY is set (vss_core.tracking)
+    writer = (
+        tracking.Scalars(Path(run.root), cfg.model_dump(mode="json"), load_settings().wandb_api_key is not None)
+        if rank == 0
+        else None
+    )
     metrics = open(run.metrics, "a") if rank == 0 else None
     micro_per_step = tr.micro_batch_size * tr.gradient_accumulation_steps
     if rank == 0:
@@ -442,10 +448,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             }
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
-            writer.add_scalar("train/loss", loss, n)
-            for k, v in parts.items():
-                writer.add_scalar(f"train/loss_{k}", v, n)
-            writer.add_scalar("train/lr", lr, n)
+            writer.log(n, {"train/loss": loss, **{f"train/loss_{k}": v for k, v in parts.items()}, "train/lr": lr})
         if n % per_epoch == 0 and rank == 0:
             log.info(
                 "Epoch %d/%d complete (%.1f s)",
