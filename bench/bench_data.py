@@ -29,6 +29,7 @@ import torch
 
 from vss_core import codec, data, demo
 from vss_core.config import DataConfig
+from vss_core.data import prepare as data_prepare
 
 IMAGE_SIZE = 224
 
@@ -67,9 +68,9 @@ def _read_all_frames(path, times, size, mean, std):
             decoded += 1
             last = frame
             while wanted and frame.time >= wanted[0] - 0.5 / rate:
-                out.append(data._frame_to_tensor(frame, size, mean, std))
+                out.append(data_prepare._frame_to_tensor(frame, size, mean, std))
                 wanted.pop(0)
-        out += [data._frame_to_tensor(last, size, mean, std)] * len(wanted)
+        out += [data_prepare._frame_to_tensor(last, size, mean, std)] * len(wanted)
     return torch.stack(out), decoded
 
 
@@ -124,7 +125,7 @@ def bench_preparation(work: Path, n: int, seconds: float) -> None:
 
     # Video alone: the frame reader vs decoding every frame.
     mean = std = torch.tensor([0.5, 0.5, 0.5])
-    times = data._frame_times(cfg.video_frames, cfg.video_fps, seconds)
+    times = data_prepare._frame_times(cfg.video_frames, cfg.video_fps, seconds)
     seek_s = full_s = 0.0
     seek_frames = full_frames = 0
     _read_all_frames(Path(samples[0].path) / "in.mp4", times, IMAGE_SIZE, mean, std)  # warm up
@@ -134,7 +135,7 @@ def bench_preparation(work: Path, n: int, seconds: float) -> None:
         seek_best = full_best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            a, k = data._read_frames(path, times, IMAGE_SIZE, mean, std)
+            a, k = data_prepare._read_frames(path, times, IMAGE_SIZE, mean, std)
             seek_best = min(seek_best, time.perf_counter() - t0)
             t0 = time.perf_counter()
             b, m = _read_all_frames(path, times, IMAGE_SIZE, mean, std)
@@ -145,12 +146,12 @@ def bench_preparation(work: Path, n: int, seconds: float) -> None:
 
     # The whole preparation (frames + fbank + codec tokens + atomic write), one worker.
     vss_s = _prepare(samples, cfg, model_dir, work / "prep-vss")
-    real = data._read_frames
-    data._read_frames = _read_all_frames  # the baseline: same code, frame reader swapped
+    real = data_prepare._read_frames
+    data_prepare._read_frames = _read_all_frames  # the baseline: same code, frame reader swapped
     try:
         base_s = _prepare(samples, cfg, model_dir, work / "prep-baseline")
     finally:
-        data._read_frames = real
+        data_prepare._read_frames = real
     t0 = time.perf_counter()
     again = data.prepare_dataset(samples, cfg, model_dir, work / "prep-vss")
     rerun_s = time.perf_counter() - t0

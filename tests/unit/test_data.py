@@ -15,6 +15,8 @@ import torch
 
 from vss_core import codec, data, demo
 from vss_core.config import DataConfig
+from vss_core.data import prepare as data_prepare
+from vss_core.data import validate as data_validate
 from vss_core.errors import DatasetError, ModelError
 
 SIZE = 56
@@ -387,13 +389,13 @@ def test_load_prepared_without_manifest_raises(tmp_path):
 def _count_probes(monkeypatch):
     """Count real probes (decoding a sample's files); the probe itself still runs."""
     calls = []
-    real = data._probe
+    real = data_validate._probe
 
     def counting(present):
         calls.append(sorted(present))
         return real(present)
 
-    monkeypatch.setattr(data, "_probe", counting)
+    monkeypatch.setattr(data_validate, "_probe", counting)
     return calls
 
 
@@ -472,14 +474,14 @@ def _all_frames_at(path, times, size):
     picked = []
     for t in times:
         later = [f for f in frames if f.time >= t - 0.05 / 2]
-        picked.append(data._frame_to_array(later[0] if later else frames[-1]))
+        picked.append(data_prepare._frame_to_array(later[0] if later else frames[-1]))
     return picked, len(frames)
 
 
 def test_frames_are_reached_by_seeking_not_by_decoding_everything(tmp_path):
     (d,) = demo.write_demo_dataset(tmp_path / "long", samples=1, seconds=20.0, fps=20)  # 400 frames, GOP 20
     for times in ([0.0, 5.0, 10.0, 15.0], [2.0, 2.5, 3.0, 3.5], [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]):
-        frames, decoded = data._read_frames(d / "in.mp4", times)
+        frames, decoded = data_prepare._read_frames(d / "in.mp4", times)
         expected, total = _all_frames_at(d / "in.mp4", times, SIZE)
         assert len(frames) == len(expected) and all(np.array_equal(a, b) for a, b in zip(frames, expected))
         assert total == 400

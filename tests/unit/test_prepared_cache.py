@@ -17,6 +17,7 @@ import torch
 
 from vss_core import data, demo, train
 from vss_core.config import DataConfig
+from vss_core.data import prepare as data_prepare
 from vss_core.errors import DatasetError, TrainingError
 
 
@@ -108,7 +109,7 @@ def test_a_second_preparation_of_a_folder_waits_for_the_lock_or_fails_clearly(
     out = tmp_path / "prep"
     out.mkdir()
     cfg = _cfg(dataset)
-    with data._prepare_lock(out, None):
+    with data_prepare._prepare_lock(out, None):
         with pytest.raises(DatasetError) as err:
             _prepare(dataset, cfg, tiny_model_dir, tiny_codec_dir, out, lock_timeout_s=0.3)
         assert f"prepared data folder {out} is being written by pid {os.getpid()}" in str(err.value)
@@ -117,7 +118,7 @@ def test_a_second_preparation_of_a_folder_waits_for_the_lock_or_fails_clearly(
     held = threading.Event()
 
     def hold_briefly():
-        with data._prepare_lock(out, None):
+        with data_prepare._prepare_lock(out, None):
             held.set()
             time.sleep(1.0)
 

@@ -1,0 +1,715 @@
+"""Preparation: each sample turned into the tensors the model eats (frames, audio features, codec ids, the
+official sequence), one .pt per sample plus a manifest, keyed by every setting that shapes them; and
+reading them back."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from vss_core import codec as codec_lib
+from vss_core import model as model_lib
+from vss_core import sequence
+from vss_core.atomic import write_atomic, write_json_atomic
+from vss_core.config import DataConfig
+from vss_core.data.reports import (
+    _DEMO_FIX,
+    MANIFEST,
+    PREPARE_FORMAT,
+    SAMPLE_FILES,
+    TEXT_FILES,
+    PreparedDataset,
+    SampleReport,
+    VideoInfo,
+    _error_text,
+    _sha256_json,
+)
+from vss_core.data.validate import _locate, _probe
+from vss_core.errors import DatasetError, ModelError, bullet_list
+
+# --- preparation ----------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        problems.append(f"{path} is missing")
+        return None
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path} is not readable JSON ({_error_text(exc)})")
+        return None
+    if not isinstance(raw, dict):
+        problems.append(f"{path} must hold a JSON object")
+        return None
+    return raw
+
+
+def _file_digest(paths: list[Path]) -> str:
+    """sha256 over the bytes of small files (configs, tokenizer): what preparation depends on."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode())
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return h.hexdigest()
+
+
+def _model_preprocessing(model_dir: Path, codec_dir: Path, cfg: DataConfig) -> dict[str, Any]:
+    """The preprocessing settings of the checkpoint, the codec and the data config: everything that
+    shapes a prepared file (its cache key is a hash of these).
+
+    Raises:
+        ModelError: the checkpoint's or the codec's configs are missing or invalid (all problems).
+    """
+    problems: list[str] = []
+    try:
+        model_lib.CheckpointConfigs(model_dir)  # every config problem at once
+    except ModelError as exc:
+        problems.append(str(exc))
+    try:
+        codec_key = codec_lib.encoder_fingerprint(codec_dir)
+    except ModelError as exc:
+        problems.append(str(exc))
+    from vss_core.model import audio as audio_lib
+
+    try:  # read on its own so the rate is checked even when another config is broken
+        rate = audio_lib.PreprocessorConfig.from_file(model_dir / model_lib.checkpoint.PREPROCESSOR_CONFIG).sample_rate
+    except ModelError:
+        rate = None  # already reported by CheckpointConfigs
+    if rate is not None and rate != cfg.sample_rate:
+        problems.append(
+            f"{model_dir / model_lib.checkpoint.PREPROCESSOR_CONFIG}: the audio encoder wants "
+            f"{rate} Hz but data.sample_rate={cfg.sample_rate}; set data.sample_rate={rate}"
+        )
+    if problems:
+        raise ModelError(
+            f"cannot prepare data for the checkpoint at {model_dir} with the codec at {codec_dir}:\n"
+            f"{bullet_list(problems)}\nCheck model.source points at a complete LongCat-Flash-Omni checkpoint "
+            "and model.codec_source at LongCat-Audio-Codec."
+        )
+    small = _preprocessing_files(model_dir)
+    return {
+        "format": PREPARE_FORMAT,
+        "model_files": _file_digest(small),
+        "codec": codec_key,
+        "video_frames": cfg.video_frames,
+        "video_fps": cfg.video_fps,
+        "crop_seconds": cfg.crop_seconds,
+        "sample_rate": cfg.sample_rate,
+    }
+
+
+class _Preparer:
+    """What preparing a sample needs from the checkpoint and the codec, loaded once per process."""
+
+    def __init__(self, model_dir: Path, codec_dir: Path | None) -> None:
+        from vss_core.model import audio as audio_lib
+
+        configs = model_lib.CheckpointConfigs(model_dir)
+        self.vision = configs.vision
+        self.features = audio_lib.FeatureExtractor.from_dir(Path(model_dir) / "audio")
+        self.tokenizer, self.ids = configs.tokenizer, configs.special_ids
+        self.codec = codec_lib.load_encoder(codec_dir) if codec_dir is not None else None
+
+
+def _preprocessing_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's small files that shape a prepared sample (configs, cmvn, tokenizer)."""
+    ck = model_lib.checkpoint
+    small = [model_dir / ck.VISION_CONFIG, model_dir / ck.PREPROCESSOR_CONFIG, model_dir / ck.GLOBAL_CMVN]
+    return small + sorted(p for p in model_dir.glob("*.json") if "token" in p.name)
+
+
+_PREPARERS: dict[tuple[str, str | None, str, str | None], _Preparer] = {}
+
+
+def _preparer(model_dir: Path, codec_dir: Path | None) -> _Preparer:
+    """The preparer of these directories, reused within a process while their files are unchanged
+    (keyed by the files' content, so an edited config or cmvn is never served from memory)."""
+    codec_key = None if codec_dir is None else codec_lib.encoder_fingerprint(codec_dir)
+    key = (
+        str(model_dir),
+        None if codec_dir is None else str(codec_dir),
+        _file_digest(_preprocessing_files(Path(model_dir))),
+        codec_key,
+    )
+    if key not in _PREPARERS:
+        _PREPARERS.clear()  # one checkpoint at a time: drop what an older version of the files loaded
+        _PREPARERS[key] = _Preparer(model_dir, codec_dir)
+    return _PREPARERS[key]
+
+
+def _frame_times(n: int, fps: float, duration: float) -> list[float]:
+    """n timestamps at `fps`, or spread uniformly over the clip when it is too short for that."""
+    if duration > 0 and (n - 1) / fps >= duration:
+        return [duration * i / n for i in range(n)]
+    return [i / fps for i in range(n)]
+
+
+def _frame_to_array(frame: av.VideoFrame) -> np.ndarray:
+    """The decoded frame as H x W x 3 uint8 RGB at its own resolution (the vision side resizes it)."""
+    return frame.to_ndarray(format="rgb24")
+
+
+def _read_frames(path: Path, times: list[float]) -> tuple[list[np.ndarray], int]:
+    """The frame shown at each timestamp, and how many frames were decoded to get them.
+
+    Seeks near each timestamp instead of decoding the whole clip, and stops after the last one:
+    only the frames between a keyframe and a wanted frame are decoded.
+    """
+    seek_gap = 2.0  # seconds: closer targets are reached by decoding on, farther ones by seeking
+    out: list[np.ndarray] = []
+    decoded = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+        half = 0.5 / rate if rate else 1e-3
+        frames_iter = None
+        current, current_t, exhausted = None, -math.inf, False
+        for ts in times:
+            target = start + ts
+            if frames_iter is None or (not exhausted and target - current_t > seek_gap):
+                if tb is not None:
+                    container.seek(int(target / tb), stream=stream, backward=True, any_frame=False)
+                frames_iter = container.decode(stream)
+                current, current_t, exhausted = None, -math.inf, False
+            while current is None or current_t < target - half:
+                nxt = None if exhausted else next(frames_iter, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                current = nxt
+                decoded += 1
+                current_t = float(nxt.time) if nxt.time is not None else current_t + (1 / rate if rate else 0.0)
+            if current is not None:
+                out.append(_frame_to_array(current))
+            elif out:
+                out.append(out[-1])  # past the end: repeat the last frame
+    if not out:
+        raise DatasetError(f"{path}: no video frame could be decoded")
+    return out, decoded
+
+
+def _read_mono(path: Path, rate: int, seconds: float) -> torch.Tensor:
+    data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    wave = torch.from_numpy(data).mean(dim=1)
+    if file_rate != rate:
+        # Crop first (with margin) so a long file is not resampled whole.
+        wave = wave[: math.ceil(seconds * file_rate) + 1]
+        wave = torchaudio.functional.resample(wave, file_rate, rate)
+    return wave[: int(seconds * rate)].contiguous()
+
+
+def read_target(sample_dir: Path, rate: int, cfg: DataConfig) -> tuple[torch.Tensor, str | None]:
+    """A sample's target as training saw it: out.wav mono at `rate`, cropped to data.crop_seconds, and
+    its transcript out.txt (None when absent). For the evaluate stage."""
+    return _read_mono(Path(sample_dir) / "out.wav", rate, cfg.crop_seconds), _read_text(Path(sample_dir) / "out.txt")
+
+
+def _video_duration(video: VideoInfo | None, crop_seconds: float) -> float:
+    """The span frames are sampled from: the clip, or its first crop_seconds (0: unknown)."""
+    duration = video.duration_s if video else 0.0
+    if duration <= 0 and video and video.fps > 0:
+        duration = video.frames / video.fps
+    return min(duration, crop_seconds) if duration > 0 else 0.0
+
+
+def _read_text(path: Path) -> str | None:
+    """An optional text file of a sample (out.txt, in.txt, system.txt), stripped; None when absent."""
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _prepare_inputs(sample_dir: Path, s: dict[str, Any], duration_s: float, prep: _Preparer) -> dict[str, Any]:
+    """The model inputs of one sample's in.mp4 / in.wav (and optional in.txt / system.txt).
+
+    Frames: the official native-resolution vision preprocessing (`vision.preprocess_frames`: frame
+    pairs, smart resize within the pixel budget, normalised patches). Speech: the official features
+    (`audio.FeatureExtractor`: x32768, fbank, delta, Kaldi cmvn, splice); one `<|audio_pad|>` per
+    valid feature frame.
+    """
+    from vss_core.model import vision as vision_lib
+
+    times = _frame_times(s["video_frames"], s["video_fps"], duration_s)
+    frames, _ = _read_frames(sample_dir / "in.mp4", times)
+    pixel_values, grids, pads = vision_lib.preprocess_frames(frames, prep.vision, is_video=True)
+    wave = _read_mono(sample_dir / "in.wav", s["sample_rate"], s["crop_seconds"])
+    feats, mask = prep.features(wave[None], torch.tensor([wave.shape[0]]))
+    features = feats[0, : int(mask[0].sum())]
+    return {
+        "pixel_values": pixel_values.contiguous(),
+        "grid_shapes": torch.tensor(grids, dtype=torch.int64).reshape(-1, 3),
+        "audio_features": features.contiguous(),
+        # each frame pair is timed by its first frame (official data/utils.py refix_frame_index)
+        "frame_pairs": [(times[2 * k], n) for k, n in enumerate(pads)],
+        "system": _read_text(sample_dir / "system.txt"),
+        "instruction": _read_text(sample_dir / "in.txt"),
+    }
+
+
+def _sequence(
+    prep: _Preparer, inputs: dict[str, Any], codes: torch.Tensor | None, transcript: str | None
+) -> dict[str, torch.Tensor]:
+    return sequence.build_voice_chat_sample(
+        prep.tokenizer,
+        prep.ids,
+        frame_pairs=inputs["frame_pairs"],
+        n_audio_tokens=inputs["audio_features"].shape[0],
+        codes=codes,
+        transcript=transcript,
+        system=inputs["system"],
+        instruction=inputs["instruction"],
+    )
+
+
+def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+    """Prepare one sample into job['out'] atomically (in this process or a worker)."""
+    s = job["settings"]
+    sample_dir = Path(job["path"])
+    prep = _preparer(Path(job["model_dir"]), Path(job["codec_dir"]))
+    inputs = _prepare_inputs(sample_dir, s, job["duration_s"], prep)
+    for key in ("pixel_values", "audio_features"):
+        if not torch.isfinite(inputs[key]).all():  # never write a file that would train on NaN
+            raise DatasetError(
+                f"{key} of {sample_dir} are not finite (NaN/Inf); check in.mp4 and in.wav decode to sane values"
+            )
+    target = _read_mono(sample_dir / "out.wav", prep.codec.sample_rate, s["crop_seconds"])
+    codes = prep.codec.encode(target).to(torch.int64)
+    seq = _sequence(prep, inputs, codes, _read_text(sample_dir / "out.txt"))
+    item = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq
+    write_atomic(
+        Path(job["out"]), lambda tmp: torch.save({**item, "codes": codes.contiguous(), "key": job["key"]}, tmp)
+    )
+    return job["name"], job["key"], _shapes_of(item | {"codes": codes})
+
+
+SHAPE_KEYS = ("patches", "audio_frames", "audio_width", "code_frames", "tokens")
+
+
+def _shapes_of(item: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {
+        "patches": item["pixel_values"].shape[0],
+        "audio_frames": item["audio_features"].shape[0],
+        "audio_width": item["audio_features"].shape[1],
+        "code_frames": item["codes"].shape[0],
+        "tokens": item["input_ids"].shape[0],
+    }
+
+
+def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[str, Any]:
+    """One sample's prompt, prepared exactly as `prepare_dataset` prepares a sample (for inference).
+
+    Only in.mp4 and in.wav (and the optional in.txt / system.txt) are read; out.wav is neither needed
+    nor read. Returns the official prompt up to `VOICE ASSISTANT:` (`sequence.SEQUENCE_KEYS`) with
+    `pixel_values`, `grid_shapes` and `audio_features`, as in a prepared sample file.
+
+    Raises:
+        DatasetError: the sample folder is missing, or its in.mp4 / in.wav is missing or unreadable
+            (all problems listed).
+        ModelError: the checkpoint's vision/audio preprocessing config is missing or invalid.
+    """
+    sample_dir = Path(sample_dir)
+    if not sample_dir.is_dir():
+        raise DatasetError(
+            f"sample {sample_dir}: not a directory; point at one sample folder holding in.mp4 and in.wav "
+            f"(e.g. data/train/01). To get one, {_DEMO_FIX}"
+        )
+    # No dataset root here: the folder may live anywhere, so every link target counts as inside.
+    present, problems, _ = _locate(sample_dir, Path(sample_dir.resolve().anchor), files=("in.mp4", "in.wav"))
+    probe = _probe(present)
+    problems += probe["problems"]
+    if problems:
+        raise DatasetError(
+            f"sample {sample_dir} cannot be used:\n{bullet_list(problems)}\n"
+            "Add or fix the files (a sample folder holds in.mp4 and in.wav)."
+        )
+    prep = _preparer(Path(model_dir), None)
+    settings = {
+        "video_frames": cfg.video_frames,
+        "video_fps": cfg.video_fps,
+        "crop_seconds": cfg.crop_seconds,
+        "sample_rate": cfg.sample_rate,
+    }
+    video = VideoInfo.model_validate(probe["video"])
+    inputs = _prepare_inputs(sample_dir, settings, _video_duration(video, cfg.crop_seconds), prep)
+    seq = _sequence(prep, inputs, None, None)
+    return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq
+
+
+def _worker_init() -> None:
+    # Each worker prepares one sample at a time; N workers x N torch threads would oversubscribe the cores.
+    torch.set_num_threads(1)
+
+
+def _cached(path: Path, entry: dict[str, Any] | None, key: str) -> dict[str, int] | None:
+    """The shapes of a cached sample file whose key matches, or None if it must be (re)done."""
+    if not path.is_file():
+        return None
+    if entry is not None and entry.get("key") == key:
+        try:
+            return {k: int(entry[k]) for k in SHAPE_KEYS}
+        except (KeyError, TypeError, ValueError):
+            pass
+    if entry is not None:
+        return None
+    # No manifest entry (a run stopped before writing the manifest): the key inside the file decides.
+    try:
+        item = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # noqa: BLE001 - an unreadable cache file is simply redone
+        return None
+    if not isinstance(item, dict) or item.get("key") != key:
+        return None
+    try:
+        return _shapes_of(item)
+    except (KeyError, AttributeError, IndexError):
+        return None
+
+
+def _file_stats(sample_dir: Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of each sample file, following links: what a prepared file is keyed on."""
+    stats = []
+    for fname in SAMPLE_FILES + TEXT_FILES:
+        try:
+            st = (sample_dir / fname).stat()
+            stats.append((fname, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((fname, -1, -1))
+    return stats
+
+
+def prepared_key(model_dir: Path, codec_dir: Path, cfg: DataConfig) -> str:
+    """The sha256 of everything that shapes a prepared file: the data settings (frames, fps, crop,
+    rate), the checkpoint's preprocessing files (vision and audio configs, cmvn, tokenizer) and the
+    codec encoder, by content, so a new revision of either counts. A prepared folder is named by it
+    (`prepared_dir`) so two preparations with different settings never share one.
+
+    Raises:
+        ModelError: the checkpoint's or the codec's configs are missing or invalid (all problems).
+    """
+    return _sha256_json(_model_preprocessing(Path(model_dir), Path(codec_dir), cfg))
+
+
+def prepared_dir(base: Path, fingerprint: str, model_dir: Path, codec_dir: Path, cfg: DataConfig) -> Path:
+    """`base/<data fingerprint[:16]>-<prepared_key[:16]>`: the folder one dataset prepared one way lives in.
+
+    Raises:
+        ModelError: as `prepared_key`.
+    """
+    return Path(base) / f"{fingerprint[:16]}-{prepared_key(model_dir, codec_dir, cfg)[:16]}"
+
+
+LOCK_FILE = ".prepare.lock"
+
+
+@contextlib.contextmanager
+def _prepare_lock(out_dir: Path, timeout_s: float | None):
+    """Hold `out_dir/.prepare.lock` (flock) so two preparations of one folder never interleave.
+
+    A second preparation waits for the first (then reuses what it wrote); with a timeout it gives up.
+
+    Raises:
+        DatasetError: the lock is still held after timeout_s (the holder is named).
+    """
+    path = out_dir / LOCK_FILE
+    handle = open(path, "a+")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise DatasetError(
+                        f"prepared data folder {out_dir} is being written by {holder} (lock {path}); waited "
+                        f"{timeout_s:g} s. Wait for that preparation to finish and run again (it then reuses "
+                        "its files), or stop it."
+                    ) from None
+                time.sleep(0.2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the flock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_stale_temps(out_dir: Path) -> list[str]:
+    """Delete `.NAME.tmp-PID[-...]` files whose writer is dead (a killed preparation leaves them)."""
+    removed = []
+    for tmp in out_dir.glob(".*.tmp-*"):
+        pid_text = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp.name)
+    return removed
+
+
+def prepare_dataset(
+    samples: list[SampleReport],
+    cfg: DataConfig,
+    model_dir: Path,
+    codec_dir: Path,
+    out_dir: Path,
+    lock_timeout_s: float | None = None,
+) -> PreparedDataset:
+    """Turn samples into model inputs: `out_dir/<sample>.pt` (frames, fbank, codes) and manifest.json.
+
+    Frames are sampled at data.video_fps (data.video_frames of them) from the first
+    seconds of the clip, reached by seeking; in.wav and out.wav are converted to 16 kHz
+    mono and cropped to the same span (data.audio_seconds, or data.max_seconds if smaller).
+    A sample whose file already exists with the same key (its files' size/mtime, the data settings
+    and the checkpoint's preprocessing config) is reused. Invalid samples are skipped and named.
+    Work is spread over cfg.workers processes (0 = one per CPU core).
+
+    The folder is written under a file lock (`.prepare.lock`): a second preparation of the same
+    folder waits for the first (lock_timeout_s: give up after that long; None: wait). Temporary
+    files left by a killed preparation (their writer's pid is dead) are deleted first. A manifest
+    made with other settings (`prepared_key`) is replaced, never merged: the folder holds one
+    preparation only.
+
+    Raises:
+        ModelError: the checkpoint's vision/audio preprocessing config or codec config is missing or invalid.
+            This includes data.sample_rate differing from the rate the audio encoder wants.
+        DatasetError: no valid sample was given, a sample fails to prepare (all failures listed), or
+            another preparation holds the folder past lock_timeout_s.
+    """
+    model_dir, codec_dir, out_dir = Path(model_dir), Path(codec_dir), Path(out_dir)
+    settings = _model_preprocessing(model_dir, codec_dir, cfg)
+    settings_key = _sha256_json(settings)
+    good = [s for s in samples if s.ok]
+    skipped = [s.name for s in samples if not s.ok]
+    if not good:
+        raise DatasetError(
+            f"data: no valid sample to prepare (given {len(samples)}). Run validation first and fix the files."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _prepare_lock(out_dir, lock_timeout_s):
+        _remove_stale_temps(out_dir)
+        return _prepare_locked(good, skipped, cfg, settings, settings_key, model_dir, codec_dir, out_dir)
+
+
+def _prepare_locked(
+    good: list[SampleReport],
+    skipped: list[str],
+    cfg: DataConfig,
+    settings: dict[str, Any],
+    settings_key: str,
+    model_dir: Path,
+    codec_dir: Path,
+    out_dir: Path,
+) -> PreparedDataset:
+    manifest_path = out_dir / MANIFEST
+    try:
+        old = json.loads(manifest_path.read_text())
+        old_entries = {e["name"]: e for e in old.get("samples", [])} if old.get("settings_key") == settings_key else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        old_entries = {}
+    if not old_entries:
+        # No manifest of these settings: the manifest must not list files of other settings while this
+        # preparation rewrites the folder (a crash midway leaves none rather than a mixed one).
+        with contextlib.suppress(FileNotFoundError):
+            manifest_path.unlink()
+
+    jobs, reused, results = [], [], {}
+    for s in good:
+        key = _sha256_json({"files": _file_stats(Path(s.path)), "settings": settings_key})
+        out = out_dir / f"{s.name}.pt"
+        shapes = _cached(out, old_entries.get(s.name), key)
+        if shapes is not None:
+            reused.append(s.name)
+            results[s.name] = (key, shapes)
+            continue
+        duration = _video_duration(s.video, cfg.crop_seconds)
+        jobs.append(
+            {
+                "name": s.name,
+                "path": s.path,
+                "duration_s": duration,
+                "settings": settings,
+                "model_dir": str(model_dir),
+                "codec_dir": str(codec_dir),
+                "out": str(out),
+                "key": key,
+            }
+        )
+
+    failures = []
+    workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            try:
+                name, key, shapes = _prepare_one(job)
+                results[name] = (key, shapes)
+            except Exception as exc:  # noqa: BLE001 - collected and raised once below
+                failures.append(f"{job['name']}: {_error_text(exc)}")
+    elif jobs:
+        # spawn, not fork: the caller may hold threads (Prefect, torch's pools) that fork does not copy safely.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_worker_init
+        ) as pool:
+            futures = {pool.submit(_prepare_one, job): job["name"] for job in jobs}
+            for fut in concurrent.futures.as_completed(futures):
+                try:
+                    name, key, shapes = fut.result()
+                    results[name] = (key, shapes)
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(f"{futures[fut]}: {_error_text(exc)}")
+    if failures:
+        raise DatasetError(
+            f"data: {len(failures)} samples failed to prepare into {out_dir}:\n{bullet_list(sorted(failures))}\n"
+            "Fix the files or remove those samples (data.on_invalid=skip only skips samples validation rejects)."
+        )
+
+    names = [s.name for s in good]
+    entries = [{"name": n, "file": f"{n}.pt", "key": results[n][0], **results[n][1]} for n in names]
+    write_json_atomic(
+        manifest_path,
+        {"format": PREPARE_FORMAT, "settings_key": settings_key, "samples": entries, "skipped": skipped},
+    )
+    return PreparedDataset(
+        dir=str(out_dir),
+        samples=names,
+        files=[str(out_dir / f"{n}.pt") for n in names],
+        settings_key=settings_key,
+        skipped=skipped,
+        reused=reused,
+    )
+
+
+def load_prepared(prepared_dir: Path, only: set[str] | None = None) -> list[dict[str, torch.Tensor]]:
+    """The prepared samples in manifest order (only those named in `only`, when given): dicts with
+    frames, fbank and codes tensors.
+
+    Every file is checked against itself and the manifest before anything is returned: every tensor
+    present, pixel_values rows == the patches its grid_shapes describe, audio_features as wide as
+    the manifest records (the same width for every sample), the sequence tensors of one length, and
+    each shape as the manifest records it. A folder mixing files of different preparations fails here.
+
+    Raises:
+        DatasetError: the manifest or a sample file is missing, unreadable or inconsistent (all listed).
+    """
+    prepared_dir = Path(prepared_dir)
+    manifest_path = prepared_dir / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest["samples"]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "file" in e for e in entries):
+            raise ValueError("'samples' must be a list of entries with a 'file'")
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{manifest_path} does not exist: prepare the dataset first (the prepare data stage)."
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{manifest_path} is unreadable ({_error_text(exc)}): prepare the dataset again.") from None
+    widths = {int(e["audio_width"]) for e in entries if isinstance(e.get("audio_width"), int)}
+    out, problems = [], []
+    if manifest.get("format") != PREPARE_FORMAT:
+        problems.append(f"{manifest_path} is of format {manifest.get('format')!r}, this vss reads {PREPARE_FORMAT}")
+    if len(widths) > 1:
+        problems.append(f"{manifest_path} records audio_features of different widths {sorted(widths)}")
+    for entry in entries:
+        if only is not None and str(entry.get("name")) not in only:
+            continue
+        path = prepared_dir / entry["file"]
+        try:
+            item = torch.load(path, weights_only=True, map_location="cpu")
+        except FileNotFoundError:
+            problems.append(f"{path} is missing")
+            continue
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{path} is unreadable ({_error_text(exc)})")
+            continue
+        if not isinstance(item, dict):
+            problems.append(f"{path} holds a {type(item).__name__}, not a prepared sample")
+            continue
+        tensors = {k: v for k, v in item.items() if isinstance(v, torch.Tensor)}
+        problems += [f"{path}: {p}" for p in _item_problems(tensors, entry, item.get("key"))]
+        out.append(tensors)
+    if problems:
+        raise DatasetError(
+            f"prepared data in {prepared_dir} is incomplete or inconsistent:\n{bullet_list(problems)}\n"
+            f"Prepare the dataset again (delete {prepared_dir} and re-run; the prepare data stage rewrites it)."
+        )
+    return out
+
+
+def _item_problems(item: dict[str, torch.Tensor], entry: dict[str, Any], key: Any) -> list[str]:
+    """What is wrong with one loaded sample file, against itself and its manifest entry."""
+    required = ("pixel_values", "grid_shapes", "audio_features", "codes", *sequence.SEQUENCE_KEYS)
+    missing = [k for k in required if k not in item]
+    if missing:
+        return [f"lacks {', '.join(missing)}"]
+    problems = []
+    if entry.get("key") is not None and key != entry.get("key"):
+        problems.append(
+            f"was made with other inputs or settings (key {str(key)[:12]}, manifest {str(entry['key'])[:12]})"
+        )
+    grids = item["grid_shapes"]
+    if grids.ndim != 2 or grids.shape[1] != 3:
+        problems.append(f"grid_shapes has shape {tuple(grids.shape)}, not [frames, 3]")
+    else:
+        patches = int(grids.prod(dim=1).sum())
+        if item["pixel_values"].shape[0] != patches:
+            problems.append(f"pixel_values has {item['pixel_values'].shape[0]} rows but grid_shapes describe {patches}")
+    feats = item["audio_features"]
+    if feats.ndim != 2:
+        problems.append(f"audio_features has shape {tuple(feats.shape)}, not [frames, width]")
+    elif "audio_width" in entry and feats.shape[1] != int(entry["audio_width"]):
+        problems.append(f"audio_features is {feats.shape[1]} wide, the manifest says {entry['audio_width']}")
+    lengths = {k: item[k].shape[0] for k in sequence.SEQUENCE_KEYS}
+    if len(set(lengths.values())) > 1:
+        problems.append("sequence tensors differ in length (" + ", ".join(f"{k} {n}" for k, n in lengths.items()) + ")")
+    try:
+        shapes = _shapes_of(item)
+    except (IndexError, RuntimeError):
+        return problems
+    differ = [f"{k} {shapes[k]} (manifest {entry[k]})" for k in SHAPE_KEYS if k in entry and shapes[k] != entry[k]]
+    if differ:
+        problems.append("does not match the manifest: " + ", ".join(differ))
+    return problems
+
+
+def prepared_names(prepared_dir: Path) -> list[str]:
+    """The sample names of a prepared folder, in manifest order (the order `load_prepared` returns).
+
+    Raises:
+        DatasetError: the manifest is missing or unreadable.
+    """
+    path = Path(prepared_dir) / MANIFEST
+    try:
+        return [str(e["name"]) for e in json.loads(path.read_text())["samples"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path} is unreadable ({_error_text(exc)}): prepare the dataset again.") from None
