@@ -478,13 +478,13 @@ CARD_SECTION = "## Evaluation (vss)"
 
 def add_to_model_card(adapter_dir: Path, report: EvalReport) -> None:
     """Put the eval table in the adapter's README.md (replacing an earlier one), atomically."""
-    card = Path(adapter_dir) / "README.md"
-    text = card.read_text() if card.is_file() else ""
-    text = text.split(CARD_SECTION)[0].rstrip()
-    text += (
-        f"\n\n{CARD_SECTION}\n\nOn held-out samples never trained on (adapter vs the base model):\n\n{report.table()}\n"
+    from vss_core import card
+
+    card.set_section(
+        Path(adapter_dir) / "README.md",
+        CARD_SECTION,
+        f"On held-out samples never trained on (adapter vs the base model):\n\n{report.table()}",
     )
-    write_atomic(card, lambda tmp: tmp.write_text(text.lstrip()))
 
 
 # --- `vss eval` -------------------------------------------------------------------------------------

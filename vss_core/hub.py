@@ -1036,20 +1036,6 @@ def _sweep_orphans(storage: Path, cache_dir: Path, wanted: set[str | None], tall
 
 # --- upload ---------------------------------------------------------------------------------------
 
-MODEL_CARD = """---
-library_name: peft
-tags:
-- lora
-- longcat-flash-omni
-- video-speech-to-speech
-{base}---
-
-# LoRA adapter for LongCat-Flash-Omni
-
-Trained with vss (LoRA under DeepSpeed ZeRO-3) for video-speech-to-speech. Load it with
-`peft.PeftModel.from_pretrained(base_model, "<this repo>")`.
-"""
-
 
 def upload_adapter(
     adapter_dir: Path,
@@ -1084,8 +1070,9 @@ def upload_adapter(
         err.retryable = False
         raise err
     if not (adapter_dir / "README.md").is_file():
-        base = f"base_model: {base_model}\n" if base_model else ""
-        (adapter_dir / "README.md").write_text(MODEL_CARD.format(base=base))
+        from vss_core import card
+
+        card.save(card.minimal_card(base_model), adapter_dir / "README.md")
 
     import huggingface_hub as hf
 

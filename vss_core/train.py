@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from vss_core import data, lora, split, tracking
+from vss_core import card, data, lora, split, tracking
 from vss_core import model as omni
 from vss_core.config import VSSConfig, config_from_json, deepspeed_config
 from vss_core.errors import NONFINITE_MARK, TrainingError
@@ -199,19 +199,14 @@ def training_arguments(cfg: VSSConfig, run: RunPaths, total_steps: int):
     )
 
 
-def model_card(cfg: VSSConfig, summary: dict) -> str:
-    """README.md of the adapter: what it is, the config it was trained with, its final metrics."""
-    metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "adapter")
-    return f"""---
-library_name: peft
-base_model: {cfg.model.source}
-tags: [vss, lora, longcat-flash-omni, video-speech-to-speech]
----
-
-# LoRA adapter for {cfg.model.source} (video + speech in, speech out)
+def model_card(cfg: VSSConfig, summary: dict):
+    """The adapter's card (vss_core.card): what it is, the config it was trained with, its final metrics."""
+    metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k not in ("adapter", "trained_on", "held_out"))
+    body = f"""# LoRA adapter for {cfg.model.source} (video + speech in, speech out)
 
 Trained by vss with profile `{cfg.profile}`: LoRA r={cfg.lora.rank}, alpha={cfg.lora.alpha} on
-{", ".join(cfg.lora.targets)}, DeepSpeed ZeRO-3, {summary.get("world_size")} rank(s).
+{", ".join(cfg.lora.targets)}, DeepSpeed ZeRO-3, {summary.get("world_size")} rank(s), on
+{len(summary.get("trained_on", []))} sample(s) ({len(summary.get("held_out", []))} held out for evaluation).
 
 ## Final metrics
 
@@ -219,9 +214,7 @@ Trained by vss with profile `{cfg.profile}`: LoRA r={cfg.lora.rank}, alpha={cfg.
 |---|---|
 {metrics}
 
-## Use
-
-    vss infer --adapter <this folder> --sample data/train/01 --out out.wav
+{card.USE}
 
 ## Config
 
@@ -229,6 +222,7 @@ Trained by vss with profile `{cfg.profile}`: LoRA r={cfg.lora.rank}, alpha={cfg.
 {cfg.model_dump_json(indent=2)}
 ```
 """
+    return card.adapter_card(cfg.model.source, body)
 
 
 def save_adapter(engine, peft_model, out_dir: Path, cfg: VSSConfig, run: RunPaths, summary: dict) -> None:
@@ -251,7 +245,7 @@ def save_adapter(engine, peft_model, out_dir: Path, cfg: VSSConfig, run: RunPath
     save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     peft_model.peft_config["default"].save_pretrained(str(tmp))
     torch.save(training_arguments(cfg, run, summary["steps"]), tmp / "training_args.bin")
-    (tmp / "README.md").write_text(model_card(cfg, summary))
+    model_card(cfg, summary).save(str(tmp / "README.md"))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 

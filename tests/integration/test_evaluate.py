@@ -113,7 +113,8 @@ def test_the_gate_blocks_a_worse_adapter_and_the_card_and_report_say_why(
     evaluate.add_to_model_card(adapter, report)
     evaluate.add_to_model_card(adapter, report)  # replaced, not appended twice
     card = (adapter / "README.md").read_text()
-    assert card.startswith("# adapter") and card.count(evaluate.CARD_SECTION) == 1
+    assert card.startswith("---\n") and "library_name: peft" in card and "\n# adapter\n" in card
+    assert card.count(evaluate.CARD_SECTION) == 1
     assert f"| loss | {report.value('adapter', 'loss'):.4f} | {report.value('base', 'loss'):.4f} |" in card
 
     saved = json.loads((out / evaluate.REPORT).read_text())
