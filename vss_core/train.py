@@ -17,7 +17,8 @@ COMPLETE marker; (2) the model is a composed `nn.Module` (vision + audio adaptor
 not a `PreTrainedModel`, and is built under `zero.Init` by vss's own partitioned loader; (3) on the
 CPU accelerator the loop needs nothing from accelerate's device handling. The loop is the engine's
 own forward/backward/step with gradient accumulation, clipping and the warmup+cosine schedule
-configured through DeepSpeed, and the outputs users of the Trainer know (training_args.bin included).
+configured through DeepSpeed. The adapter folder holds what peft loads and the card; no
+`training_args.bin`: it would describe a Trainer run that never happened (the run's config.json is the record).
 """
 
 from __future__ import annotations
@@ -169,36 +170,6 @@ def stop_requested(run_root: Path, rank: int) -> bool:
 # --- adapter --------------------------------------------------------------------------------------
 
 
-def training_arguments(cfg: VSSConfig, run: RunPaths, total_steps: int):
-    """The run's settings as transformers `TrainingArguments`, saved as training_args.bin (the file users
-    of the transformers Trainer know); vss trains with its own loop, see the module docstring."""
-    from transformers import TrainingArguments
-
-    tr = cfg.training
-    return TrainingArguments(
-        output_dir=run.root,
-        learning_rate=tr.learning_rate,
-        num_train_epochs=tr.epochs,
-        max_steps=total_steps,
-        per_device_train_batch_size=tr.micro_batch_size,
-        gradient_accumulation_steps=tr.gradient_accumulation_steps,
-        warmup_steps=tr.warmup_steps,
-        lr_scheduler_type="cosine",
-        weight_decay=tr.weight_decay,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        max_grad_norm=tr.gradient_clipping,
-        logging_steps=tr.log_every_n_steps,
-        save_steps=tr.save_every_n_steps,
-        save_total_limit=tr.checkpoints_to_keep,
-        seed=tr.seed,
-        bf16=cfg.model.dtype == "bfloat16",
-        use_cpu=cfg.hardware.accelerator == "cpu",
-        gradient_checkpointing=cfg.deepspeed.activation_checkpointing,
-        report_to=[],
-    )
-
-
 def model_card(cfg: VSSConfig, summary: dict):
     """The adapter's card (vss_core.card): what it is, the config it was trained with, its final metrics."""
     metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k not in ("adapter", "trained_on", "held_out"))
@@ -227,7 +198,7 @@ Trained by vss with profile `{cfg.profile}`: LoRA r={cfg.lora.rank}, alpha={cfg.
 
 def save_adapter(engine, peft_model, out_dir: Path, cfg: VSSConfig, run: RunPaths, summary: dict) -> None:
     """Gather the LoRA weights from their ZeRO-3 partitions and write the adapter folder atomically
-    (rank 0): adapter_config.json, adapter_model.safetensors, training_args.bin, README.md."""
+    (rank 0): adapter_config.json, adapter_model.safetensors, README.md."""
     import deepspeed
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -244,7 +215,6 @@ def save_adapter(engine, peft_model, out_dir: Path, cfg: VSSConfig, run: RunPath
     tmp.mkdir(parents=True)
     save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     peft_model.peft_config["default"].save_pretrained(str(tmp))
-    torch.save(training_arguments(cfg, run, summary["steps"]), tmp / "training_args.bin")
     model_card(cfg, summary).save(str(tmp / "README.md"))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
