@@ -25,36 +25,9 @@ from torch import nn
 
 from vss_core.config import LoraConfig
 from vss_core.errors import ConfigError
+from vss_core.targets import PARAMETER_SETS, TARGET_SETS, target_pattern
 
 log = logging.getLogger(__name__)
-
-# set name -> anchored regex over full module names of OmniModel
-TARGET_SETS: dict[str, str] = {
-    "attention": r"llm\.model\.layers\.\d+\.self_attn\.\d+\.(q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)",
-    "dense_mlp": r"llm\.model\.layers\.\d+\.mlps\.\d+\.(gate_proj|up_proj|down_proj)",
-    # the official projector module names: vision `p0.{1,3}` + `proj` (p0.0 is its LayerNorm), audio `0`, `2`
-    "projectors": r"(vision_projector\.(p0\.\d+|proj)|audio_projector\.\d+)",
-    # the 4 speech heads of the official AudioOutputLayer (its `embedding.*` tables stay frozen)
-    "audio_heads": r"audio_output_layer\.audio_output_layers\.\d+",
-    # the LLM's text output head (the text stream the model speaks along): LoRA on lm_head
-    "text_head": r"llm\.lm_head",
-}
-
-# source-document name -> (set, why)
-ALIASES: dict[str, tuple[str, str]] = {
-    "q_proj": ("attention", "LongCat's MLA attention has no q_proj"),
-    "k_proj": ("attention", "LongCat's MLA attention has no k_proj"),
-    "v_proj": ("attention", "LongCat's MLA attention has no v_proj"),
-    "o_proj": ("attention", "o_proj alone is one of the five MLA projections"),
-    "audio_encoder": ("audio_projector", "the SFT recipe keeps the audio encoder frozen and adapts its projector"),
-    "audio_decoder": ("audio_heads", "the speech decoder side of the model is its 4 output heads"),
-}
-# set name -> anchored regex over full PARAMETER names: the fused 3-D expert weights, which peft
-# adapts through `target_parameters` (a Linear-module LoRA cannot wrap them).
-PARAMETER_SETS: dict[str, str] = {
-    "experts": r"llm\.model\.layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)",
-}
-_EXTRA_SETS = {"audio_projector": r"audio_projector\.\d+", "vision_projector": r"vision_projector\.(p0\.\d+|proj)"}
 
 # Module types peft's LoRA can wrap.
 _LORA_TYPES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -79,16 +52,10 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> tuple[list[str], li
     for target in targets:
         if target in PARAMETER_SETS:
             continue
-        if target in TARGET_SETS:
-            pattern = TARGET_SETS[target]
-        elif target in ALIASES:
-            set_name, why = ALIASES[target]
-            pattern = TARGET_SETS.get(set_name) or _EXTRA_SETS[set_name]
-            msg = f"lora.targets: {target!r} is read as {set_name!r} ({why}); write {set_name!r} to silence this"
-            warnings.append(msg)
-            log.warning(msg)
-        else:
-            pattern = rf"(.*\.)?{re.escape(target)}"
+        pattern, alias = target_pattern(target)
+        if alias:
+            warnings.append(alias)
+            log.warning(alias)
         found = _matches(model, pattern)
         if not found:
             problems.append(_no_match(model, target, pattern))

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from vss_core import targets as targets_lib
 from vss_core.config import is_local_source
 from vss_core.errors import ConfigError, bullet_list
 
@@ -372,7 +373,7 @@ class LoraCount:
 
 
 def count_lora(s: ModelShape, targets: list[str], rank: int) -> LoraCount:
-    """LoRA parameters for `lora.targets` at `rank`, resolved with vss_core.lora's sets and aliases.
+    """LoRA parameters for `lora.targets` at `rank`, resolved by vss_core.targets (as vss_core.lora does).
 
     `experts` (LoRA on every routed expert through peft's target_parameters: r x (in + out) per expert
     and fused parameter) is counted too, so its cost shows before it is trained.
@@ -380,8 +381,6 @@ def count_lora(s: ModelShape, targets: list[str], rank: int) -> LoraCount:
     Raises:
         ConfigError: a target matches no module (all such targets at once).
     """
-    from vss_core import lora
-
     mods = linear_modules(s)
     per_target: dict[str, int] = {}
     seen: set[str] = set()
@@ -398,14 +397,7 @@ def count_lora(s: ModelShape, targets: list[str], rank: int) -> LoraCount:
             per_target[target] = per_layer * s.num_layers
             leaf = per_layer
             continue
-        if target in lora.TARGET_SETS:
-            pattern = lora.TARGET_SETS[target]
-        elif target in lora.ALIASES:
-            name = lora.ALIASES[target][0]
-            pattern = lora.TARGET_SETS.get(name) or lora._EXTRA_SETS[name]
-        else:
-            pattern = rf"(.*\.)?{re.escape(target)}"
-        rx = re.compile(pattern)
+        rx = re.compile(targets_lib.target_pattern(target)[0])
         found = [(n, i, o) for n, i, o in mods if rx.fullmatch(n) and n not in seen]
         if not any(rx.fullmatch(n) for n, _, _ in mods):
             problems.append(f"lora.targets: {target!r} matches no module of this model")
@@ -414,7 +406,7 @@ def count_lora(s: ModelShape, targets: list[str], rank: int) -> LoraCount:
         per_target[target] = sum(rank * (i + o) for _, i, o in found)
     if problems:
         raise ConfigError(
-            bullet_list(problems) + f"\nValid sets: {', '.join([*lora.TARGET_SETS, EXPERTS_TARGET])}, "
+            bullet_list(problems) + f"\nValid sets: {', '.join([*targets_lib.TARGET_SETS, EXPERTS_TARGET])}, "
             "or a module-name suffix such as q_a_proj"
         )
     return LoraCount(params=sum(per_target.values()), per_target=per_target, in_moe_leaf_per_layer=leaf)
