@@ -6,6 +6,7 @@ a crash. Tests fake NVML at the pynvml boundary (the functions this module calls
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -86,52 +87,75 @@ def _nvlink_peers(pynvml, handle, bus_ids: dict[str, int]) -> list[int]:
     return sorted(peers)
 
 
-def probe_gpus() -> tuple[list[GPUInfo], str | None, str | None, str | None]:
-    """GPUs through NVML: (gpus, error, driver_version, cuda_version). Never raises."""
+class NVMLUnavailable(RuntimeError):
+    """NVML cannot start here: pynvml is missing or broken, or there is no NVIDIA driver."""
+
+
+@contextlib.contextmanager
+def nvml():
+    """NVML initialised for the block and shut down after (the one owner of that pairing; the monitor
+    and the preflight probe both use it). Yields the pynvml module.
+
+    Raises:
+        NVMLUnavailable: pynvml cannot be imported, or nvmlInit fails (no driver).
+    """
     try:
         import pynvml
     except ImportError as exc:  # nvidia-ml-py is a dependency, but a broken install must not crash preflight
-        return [], f"pynvml not importable: {exc}", None, None
+        raise NVMLUnavailable(f"pynvml not importable: {exc}") from None
     try:
         pynvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...
-        return [], f"no NVIDIA driver (NVML: {exc})", None, None
+        raise NVMLUnavailable(f"no NVIDIA driver (NVML: {exc})") from None
     try:
-        driver = _text(pynvml.nvmlSystemGetDriverVersion())
-        try:
-            v = pynvml.nvmlSystemGetCudaDriverVersion()
-            cuda = f"{v // 1000}.{v % 1000 // 10}"
-        except Exception:
-            cuda = None
-        handles, gpus = [], []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            try:
-                bus = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
-            except Exception:
-                bus = None
-            handles.append(handle)
-            gpus.append(
-                GPUInfo(
-                    index=i,
-                    name=_text(pynvml.nvmlDeviceGetName(handle)),
-                    memory_total_gb=mem.total / GB,
-                    memory_free_gb=mem.free / GB,
-                    pci_bus_id=bus,
-                )
-            )
-        bus_ids = {g.pci_bus_id: g.index for g in gpus if g.pci_bus_id}
-        for g, handle in zip(gpus, handles):
-            g.nvlink_peers = [p for p in _nvlink_peers(pynvml, handle, bus_ids) if p != g.index]
-        return gpus, None, driver, cuda
-    except Exception as exc:
-        return [], f"NVML error: {exc}", None, None
+        yield pynvml
     finally:
         try:
             pynvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def probe_gpus() -> tuple[list[GPUInfo], str | None, str | None, str | None]:
+    """GPUs through NVML: (gpus, error, driver_version, cuda_version). Never raises."""
+    try:
+        with nvml() as pynvml:
+            return _probe_gpus(pynvml)
+    except NVMLUnavailable as exc:
+        return [], str(exc), None, None
+    except Exception as exc:
+        return [], f"NVML error: {exc}", None, None
+
+
+def _probe_gpus(pynvml) -> tuple[list[GPUInfo], str | None, str | None, str | None]:
+    driver = _text(pynvml.nvmlSystemGetDriverVersion())
+    try:
+        v = pynvml.nvmlSystemGetCudaDriverVersion()
+        cuda = f"{v // 1000}.{v % 1000 // 10}"
+    except Exception:
+        cuda = None
+    handles, gpus = [], []
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        try:
+            bus = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
+        except Exception:
+            bus = None
+        handles.append(handle)
+        gpus.append(
+            GPUInfo(
+                index=i,
+                name=_text(pynvml.nvmlDeviceGetName(handle)),
+                memory_total_gb=mem.total / GB,
+                memory_free_gb=mem.free / GB,
+                pci_bus_id=bus,
+            )
+        )
+    bus_ids = {g.pci_bus_id: g.index for g in gpus if g.pci_bus_id}
+    for g, handle in zip(gpus, handles):
+        g.nvlink_peers = [p for p in _nvlink_peers(pynvml, handle, bus_ids) if p != g.index]
+    return gpus, None, driver, cuda
 
 
 def _existing_parent(path: Path) -> Path:
@@ -197,9 +221,9 @@ def cached_bytes(cfg: ModelConfig) -> int:
     """Bytes of model.source already in the Hugging Face cache (its blobs), 0 for a local source."""
     if is_local_source(cfg.source):
         return 0
-    from huggingface_hub import constants
+    from vss_core.settings import hub_cache
 
-    root = Path(cfg.cache_dir or constants.HF_HUB_CACHE) / ("models--" + cfg.source.replace("/", "--")) / "blobs"
+    root = hub_cache(cfg.cache_dir) / ("models--" + cfg.source.replace("/", "--")) / "blobs"
     try:
         return sum(f.stat().st_size for f in root.iterdir() if f.is_file() and not f.name.endswith(".incomplete"))
     except OSError:

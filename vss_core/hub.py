@@ -70,7 +70,7 @@ from pydantic import BaseModel, Field
 
 from vss_core.config import ModelConfig, UploadConfig, is_local_source
 from vss_core.errors import HubError, ModelError, PreflightError, bullet_list
-from vss_core.settings import Settings, enable_xet_high_performance
+from vss_core.settings import Settings, enable_xet_high_performance, hub_cache
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def _client(cfg: ModelConfig, settings: Settings, sleep: Sleep) -> _Client:
         api=hf.HfApi(endpoint=settings.hf_endpoint, token=token, library_name="vss"),
         settings=settings,
         token=token,
-        cache_dir=Path(cfg.cache_dir or settings.hub_cache_dir).expanduser().absolute(),
+        cache_dir=hub_cache(cfg.cache_dir, settings),
         verify=cfg.verify,
         workers=cfg.download_workers,
         sleep=sleep,

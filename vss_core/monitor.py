@@ -12,6 +12,7 @@ import time
 import psutil
 from pydantic import BaseModel
 
+from vss_core import hardware
 from vss_core.hardware import GB
 
 
@@ -45,30 +46,20 @@ class ResourceSample(BaseModel):
 
 def _gpu_samples() -> list[GPUSample]:
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return []
-    try:
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            out.append(
-                GPUSample(
-                    index=i, memory_used_gb=mem.used / GB, memory_total_gb=mem.total / GB, utilization_pct=util.gpu
+        with hardware.nvml() as pynvml:
+            out = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                out.append(
+                    GPUSample(
+                        index=i, memory_used_gb=mem.used / GB, memory_total_gb=mem.total / GB, utilization_pct=util.gpu
+                    )
                 )
-            )
-        return out
-    except Exception:
+            return out
+    except Exception:  # no NVML here, or a GPU that stops answering: the sample has no GPU part
         return []
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def sample_resources() -> ResourceSample:

@@ -31,6 +31,13 @@ class Settings(BaseModel):
         return str(Path(self.hf_home or Path("~/.cache/huggingface").expanduser()) / "hub")
 
 
+def hub_cache(model_cache_dir: str | None = None, settings: Settings | None = None) -> Path:
+    """The huggingface_hub cache vss downloads into (model.cache_dir, else HF_HUB_CACHE / HF_HOME's hub/):
+    the one answer the download and the disk check share."""
+    settings = settings or load_settings()
+    return Path(model_cache_dir or settings.hub_cache_dir).expanduser().absolute()
+
+
 _TRUE = {"1", "true", "yes", "on"}
 
 
