@@ -18,20 +18,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import av
+import numpy as np
 import torch
 
-from vss_core import codec, data, demo
+from vss_core import codec, data, demo, model
 from vss_core.config import DataConfig
 from vss_core.data import prepare as data_prepare
-
-IMAGE_SIZE = 224
 
 
 def _link_dataset(src: Path, dst: Path, n: int) -> None:
@@ -45,20 +43,7 @@ def _link_dataset(src: Path, dst: Path, n: int) -> None:
             os.link(sources[i % len(sources)] / name, sample / name)
 
 
-def _model_dir(path: Path) -> Path:
-    """The preprocessing configs a checkpoint carries (vision, audio, codec): all preparation reads."""
-    (path / "vision").mkdir(parents=True)
-    (path / "audio").mkdir()
-    (path / "vision" / "config.json").write_text(
-        json.dumps({"image_size": IMAGE_SIZE, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
-    )
-    (path / "audio" / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000, "num_mel_bins": 80}))
-    (path / "audio" / "global_cmvn").write_text(json.dumps({"mean": [0.0] * 80, "istd": [1.0] * 80}))
-    codec.write_tiny_codec_config(path)
-    return path
-
-
-def _read_all_frames(path, times, size, mean, std):
+def _read_all_frames(path, times):
     """The baseline frame reader: decode every frame of the clip, keep the one shown at each time."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -68,10 +53,10 @@ def _read_all_frames(path, times, size, mean, std):
             decoded += 1
             last = frame
             while wanted and frame.time >= wanted[0] - 0.5 / rate:
-                out.append(data_prepare._frame_to_tensor(frame, size, mean, std))
+                out.append(data_prepare._frame_to_array(frame))
                 wanted.pop(0)
-        out += [data_prepare._frame_to_tensor(last, size, mean, std)] * len(wanted)
-    return torch.stack(out), decoded
+        out += [data_prepare._frame_to_array(last)] * len(wanted)
+    return out, decoded
 
 
 def bench_validation(work: Path, n: int, distinct: int) -> None:
@@ -104,9 +89,9 @@ def bench_validation(work: Path, n: int, distinct: int) -> None:
     print(f"  re-validation speed-up     : {cold_s / warm_s:7.1f}x")
 
 
-def _prepare(samples, cfg, model_dir, out) -> float:
+def _prepare(samples, cfg, model_dir, codec_dir, out) -> float:
     t0 = time.perf_counter()
-    prepared = data.prepare_dataset(samples, cfg, model_dir, out)
+    prepared = data.prepare_dataset(samples, cfg, model_dir, codec_dir, out)
     elapsed = time.perf_counter() - t0
     assert not prepared.reused
     return elapsed
@@ -117,43 +102,44 @@ def bench_preparation(work: Path, n: int, seconds: float) -> None:
     t0 = time.perf_counter()
     demo.write_demo_dataset(root, samples=n, seconds=seconds, fps=25, size=(320, 240))
     setup = time.perf_counter() - t0
-    model_dir = _model_dir(work / "model")
+    # the tiny checkpoint and codec in the official layouts: the real preprocessing code path
+    model_dir = model.write_tiny_checkpoint(work / "model")
+    codec_dir = codec.write_tiny_codec(work / "codec")
     # The conservative-2xb200 data settings; workers=1: throughput per core.
     cfg = DataConfig(root=str(root), video_frames=8, video_fps=2.0, audio_seconds=10, workers=1, validation_cache=None)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     torch.set_num_threads(1)  # one core, as a preparation worker runs
 
     # Video alone: the frame reader vs decoding every frame.
-    mean = std = torch.tensor([0.5, 0.5, 0.5])
     times = data_prepare._frame_times(cfg.video_frames, cfg.video_fps, seconds)
     seek_s = full_s = 0.0
     seek_frames = full_frames = 0
-    _read_all_frames(Path(samples[0].path) / "in.mp4", times, IMAGE_SIZE, mean, std)  # warm up
+    _read_all_frames(Path(samples[0].path) / "in.mp4", times)  # warm up
     for s in samples:
         path = Path(s.path) / "in.mp4"
         # Best of 3, alternating: other processes share these cores.
         seek_best = full_best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            a, k = data_prepare._read_frames(path, times, IMAGE_SIZE, mean, std)
+            a, k = data_prepare._read_frames(path, times)
             seek_best = min(seek_best, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            b, m = _read_all_frames(path, times, IMAGE_SIZE, mean, std)
+            b, m = _read_all_frames(path, times)
             full_best = min(full_best, time.perf_counter() - t0)
-        assert torch.equal(a, b), f"{path}: the seeking reader and the baseline disagree"
+        assert all(np.array_equal(x, y) for x, y in zip(a, b)), f"{path}: the seeking reader and the baseline disagree"
         seek_s, full_s = seek_s + seek_best, full_s + full_best
         seek_frames, full_frames = seek_frames + k, full_frames + m
 
     # The whole preparation (frames + fbank + codec tokens + atomic write), one worker.
-    vss_s = _prepare(samples, cfg, model_dir, work / "prep-vss")
+    vss_s = _prepare(samples, cfg, model_dir, codec_dir, work / "prep-vss")
     real = data_prepare._read_frames
     data_prepare._read_frames = _read_all_frames  # the baseline: same code, frame reader swapped
     try:
-        base_s = _prepare(samples, cfg, model_dir, work / "prep-baseline")
+        base_s = _prepare(samples, cfg, model_dir, codec_dir, work / "prep-baseline")
     finally:
         data_prepare._read_frames = real
     t0 = time.perf_counter()
-    again = data.prepare_dataset(samples, cfg, model_dir, work / "prep-vss")
+    again = data.prepare_dataset(samples, cfg, model_dir, codec_dir, work / "prep-vss")
     rerun_s = time.perf_counter() - t0
     assert again.reused == [s.name for s in samples]
     for x, y in zip(data.load_prepared(work / "prep-vss"), data.load_prepared(work / "prep-baseline")):
@@ -161,7 +147,7 @@ def bench_preparation(work: Path, n: int, seconds: float) -> None:
 
     print(
         f"preparation: {n} clips of {seconds:g} s, 25 fps, 320x240 H.264 (set up in {setup:.1f} s); "
-        f"{cfg.video_frames} frames at {cfg.video_fps:g} fps -> {IMAGE_SIZE}x{IMAGE_SIZE}, "
+        f"{cfg.video_frames} frames at {cfg.video_fps:g} fps (native resolution, official preprocessing), "
         f"{cfg.audio_seconds:g} s audio; 1 worker, 1 thread"
     )
     print(
