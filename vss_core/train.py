@@ -24,16 +24,13 @@ configured through DeepSpeed. The adapter folder holds what peft loads and the c
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import math
 import os
 import random
 import shutil
-import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -44,51 +41,11 @@ from vss_core import card, data, lora, split, tracking
 from vss_core import model as omni
 from vss_core.config import VSSConfig, config_from_json, deepspeed_config
 from vss_core.errors import NONFINITE_MARK, TrainingError
+from vss_core.lifetime import die_with_parent
 from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, write_json_atomic
 
 log = logging.getLogger("vss.train")
 COMPLETE = "COMPLETE"
-
-
-# --- process start: never outlive the run ----------------------------------------------------------
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent(watch_pid: int | None = None, interval_s: float = 0.5) -> None:
-    """Make this process die when its parent does (Linux parent-death signal), and — given
-    `watch_pid` — when that process ends (a watchdog thread: the vss process is the launcher's
-    parent, not ours, so its death sends us no signal). Either way the rank is SIGKILLed: its
-    checkpoints are written atomically, so nothing is left half-done that resume would trust."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): relying on the watchdog", ctypes.get_errno())
-    if watch_pid is None:
-        return
-    import psutil
-
-    try:
-        born = psutil.Process(watch_pid).create_time()
-    except psutil.NoSuchProcess:
-        os.kill(os.getpid(), signal.SIGKILL)
-        return
-
-    def watch() -> None:
-        while True:
-            try:
-                proc = psutil.Process(watch_pid)
-                alive = proc.create_time() == born and proc.status() != psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                alive = False
-            if not alive:
-                log.error(
-                    "vss process %d is gone: this rank stops (resume from the last complete checkpoint)", watch_pid
-                )
-                os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(interval_s)
-
-    threading.Thread(target=watch, daemon=True, name="vss-parent-watchdog").start()
 
 
 # --- schedule and data order (plain functions, unit-tested) ---------------------------------------

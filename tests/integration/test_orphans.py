@@ -4,6 +4,7 @@ survives a failing callback and a malformed metrics line (real DeepSpeed, 2 CPU 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -143,3 +144,52 @@ def test_an_interrupted_training_stage_ends_the_launchers_whole_process_group(tm
     finally:
         for p in _run_processes(run):
             p.kill()
+
+
+_PREPARE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from vss_core import data
+    from vss_core.config import load_config
+
+    cfg = load_config("cpu-demo", [f"data.root={sys.argv[1]}", "data.workers=2"])
+    report = data.validate_dataset(cfg.data)
+    data.prepare_dataset(report.valid * 8, cfg.data, Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    """
+)
+
+
+def test_kill_9_during_preparation_leaves_no_worker(tmp_path, tiny_model_dir, tiny_codec_dir, demo_data_dir):
+    """A spawn pool worker holds the pool's queue itself, so a SIGKILLed parent used to leave it waiting
+    forever (found alive an hour later); it now dies with the process that started the pool."""
+    stage = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _PREPARE,
+            str(demo_data_dir),
+            str(tiny_model_dir),
+            str(tiny_codec_dir),
+            str(tmp_path / "prepared"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 120
+        while len(workers) < 2:
+            assert stage.poll() is None and time.time() < deadline, "preparation ended before its workers started"
+            workers = [c for c in psutil.Process(stage.pid).children() if "multiprocessing" in " ".join(c.cmdline())]
+            time.sleep(0.1)
+        os.kill(stage.pid, 9)
+        stage.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, (
+            f"preparation workers still alive 10 s after their parent was killed: {[p.pid for p in alive]}"
+        )
+    finally:
+        for p in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()

@@ -62,7 +62,7 @@ def test_a_run_refuses_to_start_beside_live_ranks_of_its_directory(tmp_path):
 _CHILD = textwrap.dedent("""
     import subprocess, sys, time
     rank = subprocess.Popen([sys.executable, "-c",
-        "import sys, time; from vss_core import train; train.die_with_parent(int(sys.argv[1])); "
+        "import sys, time; from vss_core import lifetime; lifetime.die_with_parent(int(sys.argv[1])); "
         "print('armed', flush=True); time.sleep(120)", sys.argv[1]], stdout=subprocess.PIPE, text=True)
     rank.stdout.readline()
     print(rank.pid, flush=True)

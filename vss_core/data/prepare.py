@@ -41,6 +41,7 @@ from vss_core.data.reports import (
 )
 from vss_core.data.validate import _locate, _probe
 from vss_core.errors import DatasetError, ModelError, bullet_list
+from vss_core.lifetime import die_with_parent
 
 # --- preparation ----------------------------------------------------------------------------------
 
@@ -353,7 +354,10 @@ def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[s
     return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int) -> None:
+    # A worker dies with the process that started the pool, even a SIGKILLed one: a spawn worker holds
+    # the pool's queue itself, so it would otherwise wait on it forever (seen: workers alive an hour on).
+    die_with_parent(parent_pid, pdeathsig=False)
     # Each worker prepares one sample at a time; N workers x N torch threads would oversubscribe the cores.
     torch.set_num_threads(1)
 
@@ -578,7 +582,7 @@ def _prepare_locked(
         # spawn, not fork: the caller may hold threads (Prefect, torch's pools) that fork does not copy safely.
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_worker_init
+            max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
         ) as pool:
             futures = {pool.submit(_prepare_one, job): job["name"] for job in jobs}
             for fut in concurrent.futures.as_completed(futures):
