@@ -46,21 +46,6 @@ from vss_core.lifetime import die_with_parent
 # --- preparation ----------------------------------------------------------------------------------
 
 
-def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        problems.append(f"{path} is missing")
-        return None
-    except (OSError, ValueError) as exc:
-        problems.append(f"{path} is not readable JSON ({_error_text(exc)})")
-        return None
-    if not isinstance(raw, dict):
-        problems.append(f"{path} must hold a JSON object")
-        return None
-    return raw
-
-
 def _file_digest(paths: list[Path]) -> str:
     """sha256 over the bytes of small files (configs, tokenizer): what preparation depends on."""
     h = hashlib.sha256()
