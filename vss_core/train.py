@@ -260,13 +260,14 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
 
     # The held-out samples (data.eval_fraction) are never trained on: the evaluate stage scores them.
     all_names = data.prepared_names(prepared_dir)
+    held_out = split.held_out(all_names, cfg.data.eval_fraction)
     names = split.training_names(all_names, cfg.data.eval_fraction)
     samples = data.load_prepared(prepared_dir, only=set(names))
-    if rank == 0 and len(names) < len(all_names):
+    if rank == 0 and held_out:
         log.info(
             "Held out for evaluation (data.eval_fraction=%g, never trained on): %s",
             cfg.data.eval_fraction,
-            ", ".join(n for n in all_names if n not in set(names)),
+            ", ".join(held_out),
         )
     tr = cfg.training
     per_epoch = steps_per_epoch(len(samples), world, tr.micro_batch_size, tr.gradient_accumulation_steps)
@@ -407,7 +408,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         "total_parameters": total,
         "world_size": world,
         "trained_on": names,
-        "held_out": [n for n in all_names if n not in set(names)],
+        "held_out": held_out,
         "adapter": run.adapter,
     }
     save_adapter(engine, peft_model, Path(run.adapter), cfg, run, summary)
