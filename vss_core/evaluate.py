@@ -36,6 +36,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from vss_core import metrics, split
+from vss_core import model as omni
 from vss_core.atomic import write_atomic, write_json_atomic
 from vss_core.config import VSSConfig
 from vss_core.errors import VSSError
@@ -43,7 +44,7 @@ from vss_core.errors import VSSError
 log = logging.getLogger(__name__)
 
 REPORT = "report.json"
-STREAMS = ("text", "semantic", "acoustic1", "acoustic2", "acoustic3")
+STREAMS = omni.STREAMS  # the loss streams of the model's output
 SUMMARY_METRICS = ("loss", *[f"loss_{s}" for s in STREAMS], "eos_rate", "text_wer", "mcd", "asr_wer")
 
 
@@ -236,8 +237,6 @@ def evaluate(
     """
     from vss_core import codec as codec_lib
     from vss_core import data, generate, infer
-    from vss_core import model as omni
-    from vss_core.model.batch import collate
 
     adapter_dir, model_dir, out_dir = Path(adapter_dir), Path(model_dir), Path(out_dir)
     if not samples:
@@ -267,7 +266,7 @@ def evaluate(
     for model_name, context in variants:
         with context():
             for s in samples:
-                loss, streams = _eval_loss(net, s, cfg, collate)
+                loss, streams = _eval_loss(net, s, cfg)
                 gen = generate.generate(net, prompts[s.name], configs.special_ids, max_steps)
                 wave = codec_lib.decode_codes(decoder, infer.fit_codes(gen.codes, decoder)).cpu().numpy()
                 text = infer.clean_text(configs.tokenizer, gen.text_ids)
@@ -309,13 +308,13 @@ def evaluate(
 
 
 @torch.no_grad()
-def _eval_loss(net, sample: EvalSample, cfg: VSSConfig, collate) -> tuple[float | None, dict[str, float]]:
+def _eval_loss(net, sample: EvalSample, cfg: VSSConfig) -> tuple[float | None, dict[str, float]]:
     if not sample.prepared_file:
         return None, {}
     item = torch.load(sample.prepared_file, weights_only=True, map_location="cpu")
     tensors = {k: v for k, v in item.items() if isinstance(v, torch.Tensor)}
     out = net(
-        **collate([tensors]),
+        **omni.collate([tensors]),
         text_weight=cfg.training.text_loss_weight,
         codebook_weights=cfg.training.codebook_loss_weights,
     )

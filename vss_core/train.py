@@ -186,9 +186,6 @@ def evaluate(engine, sample: dict, tr) -> float:
     return out.loss.item()
 
 
-STREAMS = ("text", "semantic", "acoustic1", "acoustic2", "acoustic3")
-
-
 def stream_losses(out) -> torch.Tensor:
     """[5]: the text loss, then the 4 codebook losses of one forward."""
     return torch.cat([out.text_loss.detach().float().reshape(1), out.codebook_losses.detach().float()])
@@ -345,7 +342,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         reduced = torch.cat([torch.stack(step_losses).mean().reshape(1), torch.stack(step_parts).mean(0)])
         dist.all_reduce(reduced)
         reduced = (reduced / world).tolist()
-        loss, parts = reduced[0], dict(zip(STREAMS, reduced[1:]))
+        loss, parts = reduced[0], dict(zip(omni.STREAMS, reduced[1:]))
         first_loss = loss if first_loss is None else first_loss
         last_loss = loss
         n = step + 1

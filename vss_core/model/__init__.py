@@ -15,11 +15,12 @@ from vss_core.model.checkpoint import (
     write_tiny_checkpoint,
     zero3_leaf_classes,
 )
-from vss_core.model.omni import IGNORE, OmniModel, OmniOutput, SpecialTokenIds
+from vss_core.model.omni import IGNORE, STREAMS, OmniModel, OmniOutput, SpecialTokenIds
 
 __all__ = [
     "IGNORE",
     "PT_FILES",
+    "STREAMS",
     "TINY_LLM_CONFIG",
     "CheckpointConfigs",
     "OmniModel",

@@ -46,6 +46,10 @@ from vss_core.model.embeddings import (
 IGNORE = -100
 
 
+# The loss streams of OmniOutput, in order: `text_loss`, then the 4 codebooks of `codebook_losses`.
+STREAMS = ("text", "semantic", "acoustic1", "acoustic2", "acoustic3")
+
+
 @dataclass
 class OmniOutput(ModelOutput):
     # A ModelOutput (a dict) so DeepSpeed's ZeRO-3 hooks see the tensors inside; a plain dataclass
