@@ -257,7 +257,7 @@ def evaluate(
     peft_model = infer.load_adapter(omni.load_omni(model_dir, dtype=torch.float32), adapter_dir)
     net = peft_model.get_base_model().eval()
     seconds = cfg.eval.max_seconds or cfg.data.audio_seconds
-    max_steps = max(2, math.ceil(seconds * codec_lib.FRAME_RATE) + 1)
+    max_steps = infer.step_cap(seconds)
     prompts = {s.name: data.prepare_inputs(Path(s.sample_dir), cfg.data, model_dir) for s in samples}
     targets = {s.name: data.read_target(Path(s.sample_dir), decoder.sample_rate, cfg.data) for s in samples}
     scores: list[SampleScore] = []
@@ -268,8 +268,7 @@ def evaluate(
             for s in samples:
                 loss, streams = _eval_loss(net, s, cfg)
                 gen = generate.generate(net, prompts[s.name], configs.special_ids, max_steps)
-                wave = codec_lib.decode_codes(decoder, infer.fit_codes(gen.codes, decoder)).cpu().numpy()
-                text = infer.clean_text(configs.tokenizer, gen.text_ids)
+                wave, text = infer.decode_answer(gen, decoder, configs.tokenizer)
                 target_wave, transcript = targets[s.name]
                 score = SampleScore(
                     sample=s.name,
@@ -290,7 +289,7 @@ def evaluate(
                     score.asr_wer = metrics.word_error_rate(score.asr_text, transcript)
                 scores.append(score)
                 answers[(model_name, s.name)] = wave
-                _write_answer(out_dir / "answers" / model_name, s.name, wave, text, decoder.sample_rate)
+                infer.write_answer(out_dir / "answers" / model_name / f"{s.name}.wav", wave, decoder.sample_rate, text)
     report = EvalReport(
         adapter_dir=str(adapter_dir),
         adapter_sha256=sha,
@@ -320,13 +319,6 @@ def _eval_loss(net, sample: EvalSample, cfg: VSSConfig) -> tuple[float | None, d
     )
     parts = [float(out.text_loss), *[float(x) for x in out.codebook_losses]]
     return float(out.loss), dict(zip(STREAMS, parts))
-
-
-def _write_answer(folder: Path, name: str, wave: np.ndarray, text: str, rate: int) -> None:
-    import soundfile as sf
-
-    write_atomic(folder / f"{name}.wav", lambda tmp: sf.write(str(tmp), wave, rate, subtype="PCM_16", format="WAV"))
-    write_atomic(folder / f"{name}.txt", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def _load_report(out_dir: Path) -> EvalReport | None:

@@ -17,6 +17,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import peft
 import soundfile as sf
 import torch
@@ -211,6 +212,26 @@ def fit_codes(codes: torch.Tensor, decoder) -> torch.Tensor:
     return torch.minimum(codes, limits - 1)
 
 
+def step_cap(seconds: float) -> int:
+    """Generation steps for at most `seconds` of speech: one per codec frame, plus the final EOS step."""
+    return max(2, math.ceil(seconds * codec_lib.FRAME_RATE) + 1)
+
+
+def decode_answer(result: generate.Generation, decoder, tokenizer) -> tuple[np.ndarray, str]:
+    """A generation as what a listener gets: the waveform at the decoder's rate and the cleaned text."""
+    wave = codec_lib.decode_codes(decoder, fit_codes(result.codes, decoder)).cpu().numpy()
+    return wave, clean_text(tokenizer, result.text_ids)
+
+
+def write_answer(out: Path, wave: np.ndarray, rate: int, text: str) -> Path:
+    """out (16-bit PCM WAV) and its transcript beside it (out with .txt), each written atomically.
+    Returns the transcript's path."""
+    write_atomic(out, lambda tmp: sf.write(str(tmp), wave, rate, subtype="PCM_16", format="WAV"))
+    text_out = out.with_suffix(".txt")
+    write_atomic(text_out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    return text_out
+
+
 def run_inference(
     adapter_dir: Path,
     sample_dir: Path,
@@ -268,15 +289,11 @@ def run_inference(
     model = load_adapter(base, adapter_dir).to(dev).get_base_model()
     configs = omni.CheckpointConfigs(model_dir)
     seconds = max_seconds if max_seconds is not None else data_cfg.audio_seconds
-    max_steps = max(2, math.ceil(seconds * codec_lib.FRAME_RATE) + 1)
     result = generate.generate(
-        model, inputs, configs.special_ids, max_steps, temperature=temperature, top_k=top_k, seed=seed
+        model, inputs, configs.special_ids, step_cap(seconds), temperature=temperature, top_k=top_k, seed=seed
     )
-    wave = codec_lib.decode_codes(decoder, fit_codes(result.codes, decoder)).cpu().numpy()
-    text = clean_text(configs.tokenizer, result.text_ids)
-    write_atomic(out, lambda tmp: sf.write(str(tmp), wave, decoder.sample_rate, subtype="PCM_16", format="WAV"))
-    text_out = out.with_suffix(".txt")
-    write_atomic(text_out, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    wave, text = decode_answer(result, decoder, configs.tokenizer)
+    text_out = write_answer(out, wave, decoder.sample_rate, text)
     return InferenceReport(
         out=str(out),
         text_out=str(text_out),
