@@ -104,15 +104,7 @@ def _evaluate(cfg, run, trained, weights, dataset, prepared, out, result) -> eva
     report = stages.evaluate_adapter(
         cfg, run, trained.adapter_dir, weights.path, weights.codec_path, samples, trained.steps
     )
-    eos = sum(s.ended_with_eos for s in report.scores if s.model == "adapter")
-    base = report.value("base", "loss")
-    result.add(
-        "evaluate",
-        "ok",
-        f"{len(samples)} held-out: loss {evaluate._fmt(report.value('adapter', 'loss'))}"
-        + (f" (base {evaluate._fmt(base)})" if base is not None else "")
-        + f"; {eos}/{len(samples)} answers end with EOS before the cap",
-    )
+    result.add("evaluate", "ok", report.headline())
     return report
 
 

@@ -253,17 +253,7 @@ def evaluate_adapter(
     )
     evaluate.add_to_model_card(Path(adapter_dir), report)
     create_markdown_artifact(key="vss-eval", markdown=eval_markdown(report), description="Held-out evaluation")
-    eos = sum(s.ended_with_eos for s in report.scores if s.model == "adapter")
-    get_run_logger().info(
-        "Evaluated on %d held-out sample(s): adapter loss %s, base loss %s; %d/%d answers end "
-        "with EOS before the cap; report %s",
-        len(report.samples),
-        evaluate._fmt(report.value("adapter", "loss")),
-        evaluate._fmt(report.value("base", "loss")),
-        eos,
-        len(report.samples),
-        Path(run.eval_dir) / evaluate.REPORT,
-    )
+    get_run_logger().info("Evaluated %s; report %s", report.headline(), Path(run.eval_dir) / evaluate.REPORT)
     return report
 
 

@@ -86,6 +86,17 @@ class EvalReport(BaseModel):
     def value(self, model: str, metric: str) -> float | None:
         return self.summary.get(model, {}).get(metric)
 
+    def headline(self) -> str:
+        """One line: the held-out loss of each model and how many adapter answers end with EOS before the cap."""
+        n = len(self.samples)
+        eos = sum(s.ended_with_eos for s in self.scores if s.model == "adapter")
+        base = self.value("base", "loss")
+        return (
+            f"{n} held-out: loss {_fmt(self.value('adapter', 'loss'))}"
+            + (f" (base {_fmt(base)})" if base is not None else "")
+            + f"; {eos}/{n} answers end with EOS before the cap"
+        )
+
     def table(self, how: bool = True) -> str:
         """Markdown: one row per metric, adapter and base side by side and the change; then (how=True) how
         each figure is computed."""
