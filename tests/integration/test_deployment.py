@@ -10,16 +10,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+
+from devtools import prefect_server
+from devtools.prefect_server import flow_runs as _flow_runs
+from devtools.prefect_server import wait as _wait
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -30,45 +32,6 @@ class Served:
     root: Path
     env: dict
     process: subprocess.Popen
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, procs=()):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{what}: process exited early with {p.returncode}")
-        if predicate():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def _flow_runs(env) -> list[dict]:
-    code = (
-        "import json; from prefect.client.orchestration import get_client\n"
-        "with get_client(sync_client=True) as c:\n"
-        "    runs = c.read_flow_runs()\n"
-        "    print(json.dumps([{'name': r.name, 'state': r.state.type.value if r.state else None, "
-        "'deployment': str(r.deployment_id), 'id': str(r.id), "
-        "'message': r.state.message if r.state else None} for r in runs]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _prefect(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -109,26 +72,14 @@ def served(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
     shutil.copytree(tiny_model_dir, tmp_path / ".vss/demo/tiny-model")
     shutil.copytree(tiny_codec_dir, tmp_path / ".vss/demo/tiny-codec")
     shutil.copytree(demo_data_dir, tmp_path / ".vss/demo/data")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # Prefect's minimum
-    }
-    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "serve")}
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=logs["server"],
-        stderr=subprocess.STDOUT,
-    )
-    served = None
-    try:
-        _wait(lambda: _healthy(api), 120, "prefect server", [server])
+    with (
+        prefect_server.local_server(
+            tmp_path / "prefect",
+            tmp_path / "server.log",
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",  # Prefect's minimum
+        ) as env,
+        open(tmp_path / "serve.log", "w") as log,
+    ):
         served = subprocess.Popen(
             [
                 str(BIN / "vss"),
@@ -143,26 +94,19 @@ def served(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
             ],
             cwd=tmp_path,
             env=env,
-            stdout=logs["serve"],
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
-        listed = lambda: _prefect(env, "deployment", "ls").stdout
-        _wait(lambda: "demo-cpu" in listed() and "watch-data" in listed(), 120, "vss serve to register", [served])
-        assert "train-2xb200" in listed() and "train-8xh100" in listed()
-        assert "vss-watch-data/watch-data" in listed()
-        assert _automation_names(env) == ["vss-crash-silent-runs"]
+        try:
+            listed = lambda: _prefect(env, "deployment", "ls").stdout
+            _wait(lambda: "demo-cpu" in listed() and "watch-data" in listed(), 120, "vss serve to register", [served])
+            assert "train-2xb200" in listed() and "train-8xh100" in listed()
+            assert "vss-watch-data/watch-data" in listed()
+            assert _automation_names(env) == ["vss-crash-silent-runs"]
 
-        yield Served(tmp_path, env, served)
-    finally:
-        for p in (served, server):
-            if p is not None:
-                p.terminate()
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        for f in logs.values():
-            f.close()
+            yield Served(tmp_path, env, served)
+        finally:
+            prefect_server.stop(served)
 
 
 def test_served_deployments_refuse_bad_params_retrain_on_data_events_and_reuse(served):

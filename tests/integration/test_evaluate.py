@@ -6,7 +6,6 @@ carries the table. The pause gate resumes on approval against a real local Prefe
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from devtools import prefect_server
 from flows.vss import _gate
 from vss_core import data, evaluate, lora, split, summary
 from vss_core import model as omni
@@ -199,8 +199,6 @@ _PAUSED_FLOW = textwrap.dedent("""
 
 
 def test_the_pause_gate_waits_and_resumes_on_approval_on_a_real_server(tmp_path):
-    from tests.integration.test_deployment import _free_port, _healthy, _wait
-
     report = evaluate.EvalReport(
         adapter_dir=str(tmp_path),
         adapter_sha256="0" * 64,
@@ -210,58 +208,28 @@ def test_the_pause_gate_waits_and_resumes_on_approval_on_a_real_server(tmp_path)
         summary={"adapter": {"loss": 3.0}, "base": {"loss": 2.5}},
     )
     (tmp_path / "report.json").write_text(report.model_dump_json())
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    bin_dir = Path(sys.executable).parent
-    with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen(
-            [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    script = tmp_path / "gated.py"
+    script.write_text(_PAUSED_FLOW)
+    with prefect_server.local_server(tmp_path / "prefect", tmp_path / "server.log") as env:
+        flow_proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "report.json")],
             env=env,
-            stdout=log,
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            text=True,
         )
-        flow_proc = None
         try:
-            _wait(lambda: _healthy(api), 120, "prefect server", [server])
-            script = tmp_path / "gated.py"
-            script.write_text(_PAUSED_FLOW)
-            flow_proc = subprocess.Popen(
-                [sys.executable, str(script), str(tmp_path / "report.json")],
-                env=env,
-                cwd=Path(__file__).resolve().parents[2],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            code = (
-                "from prefect.client.orchestration import get_client\n"
-                "with get_client(sync_client=True) as c:\n"
-                "    print([(str(r.id), r.state.type.value) for r in c.read_flow_runs()])"
-            )
-            runs_now = lambda: eval(
-                subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-                .stdout.strip()
-                .splitlines()[-1]
-            )
-            _wait(lambda: any(s == "PAUSED" for _, s in runs_now()), 120, "the flow to pause", [flow_proc])
-            ((run_id, _),) = runs_now()
+            paused = lambda: [r for r in prefect_server.flow_runs(env) if r["state"] == "PAUSED"]
+            prefect_server.wait(lambda: paused(), 120, "the flow to pause", [flow_proc])
+            (run,) = paused()
             resume = (
                 "import sys; from prefect.flow_runs import resume_flow_run\n"
                 "resume_flow_run(sys.argv[1], run_input={'approve': True, 'note': 'looks fine'})"
             )
-            subprocess.run([sys.executable, "-c", resume, run_id], env=env, check=True, timeout=60)
+            subprocess.run([sys.executable, "-c", resume, run["id"]], env=env, check=True, timeout=60)
             out, _ = flow_proc.communicate(timeout=120)
             assert flow_proc.returncode == 0 and "RESULT uploaded" in out, out[-3000:]
             assert "Upload approved: looks fine" in out
         finally:
-            for p in (flow_proc, server):
-                if p is not None and p.poll() is None:
-                    p.terminate()
-                    p.wait(timeout=30)
+            prefect_server.stop(flow_proc)
