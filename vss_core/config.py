@@ -235,6 +235,19 @@ class TrainingConfig(_Section):
     gradient_clipping: float = Field(1.0, gt=0, description="Max gradient norm.")
     log_every_n_steps: int = Field(10, ge=1, description="Log 'Step k/N - Loss: x' every N optimizer steps.")
     save_every_n_steps: int = Field(500, ge=1, description="Save a checkpoint every N optimizer steps.")
+    loader_workers: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="DataLoader worker processes per rank reading prepared samples (0: read in the rank "
+        "itself). Each holds at most training.prefetch_batches micro batches; memory does not grow with the dataset.",
+    )
+    prefetch_batches: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Micro batches each loader worker reads ahead of the step (DataLoader prefetch_factor).",
+    )
     checkpoints_to_keep: int = Field(3, ge=1, le=100, description="Checkpoints kept; older ones are deleted.")
     monitor_interval_s: float = Field(
         10.0,

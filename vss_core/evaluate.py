@@ -321,8 +321,9 @@ def evaluate(
 def _eval_loss(net, sample: EvalSample, cfg: VSSConfig) -> tuple[float | None, dict[str, float]]:
     if not sample.prepared_file:
         return None, {}
-    item = torch.load(sample.prepared_file, weights_only=True, map_location="cpu")
-    tensors = {k: v for k, v in item.items() if isinstance(v, torch.Tensor)}
+    from vss_core.data import decode_item
+
+    tensors = decode_item(torch.load(sample.prepared_file, weights_only=True, map_location="cpu"))
     out = net(
         **omni.collate([tensors]),
         text_weight=cfg.training.text_loss_weight,

@@ -459,7 +459,27 @@ def sequence_tokens(s: ModelShape, frames: int, audio_seconds: float, frame_size
     )
 
 
+def sample_bytes(s: ModelShape, patches: int, audio_tokens: int, code_frames: int, tokens: int) -> dict[str, int]:
+    """Bytes of one prepared sample: on disk (uint8 patches, float32 features, int64 codes and the six
+    sequence columns, two of them 4 codebooks wide) and in memory once read (patches as float32)."""
+    rest = (
+        audio_tokens * s.audio_input_size * 4 + code_frames * s.speech_heads * 8 + tokens * (4 + 2 * s.speech_heads) * 8
+    )
+    return {"on_disk": patches * s.vision_patch_dim + rest, "in_memory": patches * s.vision_patch_dim * 4 + rest}
+
+
+def loader_batches(workers: int, prefetch: int) -> int:
+    """Micro batches a rank holds at once: each worker's read-ahead (DataLoader prefetch_factor),
+    the one the step uses and its collated copy; without workers, those two."""
+    return workers * prefetch + 2
+
+
 # --- inputs and machine --------------------------------------------------------------------------
+
+
+# USS of one DataLoader worker of a cpu-demo rank, 0.09-0.11 GiB measured by bench/bench_dataset.py
+# (forked from its rank, it shares the rank's pages; what it adds is its own heap and the batches it reads).
+LOADER_WORKER_RAM_GIB = 0.15
 
 
 @dataclass(frozen=True)
@@ -471,6 +491,8 @@ class Assumptions:
     process_ram_gib_cuda: float = 6.0  # host RAM of one training process (torch, CUDA libs, DeepSpeed, data)
     process_ram_gib_cpu: float = 1.5  # same, CPU accelerator (tiny model)
     ram_reserve: float = 0.05  # RAM kept free for the OS and page cache
+    # a DataLoader worker's own memory (forked from its rank: what it does not share with it)
+    loader_worker_ram_gib: float = LOADER_WORKER_RAM_GIB
     attention_scores: bool = True  # eager attention materializes heads x T x T scores (sdpa/flash do not)
 
 
@@ -497,6 +519,8 @@ class PlanInputs:
     allgather_sequential: bool = False
     activation_checkpointing: bool = True
     micro_batch_size: int = 1
+    loader_workers: int = 2  # training.loader_workers per rank
+    prefetch_batches: int = 2  # training.prefetch_batches per worker
     video_frames: int = 16
     audio_seconds: float = 30.0
     checkpoints_to_keep: int = 3
@@ -537,6 +561,8 @@ def inputs_from_config(cfg: Any, shape: ModelShape, **changes: Any) -> PlanInput
         allgather_sequential=bool(getattr(ds, "allgather_sequential", False)),
         activation_checkpointing=ds.activation_checkpointing,
         micro_batch_size=cfg.training.micro_batch_size,
+        loader_workers=cfg.training.loader_workers,
+        prefetch_batches=cfg.training.prefetch_batches,
         video_frames=cfg.data.video_frames,
         audio_seconds=cfg.data.audio_seconds,
         checkpoints_to_keep=cfg.training.checkpoints_to_keep,
@@ -783,6 +809,24 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
         ram.append(Item(component="NVMe optimizer swap buffers", gib=_gib(ranks * count * sub * 4)))
     proc = a.process_ram_gib_cuda if cuda else a.process_ram_gib_cpu
     ram.append(Item(component=f"training processes ({ranks} x {proc:g} GiB)", gib=ranks * proc, note="assumed"))
+    in_flight = loader_batches(ins.loader_workers, ins.prefetch_batches)
+    sample = sample_bytes(s, pairs * patches, audio_in_tokens(s, ins.audio_seconds), code_frames, tokens)
+    ram.append(
+        Item(
+            component=f"batches in flight ({ranks} ranks x {in_flight} micro batches x {ins.micro_batch_size} "
+            f"x {_gib(sample['in_memory']) * 1024:,.1f} MiB)",
+            gib=_gib(ranks * in_flight * ins.micro_batch_size * sample["in_memory"]),
+            note="constant in the dataset's size: samples are read per step (data.PreparedSamples)",
+        )
+    )
+    if ins.loader_workers:
+        ram.append(
+            Item(
+                component=f"loader workers ({ranks} ranks x {ins.loader_workers} x {a.loader_worker_ram_gib:g} GiB)",
+                gib=ranks * ins.loader_workers * a.loader_worker_ram_gib,
+                note="measured: bench/bench_dataset.py",
+            )
+        )
     load_module = pc.experts_per_layer * b
     ram.append(Item(component="checkpoint load: one module's weights read by rank 0", gib=_gib(load_module)))
     if not cuda:
@@ -814,13 +858,7 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
                 note=f"{_gib(ins.cached_bytes):,.1f} GiB already cached" if ins.cached_bytes else "",
             )
         )
-    # a prepared sample (float32 patches and features, int64 codes and sequence columns)
-    per_sample = (
-        pairs * patches * s.vision_patch_dim * 4
-        + audio_in_tokens(s, ins.audio_seconds) * s.audio_input_size * 4
-        + code_frames * s.speech_heads * 8
-        + tokens * (2 + s.speech_heads) * 8 * 2
-    )
+    per_sample = sample["on_disk"]
     disk.append(
         Item(
             component=f"prepared data ({ins.num_samples} samples x {_gib(per_sample) * 1024:,.1f} MiB)",

@@ -102,7 +102,17 @@ def create_run(cfg: VSSConfig) -> RunPaths:
 
 # Settings that do not change what training computes: where things go, and the upload stage.
 _NOT_TRAINING_INPUTS = {
-    "training": {"output_dir", "run_name", "monitor_interval_s", "swap_stop_gb", "ram_stop_gb", "oom_step_downs"}
+    # where runs go, how they are watched and how samples are read: none changes what is trained
+    "training": {
+        "output_dir",
+        "run_name",
+        "monitor_interval_s",
+        "swap_stop_gb",
+        "ram_stop_gb",
+        "oom_step_downs",
+        "loader_workers",
+        "prefetch_batches",
+    }
 }
 
 

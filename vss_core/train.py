@@ -69,14 +69,6 @@ def steps_per_epoch(num_samples: int, world_size: int, micro_batch: int, accumul
     return max(1, math.ceil(per_rank / (micro_batch * accumulation)))
 
 
-def rank_order(num_samples: int, epoch: int, seed: int, rank: int, world_size: int, length: int) -> list[int]:
-    """This rank's sample indices for one epoch: a seeded shuffle, sharded, wrapped to `length`."""
-    order = list(range(num_samples))
-    random.Random(seed + epoch).shuffle(order)
-    shard = order[rank::world_size] or order
-    return [shard[i % len(shard)] for i in range(length)]
-
-
 # --- checkpoints: complete ones only --------------------------------------------------------------
 
 
@@ -129,7 +121,8 @@ def stop_requested(run_root: Path, rank: int) -> bool:
 
 def model_card(cfg: VSSConfig, summary: dict):
     """The adapter's card (vss_core.card): what it is, the config it was trained with, its final metrics."""
-    metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k not in ("adapter", "trained_on", "held_out"))
+    skip = ("adapter", "trained_on", "held_out", "measured")
+    metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k not in skip)
     body = f"""# LoRA adapter for {cfg.model.source} (video + speech in, speech out)
 
 Trained by vss with profile `{cfg.profile}`: LoRA r={cfg.lora.rank}, alpha={cfg.lora.alpha} on
@@ -155,10 +148,10 @@ Trained by vss with profile `{cfg.profile}`: LoRA r={cfg.lora.rank}, alpha={cfg.
 
 def save_adapter(engine, peft_model, out_dir: Path, cfg: VSSConfig, run: RunPaths, summary: dict) -> None:
     """Gather the LoRA weights from their ZeRO-3 partitions and write the adapter folder atomically
-    (rank 0): adapter_config.json, adapter_model.safetensors, README.md."""
+    (rank 0) with peft's own `save_pretrained(..., state_dict=...)` (adapter_config.json,
+    adapter_model.safetensors), then vss's card as README.md. The gathered state is passed in because
+    under ZeRO-3 the module's own parameters are empty partitions outside `GatheredParameters`."""
     import deepspeed
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
     trainable = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
     with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
@@ -166,12 +159,9 @@ def save_adapter(engine, peft_model, out_dir: Path, cfg: VSSConfig, run: RunPath
             full = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in trainable}
     if engine.global_rank != 0:
         return
-    state = get_peft_model_state_dict(peft_model, state_dict=full)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    peft_model.peft_config["default"].save_pretrained(str(tmp))
+    peft_model.save_pretrained(str(tmp), state_dict=full, safe_serialization=True, save_embedding_layers=False)
     model_card(cfg, summary).save(str(tmp / "README.md"))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
@@ -229,22 +219,13 @@ def _optimizer(params, cfg: VSSConfig):
     return torch.optim.AdamW(params, **kwargs)
 
 
-def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) -> dict | None:
-    """Train, checkpointing as configured; returns the summary, or None when stopped on request."""
-    import deepspeed
-    import deepspeed.comm as dist
+def _build_model(cfg: VSSConfig, model_dir: Path, run: RunPaths, rank: int):
+    """The model with LoRA, built partitioned under zero.Init: (peft model, trainable, total parameters)."""
     from deepspeed.utils import set_z3_leaf_modules
 
-    backend = "gloo" if cfg.hardware.accelerator == "cpu" else "nccl"
-    deepspeed.init_distributed(dist_backend=backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(cfg.training.seed)
-    random.seed(cfg.training.seed)
-
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
-    ds_config = deepspeed_config(cfg)
     # Built under zero.Init: each rank holds its partition only, never a full copy of the model.
-    base = omni.load_omni(model_dir, dtype=dtype, zero_config=ds_config)
+    base = omni.load_omni(model_dir, dtype=dtype, zero_config=deepspeed_config(cfg))
     if cfg.deepspeed.activation_checkpointing:
         base.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_model = lora.apply_lora(base, cfg.lora)
@@ -254,20 +235,28 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     if rank == 0:
         log.info("Trainable parameters: %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         write_json_atomic(Path(run.root) / "trainable_parameters.json", {"trainable": trainable, "total": total})
+    return peft_model, trainable, total
 
-    # The held-out samples (data.eval_fraction) are never trained on: the evaluate stage scores them.
+
+def _training_samples(cfg: VSSConfig, prepared_dir: Path, rank: int) -> tuple[data.PreparedSamples, list[str]]:
+    """The samples to train on, read lazily (`data.PreparedSamples`), and the held-out names, which
+    are never trained on: the evaluate stage scores them."""
     all_names = data.prepared_names(prepared_dir)
     held_out = split.held_out(all_names, cfg.data.eval_fraction)
-    names = split.training_names(all_names, cfg.data.eval_fraction)
-    samples = data.load_prepared(prepared_dir, only=set(names))
+    samples = data.PreparedSamples(prepared_dir, only=set(split.training_names(all_names, cfg.data.eval_fraction)))
     if rank == 0 and held_out:
         log.info(
             "Held out for evaluation (data.eval_fraction=%g, never trained on): %s",
             cfg.data.eval_fraction,
             ", ".join(held_out),
         )
+    return samples, held_out
+
+
+def _schedule(cfg: VSSConfig, num_samples: int, world: int, rank: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, steps of the run); warns when warmup outlasts the run."""
     tr = cfg.training
-    per_epoch = steps_per_epoch(len(samples), world, tr.micro_batch_size, tr.gradient_accumulation_steps)
+    per_epoch = steps_per_epoch(num_samples, world, tr.micro_batch_size, tr.gradient_accumulation_steps)
     total_steps = tr.max_steps or per_epoch * tr.epochs
     if rank == 0 and tr.warmup_steps >= total_steps:
         log.warning(
@@ -277,68 +266,221 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             total_steps,
             max(1, total_steps // 10),
         )
+    return per_epoch, total_steps
+
+
+def _build_engine(cfg: VSSConfig, peft_model, total_steps: int):
+    """The DeepSpeed engine over the LoRA parameters, with the warmup + cosine schedule: (engine, scheduler)."""
+    import deepspeed
 
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tr.warmup_steps, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.training.warmup_steps, total_steps))
     engine, _, _, _ = deepspeed.initialize(
-        model=peft_model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        model=peft_model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
     )
+    return engine, scheduler
 
-    ckpt_root = Path(run.checkpoints)
-    start_step = 0
+
+def _resume(engine, ckpt_root: Path, rank: int, total_steps: int) -> int:
+    """Load the latest complete checkpoint (partial ones are deleted first); the step to start from."""
+    import deepspeed.comm as dist
+
     if rank == 0:
         ckpt_root.mkdir(exist_ok=True)
         for d in remove_partial_checkpoints(ckpt_root):
             log.warning("Removed incomplete checkpoint %s (left by an interrupted run)", d)
     dist.barrier()
     done = complete_checkpoints(ckpt_root)
-    if done:
-        step, path = done[-1]
-        _, client = engine.load_checkpoint(str(ckpt_root), tag=path.name)
-        start_step = int(client["step"])
-        if rank == 0:
-            log.info("Resumed from checkpoint %s (step %d/%d)", path, start_step, total_steps)
+    if not done:
+        return 0
+    _, path = done[-1]
+    _, client = engine.load_checkpoint(str(ckpt_root), tag=path.name)
+    start_step = int(client["step"])
+    if rank == 0:
+        log.info("Resumed from checkpoint %s (step %d/%d)", path, start_step, total_steps)
+    return start_step
 
-    from vss_core.settings import load_settings
 
-    # TensorBoard always; Weights & Biases too when WANDB_API_KEY is set (vss_core.tracking)
-    writer = (
-        tracking.Scalars(Path(run.root), cfg.model_dump(mode="json"), load_settings().wandb_api_key is not None)
-        if rank == 0
-        else None
+def _collate_indexed(pairs: list[tuple[int, dict]]) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """A micro batch from `data.Indexed` items: (the samples' indices, the model's keyword arguments)."""
+    return [i for i, _ in pairs], omni.collate([item for _, item in pairs])
+
+
+def _loader(
+    samples: data.PreparedSamples, cfg: VSSConfig, rank: int, world: int, per_epoch: int, total_steps: int, start: int
+):
+    """This rank's DataLoader from optimizer step `start` to the run's end (one pass over all epochs)."""
+    tr = cfg.training
+    sampler = data.RankBatches(
+        len(samples),
+        rank=rank,
+        world_size=world,
+        micro_batch=tr.micro_batch_size,
+        micro_batches=per_epoch * tr.gradient_accumulation_steps,
+        seed=tr.seed,
+        epochs=math.ceil(total_steps / per_epoch),
     )
-    metrics = open(run.metrics, "a") if rank == 0 else None
-    micro_per_step = tr.micro_batch_size * tr.gradient_accumulation_steps
+    epoch, in_epoch = divmod(start, per_epoch)
+    sampler.start(epoch, in_epoch * tr.gradient_accumulation_steps)
+    workers = tr.loader_workers
+    loader = torch.utils.data.DataLoader(
+        data.Indexed(samples),
+        batch_sampler=sampler,
+        collate_fn=_collate_indexed,
+        num_workers=workers,
+        prefetch_factor=tr.prefetch_batches if workers else None,
+        persistent_workers=workers > 0,
+        # a worker lives as long as its rank (torch's workers watch their parent) and reads one file at a time
+        worker_init_fn=_loader_worker_init if workers else None,
+    )
+    return loader
+
+
+def _loader_worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # normalising one sample's frames: a thread each, not one per core per worker
+
+
+class _StepLog:
+    """Rank 0's records of each step: the log line, metrics.jsonl, TensorBoard (and W&B when
+    WANDB_API_KEY is set, vss_core.tracking). Other ranks hold a silent one."""
+
+    def __init__(self, cfg: VSSConfig, run: RunPaths, rank: int) -> None:
+        from vss_core.settings import load_settings
+
+        self.on = rank == 0
+        self.every = cfg.training.log_every_n_steps
+        if self.on:
+            root = Path(run.root)
+            self.writer = tracking.Scalars(root, cfg.model_dump(mode="json"), load_settings().wandb_api_key is not None)
+            self.metrics = open(run.metrics, "a")
+
+    def step(self, n: int, total: int, epoch: int, loss: float, parts: dict[str, float], lr: float) -> None:
+        if not self.on:
+            return
+        if n % self.every == 0 or n == total:
+            log.info("Step %d/%d - Loss: %.3f (%s)", n, total, loss, " ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+        record = {
+            "step": n,
+            "total_steps": total,
+            "epoch": epoch,
+            "loss": loss,
+            **{f"loss_{k}": v for k, v in parts.items()},
+            "lr": lr,
+            "time": time.time(),
+        }
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        self.writer.log(n, {"train/loss": loss, **{f"train/loss_{k}": v for k, v in parts.items()}, "train/lr": lr})
+
+    def close(self) -> None:
+        if self.on:
+            self.writer.close()
+            self.metrics.close()
+
+
+class _Timer:
+    """Where a rank's loop time goes: waiting for the next batch vs the rest (forward, backward, step)."""
+
+    def __init__(self) -> None:
+        self.first_batch_s: float | None = None  # the workers' start and first read: once per run
+        self.data_wait_s = 0.0  # every later wait
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def next_batch(self, it):
+        t0 = time.perf_counter()
+        batch = next(it)
+        waited = time.perf_counter() - t0
+        if self.first_batch_s is None:
+            self.first_batch_s = waited
+        else:
+            self.data_wait_s += waited
+        return batch
+
+    def figures(self) -> dict[str, float]:
+        loop_s = time.perf_counter() - self.start
+        steady_s = loop_s - (self.first_batch_s or 0.0)
+        return {
+            "loop_s": loop_s,
+            "first_batch_s": self.first_batch_s or 0.0,
+            "data_wait_s": self.data_wait_s,
+            # the share of the loop after the first batch spent waiting for the next one
+            "data_wait_fraction": self.data_wait_s / steady_s if steady_s > 0 else 0.0,
+            "step_time_s": loop_s / self.steps if self.steps else 0.0,
+        }
+
+
+def measured_peaks(timer: _Timer, world: int, all_gather_object) -> dict:
+    """This run's measured figures, every rank's gathered (rank 0's list first): peak RSS of each rank
+    process (`getrusage` ru_maxrss; loader workers are separate processes, with their own bounded
+    share), peak GPU memory where there is a GPU, loop time and the share spent waiting for data."""
+    import resource
+
+    mine = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **timer.figures()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        mine["gpu_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        mine["gpu_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
+    gathered: list = [None] * world
+    all_gather_object(gathered, mine)
+    return {
+        "per_rank": gathered,
+        "peak_rss_bytes_max": max(g["peak_rss_bytes"] for g in gathered),
+        "data_wait_fraction_max": max(g["data_wait_fraction"] for g in gathered),
+        "step_time_s": max(g["step_time_s"] for g in gathered),
+    }
+
+
+def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) -> dict | None:
+    """Train, checkpointing as configured; returns the summary, or None when stopped on request.
+
+    The steps: distributed init, the partitioned model with LoRA (`_build_model`), the samples read
+    lazily (`_training_samples`, `_loader`), the engine and schedule, resume, the loop, the adapter.
+    """
+    import deepspeed
+    import deepspeed.comm as dist
+
+    deepspeed.init_distributed(dist_backend="gloo" if cfg.hardware.accelerator == "cpu" else "nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(cfg.training.seed)
+    random.seed(cfg.training.seed)
+    tr = cfg.training
+
+    peft_model, trainable, total = _build_model(cfg, model_dir, run, rank)
+    samples, held_out = _training_samples(cfg, prepared_dir, rank)
+    per_epoch, total_steps = _schedule(cfg, len(samples), world, rank)
+    engine, scheduler = _build_engine(cfg, peft_model, total_steps)
+    ckpt_root = Path(run.checkpoints)
+    start_step = _resume(engine, ckpt_root, rank, total_steps)
+    batches = iter(_loader(samples, cfg, rank, world, per_epoch, total_steps, start_step))
+    steps_log = _StepLog(cfg, run, rank)
     if rank == 0:
         log.info(
-            "Starting training: %d samples, %d ranks, %d steps (%d per epoch)",
+            "Starting training: %d samples, %d ranks, %d steps (%d per epoch), %d loader worker(s) per rank",
             len(samples),
             world,
             total_steps,
             per_epoch,
+            tr.loader_workers,
         )
     first_loss = last_loss = parts = None
     engine.train()
-    epoch_start = time.time()
+    timer, epoch_start = _Timer(), time.time()
     for step in range(start_step, total_steps):
-        epoch, in_epoch = divmod(step, per_epoch)
-        order = rank_order(len(samples), epoch, tr.seed, rank, world, per_epoch * micro_per_step)
+        epoch = step // per_epoch
         step_losses, step_parts = [], []
         for m in range(tr.gradient_accumulation_steps):
-            lo = (in_epoch * tr.gradient_accumulation_steps + m) * tr.micro_batch_size
-            batch = omni.collate([samples[i] for i in order[lo : lo + tr.micro_batch_size]])
+            indices, batch = timer.next_batch(batches)
             out = engine(**batch, text_weight=tr.text_loss_weight, codebook_weights=tr.codebook_loss_weights)
             # Before backward: a NaN/Inf loss would poison the weights and every checkpoint after it.
-            bad = nonfinite_samples(
-                out.loss, order[lo : lo + tr.micro_batch_size], rank, world, tr.micro_batch_size, dist.all_reduce
-            )
+            bad = nonfinite_samples(out.loss, indices, rank, world, tr.micro_batch_size, dist.all_reduce)
             if bad:
-                raise nonfinite_loss_error(step + 1, total_steps, m, [names[i] for i in bad])
+                raise nonfinite_loss_error(step + 1, total_steps, m, [samples.names[i] for i in bad])
             engine.backward(out.loss)
             engine.step()
             step_losses.append(out.loss.detach().float())
             step_parts.append(stream_losses(out))
+        timer.steps += 1
         reduced = torch.cat([torch.stack(step_losses).mean().reshape(1), torch.stack(step_parts).mean(0)])
         dist.all_reduce(reduced)
         reduced = (reduced / world).tolist()
@@ -346,28 +488,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         first_loss = loss if first_loss is None else first_loss
         last_loss = loss
         n = step + 1
-        if rank == 0:
-            lr = scheduler.get_last_lr()[0]
-            if n % tr.log_every_n_steps == 0 or n == total_steps:
-                log.info(
-                    "Step %d/%d - Loss: %.3f (%s)",
-                    n,
-                    total_steps,
-                    loss,
-                    " ".join(f"{k} {v:.3f}" for k, v in parts.items()),
-                )
-            record = {
-                "step": n,
-                "total_steps": total_steps,
-                "epoch": epoch + 1,
-                "loss": loss,
-                **{f"loss_{k}": v for k, v in parts.items()},
-                "lr": lr,
-                "time": time.time(),
-            }
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            writer.log(n, {"train/loss": loss, **{f"train/loss_{k}": v for k, v in parts.items()}, "train/lr": lr})
+        steps_log.step(n, total_steps, epoch + 1, loss, parts, scheduler.get_last_lr()[0])
         if n % per_epoch == 0 and rank == 0:
             log.info(
                 "Epoch %d/%d complete (%.1f s)",
@@ -388,11 +509,11 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
                 reason = (Path(run.root) / STOP_REQUEST).read_text().strip()
                 log.warning("Stopping at step %d/%d after saving checkpoint %s: %s", n, total_steps, path, reason)
                 write_json_atomic(Path(run.root) / STOPPED, {"step": n, "checkpoint": str(path), "reason": reason})
-                writer.close()
-                metrics.close()
+            steps_log.close()
             dist.barrier()
             return None
 
+    measured = measured_peaks(timer, world, dist.all_gather_object)
     summary = {
         "steps": total_steps,
         "resumed_from_step": start_step,
@@ -404,16 +525,21 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         "trainable_parameters": trainable,
         "total_parameters": total,
         "world_size": world,
-        "trained_on": names,
+        "trained_on": samples.names,
         "held_out": held_out,
         "adapter": run.adapter,
+        "measured": measured,
     }
     save_adapter(engine, peft_model, Path(run.adapter), cfg, run, summary)
     if rank == 0:
         write_json_atomic(Path(run.root) / "train_summary.json", summary)
-        writer.close()
-        metrics.close()
-        log.info("Adapter saved to %s", run.adapter)
+        log.info(
+            "Adapter saved to %s (peak RSS per rank %.2f GiB, %.1f%% of the loop waiting for data)",
+            run.adapter,
+            measured["peak_rss_bytes_max"] / 2**30,
+            100 * measured["data_wait_fraction_max"],
+        )
+    steps_log.close()
     dist.barrier()
     return summary
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from vss_core import launch, train
+from vss_core import data, launch, train
 from vss_core.config import load_config
 from vss_core.runs import RunPaths, create_run
 
@@ -16,10 +16,10 @@ def test_warmup_then_cosine():
 def test_steps_per_epoch_and_rank_order_cover_the_data():
     assert train.steps_per_epoch(8, world_size=2, micro_batch=1, accumulation=1) == 4
     assert train.steps_per_epoch(8, world_size=2, micro_batch=1, accumulation=64) == 1
-    a = train.rank_order(8, epoch=0, seed=1, rank=0, world_size=2, length=4)
-    b = train.rank_order(8, epoch=0, seed=1, rank=1, world_size=2, length=4)
+    a = data.rank_order(8, epoch=0, seed=1, rank=0, world_size=2, length=4)
+    b = data.rank_order(8, epoch=0, seed=1, rank=1, world_size=2, length=4)
     assert sorted(a + b) == list(range(8))
-    assert train.rank_order(3, 0, 0, 1, 2, length=4) == [train.rank_order(3, 0, 0, 1, 2, 1)[0]] * 4
+    assert data.rank_order(3, 0, 0, 1, 2, length=4) == [data.rank_order(3, 0, 0, 1, 2, 1)[0]] * 4
 
 
 def test_only_complete_checkpoints_are_trusted(tmp_path):

@@ -3,7 +3,8 @@
 - `reports`: the reports and the constants and helpers the others share;
 - `probe`: one media file, as PyAV and soundfile see it;
 - `validate`: every sample checked, the probe cache, the fingerprint, the samples to train on;
-- `prepare`: samples to model inputs (and back), keyed by their settings;
+- `prepare`: samples to model inputs, keyed by their settings;
+- `dataset`: prepared samples read back, one file per item (a torch Dataset), and each rank's batches;
 - `watch`: has the dataset changed since the last look.
 
 What the rest of vss uses is re-exported here (`from vss_core import data; data.validate_dataset(...)`).
@@ -24,16 +25,24 @@ The user's contract: `<root>/<sample>/{in.mp4, in.wav, out.wav}`.
 - `prepare_dataset(...)` turns each sample into the tensors the model eats (frames sampled by seeking,
   resized, normalised; CMVN-normalised fbank; codec tokens of the target speech), one `.pt` file per
   sample plus a manifest, cached by a key over the sample's files and every setting that shapes them.
-- `load_prepared(dir)` reads them back (weights_only).
+- `PreparedSamples(dir)` reads them back lazily (a torch Dataset; memory independent of the dataset's
+  size), `load_prepared(dir)` all at once (weights_only).
 """
 
-from vss_core.data.prepare import (
+from vss_core.data.dataset import (
+    Indexed,
+    PreparedSamples,
+    RankBatches,
+    decode_item,
     load_prepared,
+    prepared_names,
+    rank_order,
+)
+from vss_core.data.prepare import (
     prepare_dataset,
     prepare_inputs,
     prepared_dir,
     prepared_key,
-    prepared_names,
     read_target,
 )
 from vss_core.data.reports import (
@@ -58,16 +67,21 @@ __all__ = [
     "AudioInfo",
     "DataChange",
     "DatasetReport",
+    "Indexed",
     "PreparedDataset",
+    "PreparedSamples",
+    "RankBatches",
     "SampleReport",
     "VideoInfo",
     "check_data_changed",
+    "decode_item",
     "load_prepared",
     "prepare_dataset",
     "prepare_inputs",
     "prepared_dir",
     "prepared_key",
     "prepared_names",
+    "rank_order",
     "read_target",
     "select_samples",
     "validate_dataset",

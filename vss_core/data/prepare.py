@@ -27,6 +27,7 @@ from vss_core import model as model_lib
 from vss_core import sequence
 from vss_core.atomic import write_atomic, write_json_atomic
 from vss_core.config import DataConfig
+from vss_core.data.dataset import SHAPE_KEYS, shapes_of
 from vss_core.data.reports import (
     _DEMO_FIX,
     MANIFEST,
@@ -223,11 +224,14 @@ def _read_text(path: Path) -> str | None:
     return path.read_text(encoding="utf-8").strip()
 
 
-def _prepare_inputs(sample_dir: Path, s: dict[str, Any], duration_s: float, prep: _Preparer) -> dict[str, Any]:
+def _prepare_inputs(
+    sample_dir: Path, s: dict[str, Any], duration_s: float, prep: _Preparer, normalize: bool = True
+) -> dict[str, Any]:
     """The model inputs of one sample's in.mp4 / in.wav (and optional in.txt / system.txt).
 
     Frames: the official native-resolution vision preprocessing (`vision.preprocess_frames`: frame
-    pairs, smart resize within the pixel budget, normalised patches). Speech: the official features
+    pairs, smart resize within the pixel budget, normalised patches; normalize=False: uint8 patches,
+    as a prepared file stores them). Speech: the official features
     (`audio.FeatureExtractor`: x32768, fbank, delta, Kaldi cmvn, splice); one `<|audio_pad|>` per
     valid feature frame.
     """
@@ -235,7 +239,7 @@ def _prepare_inputs(sample_dir: Path, s: dict[str, Any], duration_s: float, prep
 
     times = _frame_times(s["video_frames"], s["video_fps"], duration_s)
     frames, _ = _read_frames(sample_dir / "in.mp4", times)
-    pixel_values, grids, pads = vision_lib.preprocess_frames(frames, prep.vision, is_video=True)
+    pixel_values, grids, pads = vision_lib.preprocess_frames(frames, prep.vision, is_video=True, normalize=normalize)
     wave = _read_mono(sample_dir / "in.wav", s["sample_rate"], s["crop_seconds"])
     feats, mask = prep.features(wave[None], torch.tensor([wave.shape[0]]))
     features = feats[0, : int(mask[0].sum())]
@@ -270,7 +274,7 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     s = job["settings"]
     sample_dir = Path(job["path"])
     prep = _preparer(Path(job["model_dir"]), Path(job["codec_dir"]))
-    inputs = _prepare_inputs(sample_dir, s, job["duration_s"], prep)
+    inputs = _prepare_inputs(sample_dir, s, job["duration_s"], prep, normalize=False)
     for key in ("pixel_values", "audio_features"):
         if not torch.isfinite(inputs[key]).all():  # never write a file that would train on NaN
             raise DatasetError(
@@ -279,24 +283,15 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     target = _read_mono(sample_dir / "out.wav", prep.codec.sample_rate, s["crop_seconds"])
     codes = prep.codec.encode(target).to(torch.int64)
     seq = _sequence(prep, inputs, codes, _read_text(sample_dir / "out.txt"))
-    item = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq
-    write_atomic(
-        Path(job["out"]), lambda tmp: torch.save({**item, "codes": codes.contiguous(), "key": job["key"]}, tmp)
-    )
-    return job["name"], job["key"], _shapes_of(item | {"codes": codes})
-
-
-SHAPE_KEYS = ("patches", "audio_frames", "audio_width", "code_frames", "tokens")
-
-
-def _shapes_of(item: dict[str, torch.Tensor]) -> dict[str, int]:
-    return {
-        "patches": item["pixel_values"].shape[0],
-        "audio_frames": item["audio_features"].shape[0],
-        "audio_width": item["audio_features"].shape[1],
-        "code_frames": item["codes"].shape[0],
-        "tokens": item["input_ids"].shape[0],
+    item = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq | {"codes": codes.contiguous()}
+    # frames stay uint8 (4x smaller); the file carries how to normalise them (dataset.decode_item)
+    norm = {
+        "pixel_mean": torch.tensor(prep.vision.image_mean, dtype=torch.float32),
+        "pixel_std": torch.tensor(prep.vision.image_std, dtype=torch.float32),
     }
+    out = Path(job["out"])
+    write_atomic(out, lambda tmp: torch.save({**item, **norm, "key": job["key"]}, tmp))
+    return job["name"], job["key"], shapes_of(item) | {"bytes": out.stat().st_size}
 
 
 def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[str, Any]:
@@ -348,13 +343,14 @@ def _worker_init(parent_pid: int) -> None:
 
 
 def _cached(path: Path, entry: dict[str, Any] | None, key: str) -> dict[str, int] | None:
-    """The shapes of a cached sample file whose key matches, or None if it must be (re)done."""
+    """The shapes (and size) of a cached sample file whose key matches, or None if it must be (re)done."""
     if not path.is_file():
         return None
     if entry is not None and entry.get("key") == key:
         try:
-            return {k: int(entry[k]) for k in SHAPE_KEYS}
-        except (KeyError, TypeError, ValueError):
+            if int(entry["bytes"]) == path.stat().st_size:
+                return {k: int(entry[k]) for k in (*SHAPE_KEYS, "bytes")}
+        except (KeyError, TypeError, ValueError, OSError):
             pass
     if entry is not None:
         return None
@@ -366,8 +362,8 @@ def _cached(path: Path, entry: dict[str, Any] | None, key: str) -> dict[str, int
     if not isinstance(item, dict) or item.get("key") != key:
         return None
     try:
-        return _shapes_of(item)
-    except (KeyError, AttributeError, IndexError):
+        return shapes_of(item) | {"bytes": path.stat().st_size}
+    except (KeyError, AttributeError, IndexError, OSError):
         return None
 
 
@@ -596,109 +592,3 @@ def _prepare_locked(
         skipped=skipped,
         reused=reused,
     )
-
-
-def load_prepared(prepared_dir: Path, only: set[str] | None = None) -> list[dict[str, torch.Tensor]]:
-    """The prepared samples in manifest order (only those named in `only`, when given): dicts with
-    frames, fbank and codes tensors.
-
-    Every file is checked against itself and the manifest before anything is returned: every tensor
-    present, pixel_values rows == the patches its grid_shapes describe, audio_features as wide as
-    the manifest records (the same width for every sample), the sequence tensors of one length, and
-    each shape as the manifest records it. A folder mixing files of different preparations fails here.
-
-    Raises:
-        DatasetError: the manifest or a sample file is missing, unreadable or inconsistent (all listed).
-    """
-    prepared_dir = Path(prepared_dir)
-    manifest_path = prepared_dir / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        entries = manifest["samples"]
-        if not isinstance(entries, list) or not all(isinstance(e, dict) and "file" in e for e in entries):
-            raise ValueError("'samples' must be a list of entries with a 'file'")
-    except FileNotFoundError:
-        raise DatasetError(
-            f"{manifest_path} does not exist: prepare the dataset first (the prepare data stage)."
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{manifest_path} is unreadable ({_error_text(exc)}): prepare the dataset again.") from None
-    widths = {int(e["audio_width"]) for e in entries if isinstance(e.get("audio_width"), int)}
-    out, problems = [], []
-    if manifest.get("format") != PREPARE_FORMAT:
-        problems.append(f"{manifest_path} is of format {manifest.get('format')!r}, this vss reads {PREPARE_FORMAT}")
-    if len(widths) > 1:
-        problems.append(f"{manifest_path} records audio_features of different widths {sorted(widths)}")
-    for entry in entries:
-        if only is not None and str(entry.get("name")) not in only:
-            continue
-        path = prepared_dir / entry["file"]
-        try:
-            item = torch.load(path, weights_only=True, map_location="cpu")
-        except FileNotFoundError:
-            problems.append(f"{path} is missing")
-            continue
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{path} is unreadable ({_error_text(exc)})")
-            continue
-        if not isinstance(item, dict):
-            problems.append(f"{path} holds a {type(item).__name__}, not a prepared sample")
-            continue
-        tensors = {k: v for k, v in item.items() if isinstance(v, torch.Tensor)}
-        problems += [f"{path}: {p}" for p in _item_problems(tensors, entry, item.get("key"))]
-        out.append(tensors)
-    if problems:
-        raise DatasetError(
-            f"prepared data in {prepared_dir} is incomplete or inconsistent:\n{bullet_list(problems)}\n"
-            f"Prepare the dataset again (delete {prepared_dir} and re-run; the prepare data stage rewrites it)."
-        )
-    return out
-
-
-def _item_problems(item: dict[str, torch.Tensor], entry: dict[str, Any], key: Any) -> list[str]:
-    """What is wrong with one loaded sample file, against itself and its manifest entry."""
-    required = ("pixel_values", "grid_shapes", "audio_features", "codes", *sequence.SEQUENCE_KEYS)
-    missing = [k for k in required if k not in item]
-    if missing:
-        return [f"lacks {', '.join(missing)}"]
-    problems = []
-    if entry.get("key") is not None and key != entry.get("key"):
-        problems.append(
-            f"was made with other inputs or settings (key {str(key)[:12]}, manifest {str(entry['key'])[:12]})"
-        )
-    grids = item["grid_shapes"]
-    if grids.ndim != 2 or grids.shape[1] != 3:
-        problems.append(f"grid_shapes has shape {tuple(grids.shape)}, not [frames, 3]")
-    else:
-        patches = int(grids.prod(dim=1).sum())
-        if item["pixel_values"].shape[0] != patches:
-            problems.append(f"pixel_values has {item['pixel_values'].shape[0]} rows but grid_shapes describe {patches}")
-    feats = item["audio_features"]
-    if feats.ndim != 2:
-        problems.append(f"audio_features has shape {tuple(feats.shape)}, not [frames, width]")
-    elif "audio_width" in entry and feats.shape[1] != int(entry["audio_width"]):
-        problems.append(f"audio_features is {feats.shape[1]} wide, the manifest says {entry['audio_width']}")
-    lengths = {k: item[k].shape[0] for k in sequence.SEQUENCE_KEYS}
-    if len(set(lengths.values())) > 1:
-        problems.append("sequence tensors differ in length (" + ", ".join(f"{k} {n}" for k, n in lengths.items()) + ")")
-    try:
-        shapes = _shapes_of(item)
-    except (IndexError, RuntimeError):
-        return problems
-    differ = [f"{k} {shapes[k]} (manifest {entry[k]})" for k in SHAPE_KEYS if k in entry and shapes[k] != entry[k]]
-    if differ:
-        problems.append("does not match the manifest: " + ", ".join(differ))
-    return problems
-
-
-def prepared_names(prepared_dir: Path) -> list[str]:
-    """The sample names of a prepared folder, in manifest order (the order `load_prepared` returns).
-
-    Raises:
-        DatasetError: the manifest is missing or unreadable.
-    """
-    path = Path(prepared_dir) / MANIFEST
-    try:
-        return [str(e["name"]) for e in json.loads(path.read_text())["samples"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path} is unreadable ({_error_text(exc)}): prepare the dataset again.") from None

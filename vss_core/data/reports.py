@@ -13,7 +13,7 @@ SAMPLE_FILES = ("in.mp4", "in.wav", "out.wav")
 TEXT_FILES = ("out.txt", "in.txt", "system.txt")
 MANIFEST = "manifest.json"
 # Bump when the content of prepared files changes, so old caches are not reused.
-PREPARE_FORMAT = 4
+PREPARE_FORMAT = 5  # 5: frames stored as uint8 patches + pixel_mean/std; entries record bytes
 # Bump when what a probe reads or reports changes, so old validation caches are not reused.
 PROBE_FORMAT = 2
 MIN_FBANK_SECONDS = 0.025  # one 25 ms fbank window

@@ -643,15 +643,35 @@ def _to_uint8_rgb(frame: Any) -> np.ndarray:
     raise ValueError(f"a frame must be uint8 or float in [0, 1], got dtype {arr.dtype}")
 
 
-def _normalize(rgb: np.ndarray, size: tuple[int, int], cfg: VisionConfig) -> np.ndarray:
-    """BICUBIC resize to (h, w) with PIL, rescale by 1/255 and normalise, as the official transform
-    (`resize` with reducing_gap=None, `rescale` to float32, `normalize` in float32) -> [3, h, w]."""
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """BICUBIC resize to (h, w) with PIL, as the official transform (`resize` with reducing_gap=None)
+    -> uint8 [3, h, w]. Rescaling and normalising come after (`normalize_patches`)."""
     h, w = size
     img = Image.fromarray(np.ascontiguousarray(rgb))
-    resized = np.asarray(img.resize((w, h), resample=Image.Resampling.BICUBIC, reducing_gap=None))
-    scaled = (resized * (1 / 255)).astype(np.float32)
-    mean, std = np.array(cfg.image_mean, dtype=np.float32), np.array(cfg.image_std, dtype=np.float32)
-    return ((scaled - mean) / std).transpose(2, 0, 1)
+    return np.asarray(img.resize((w, h), resample=Image.Resampling.BICUBIC, reducing_gap=None)).transpose(2, 0, 1)
+
+
+def normalize_patches(
+    patches: torch.Tensor,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+    patch_size: int = 14,
+    temporal_patch_size: int = 2,
+) -> torch.Tensor:
+    """uint8 patches [N, c*t*ph*pw] -> float32 pixel_values, as the official transform's `rescale`
+    (x * 1/255 to float32) and `normalize` ((x - mean) / std in float32) per channel.
+
+    Element by element the same float operations as normalising the resized image before patching,
+    so the result is bit-identical: prepared samples keep their frames as uint8 (4x smaller on disk
+    and in flight) and are normalised when read.
+    """
+    if patches.dtype != torch.uint8:
+        raise ValueError(f"patches must be uint8, got {patches.dtype}")
+    per_channel = temporal_patch_size * patch_size * patch_size
+    scaled = (patches.numpy() * (1 / 255)).astype(np.float32)
+    mean = np.repeat(np.asarray(image_mean, dtype=np.float32), per_channel)
+    std = np.repeat(np.asarray(image_std, dtype=np.float32), per_channel)
+    return torch.from_numpy((scaled - mean) / std)
 
 
 def flatten_patches(
@@ -681,8 +701,10 @@ def preprocess_frames(
     *,
     video_vit: bool = DEMO_VIDEO_VIT,
     v_post_squeeze: bool = DEMO_V_POST_SQUEEZE,
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, list[GridShape], list[int]]:
-    """Frames of one image/video item -> (pixel_values [N_patches, 1176] float32, grid_shapes, pads).
+    """Frames of one image/video item -> (pixel_values [N_patches, 1176] float32, grid_shapes, pads);
+    with normalize=False the patches stay uint8 (resized, not yet rescaled: `normalize_patches`).
 
     Follows the official `LongCatImageTransform.__call__` (native mode) with the demo's settings
     (video_vit=True, v_post_squeeze=True), then `get_image_token_num` and `unified_collate_fn_for_vlm`:
@@ -715,7 +737,7 @@ def preprocess_frames(
     images = []
     for arr, (lo, hi) in zip(rgb, ranges):
         size = smart_resize(arr.shape[0], arr.shape[1], factor, lo, min(hi, cap), cfg.patch_size)
-        images.append(_normalize(arr, size, cfg))
+        images.append(_resize(arr, size))
     if pair:
         units = []
         for i in range(0, n, 2):
@@ -732,7 +754,10 @@ def preprocess_frames(
         p, g = flatten_patches(torch.from_numpy(unit), cfg.patch_size, cfg.temporal_patch_size)
         patches.append(p)
         grids.append(g)
-    return torch.cat(patches, dim=0), grids, [image_pad_count(g) for g in grids]
+    pixels = torch.cat(patches, dim=0)
+    if normalize:
+        pixels = normalize_patches(pixels, cfg.image_mean, cfg.image_std, cfg.patch_size, cfg.temporal_patch_size)
+    return pixels, grids, [image_pad_count(g) for g in grids]
 
 
 # --- post-pooling (official v_post_squeeze) -------------------------------------------------------
