@@ -80,11 +80,12 @@ class TreeSampler:
 
     def _ranks(self) -> list[psutil.Process]:
         found = []
-        for p in psutil.process_iter(["cmdline"]):
+        for p in psutil.process_iter(["cmdline", "ppid"]):
             cmd = p.info["cmdline"] or []
             if "vss_core.train" in cmd and self.config in cmd and any(a.startswith("--local_rank") for a in cmd):
                 found.append(p)
-        return found
+        pids = {p.pid for p in found}
+        return [p for p in found if p.info["ppid"] not in pids]  # a forked loader worker keeps its rank's cmdline
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -68,10 +68,15 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> summar
 
     run, cfg = stages.open_run(cfg, weights, dataset, prepared)
     result.run_dir = run.root
-    with runs.locked(run):  # two runs of the same inputs never write one run directory at once
+    node = cfg.hardware.node_rank
+    with runs.locked(run, node):  # two runs of the same inputs never write one run directory at once
         trained = stages.run_training(cfg, run, weights.path, prepared.dir)
         result.add("train", "reused" if trained.reused else "ok", summary.describe_training(trained))
         result.adapter_dir, result.training_wall_s = trained.adapter_dir, trained.wall_s
+        if node:  # multi-node without ssh: the other nodes train; node 0 judges and ships the adapter
+            result.add("evaluate", "skipped", f"node {node} of {cfg.hardware.nodes}: node 0 evaluates and uploads")
+            create_markdown_artifact(key="vss-summary", markdown=result.table(), description="vss run summary")
+            return result
         evaluated = _evaluate(cfg, run, trained, weights, dataset, prepared, out, result)
         if evaluated is not None:
             _gate(cfg, evaluated, result)

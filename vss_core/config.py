@@ -74,6 +74,18 @@ class HardwareConfig(_Section):
     hostfile: str | None = Field(
         None, description="DeepSpeed hostfile ('host slots=N' per line) for multi-node launches."
     )
+    node_rank: int | None = Field(
+        None,
+        ge=0,
+        description="Multi-node without ssh: this node's rank (0..nodes-1, its line in the hostfile). vss is "
+        "started on every node with its own node_rank and the same config; each node's DeepSpeed launcher "
+        "starts its own ranks (--no_ssh). Unset: the launcher on node 0 starts every node over ssh (pdsh).",
+    )
+    master_addr: str | None = Field(
+        None,
+        description="Node 0's address the ranks of every node reach (multi-node without ssh; needed with node_rank).",
+    )
+    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0 (multi-node).")
     min_gpu_memory_gb: float = Field(
         0.0, ge=0, description="Memory each GPU must have (GiB total, as nvidia-smi reports) for the profile to run."
     )
@@ -86,6 +98,15 @@ class HardwareConfig(_Section):
     def _multi_node_needs_hostfile(self) -> HardwareConfig:
         if self.nodes > 1 and not self.hostfile:
             raise ValueError("hardware.nodes > 1 needs hardware.hostfile (a DeepSpeed hostfile)")
+        if self.node_rank is not None:
+            if self.nodes < 2:
+                raise ValueError("hardware.node_rank is for multi-node runs: set hardware.nodes (> 1) too")
+            if self.node_rank >= self.nodes:
+                raise ValueError(f"hardware.node_rank={self.node_rank} must be below hardware.nodes={self.nodes}")
+            if not self.master_addr:
+                raise ValueError(
+                    "hardware.node_rank needs hardware.master_addr: node 0's address, the same on every node"
+                )
         return self
 
 

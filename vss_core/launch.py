@@ -32,7 +32,15 @@ from pydantic import BaseModel
 from vss_core.config import VSSConfig
 from vss_core.errors import NONFINITE_MARK, TrainingDivergedError, TrainingError
 from vss_core.monitor import ResourceSample, sample_resources, stop_reason
-from vss_core.runs import STOP_REQUEST, STOPPED, RunPaths, refuse_live_ranks, write_config, write_json_atomic
+from vss_core.runs import (
+    NODE_RANK_ARG,
+    STOP_REQUEST,
+    STOPPED,
+    RunPaths,
+    refuse_live_ranks,
+    write_config,
+    write_json_atomic,
+)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 OOM_MARKERS = (
@@ -98,10 +106,16 @@ def build_command(
     else:
         cmd += ["--num_gpus", str(hw.gpus_per_node)]
         master_port = master_port or free_port()
+    if hw.node_rank is not None:  # each node's vss starts its own launcher: DeepSpeed's no-ssh mode
+        cmd += ["--no_ssh", "--node_rank", str(hw.node_rank), "--master_addr", str(hw.master_addr)]
+        master_port = master_port or hw.master_port
     if master_port:
         cmd += ["--master_port", str(master_port)]
     cmd += ["--module", "vss_core.train", "--config", run.config]
-    if not hw.hostfile:  # ranks on this machine watch this process; a remote node cannot see its pid
+    if hw.node_rank is not None:
+        cmd += [NODE_RANK_ARG, str(hw.node_rank)]
+    if not hw.hostfile or hw.node_rank is not None:
+        # ranks on this machine watch this process; over ssh a remote node cannot see its pid
         cmd += ["--parent-pid", str(os.getpid())]
     cmd += [
         "--model-dir",
@@ -343,7 +357,7 @@ def run_training(
         TrainingStoppedError: training stopped cleanly on swap growth or low RAM (not retried: change the config).
         TrainingError: the process failed, or finished without writing a complete adapter.
     """
-    refuse_live_ranks(run)
+    refuse_live_ranks(run, cfg.hardware.node_rank)
     done = completed_report(run, reused=True)
     if done is not None:
         return done
@@ -366,9 +380,18 @@ def run_training(
     raise AssertionError("unreachable")
 
 
+def node_log(cfg: VSSConfig, run: RunPaths) -> Path:
+    """This node's launcher log: RUN/train.log, or RUN/train-node-K.log on node K > 0 of a multi-node
+    run without ssh (every node writes into the one shared run directory)."""
+    node = cfg.hardware.node_rank
+    return Path(run.log) if not node else Path(run.root) / f"train-node-{node}.log"
+
+
 def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resources, sampler) -> TrainingReport:
-    for name in (STOP_REQUEST, STOPPED):
-        (Path(run.root) / name).unlink(missing_ok=True)
+    if not cfg.hardware.node_rank:  # node 0 (or the only node) owns the run's stop files
+        for name in (STOP_REQUEST, STOPPED):
+            (Path(run.root) / name).unlink(missing_ok=True)
+    log_path = node_log(cfg, run)
     cmd = build_command(cfg, run, model_dir, prepared_dir)
     stop = threading.Event()
     # The callbacks run in the caller's context (contextvars: e.g. the orchestrator's run context).
@@ -379,7 +402,7 @@ def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resourc
         name="vss-follow",
     )
     started = time.time()
-    with open(run.log, "a") as log_file:
+    with open(log_path, "a") as log_file:
         log_file.write("$ " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(
             cmd,
@@ -423,12 +446,12 @@ def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resourc
     report = completed_report(run, exit_code=code, wall_s=wall)
     if report is None:
         if is_out_of_memory(tail):
-            raise TrainingOOMError(f"training ran out of GPU memory. Full log: {run.log}")
+            raise TrainingOOMError(f"training ran out of GPU memory. Full log: {log_path}")
         diverged = [line for line in tail if NONFINITE_MARK in line]
         if diverged:  # not retried: the same samples give the same loss again
-            raise TrainingDivergedError(f"{diverged[-1].strip()}\nFull log: {run.log}")
+            raise TrainingDivergedError(f"{diverged[-1].strip()}\nFull log: {log_path}")
         raise TrainingError(
             f"training exited with code {code} without writing a complete adapter to {run.adapter}. "
-            f"Full log: {run.log}. Last lines:\n" + "\n".join(list(tail)[-15:])
+            f"Full log: {log_path}. Last lines:\n" + "\n".join(list(tail)[-15:])
         )
     return report

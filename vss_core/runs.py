@@ -102,6 +102,8 @@ def create_run(cfg: VSSConfig) -> RunPaths:
 
 # Settings that do not change what training computes: where things go, and the upload stage.
 _NOT_TRAINING_INPUTS = {
+    # which node this is and where node 0 listens: every node of one run has the same training key
+    "hardware": {"node_rank", "master_addr", "master_port"},
     # where runs go, how they are watched and how samples are read: none changes what is trained
     "training": {
         "output_dir",
@@ -112,7 +114,7 @@ _NOT_TRAINING_INPUTS = {
         "oom_step_downs",
         "loader_workers",
         "prefetch_batches",
-    }
+    },
 }
 
 
@@ -130,10 +132,15 @@ class RunInProgressError(ConfigError):
     """Another process holds the run directory, or ranks of an earlier run of it are still alive."""
 
 
-def live_ranks(run: RunPaths) -> list[int]:
+NODE_RANK_ARG = "--node-rank"
+
+
+def live_ranks(run: RunPaths, node_rank: int | None = None) -> list[int]:
     """Pids of live processes training this run directory: DeepSpeed launchers and ranks started for
-    RUN/config.json (found by their command line), this process excluded."""
+    RUN/config.json (found by their command line), this process excluded. With a node rank (multi-node
+    without ssh), only this node's: the ones started with `--node-rank K` (other nodes' ranks are theirs)."""
     found = []
+    mine = None if node_rank is None else [NODE_RANK_ARG, str(node_rank)]
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
         if (
@@ -141,18 +148,24 @@ def live_ranks(run: RunPaths) -> list[int]:
             and proc.info["status"] != psutil.STATUS_ZOMBIE
             and run.config in cmdline
             and "vss_core.train" in cmdline
+            and (mine is None or _has_pair(cmdline, mine))
         ):
             found.append(proc.info["pid"])
     return sorted(found)
 
 
-def refuse_live_ranks(run: RunPaths) -> None:
-    """Raise when processes of an earlier run of this directory still train (e.g. orphaned ranks).
+def _has_pair(cmdline: list[str], pair: list[str]) -> bool:
+    return any(cmdline[i : i + 2] == pair for i in range(len(cmdline) - 1))
+
+
+def refuse_live_ranks(run: RunPaths, node_rank: int | None = None) -> None:
+    """Raise when processes of an earlier run of this directory still train (e.g. orphaned ranks);
+    with a node rank, this node's only.
 
     Raises:
         RunInProgressError: naming their pids and how to end them.
     """
-    pids = live_ranks(run)
+    pids = live_ranks(run, node_rank)
     if pids:
         listed = ", ".join(f"pid {pid}" for pid in pids)
         raise RunInProgressError(
@@ -188,9 +201,12 @@ def open_run(cfg: VSSConfig, key: str) -> tuple[RunPaths, VSSConfig]:
         effective = effective.model_copy(
             update={
                 "upload": cfg.upload,
-                "training": effective.training.model_copy(
-                    update={k: getattr(cfg.training, k) for k in _NOT_TRAINING_INPUTS["training"]}
-                ),
+                **{
+                    section: getattr(effective, section).model_copy(
+                        update={k: getattr(getattr(cfg, section), k) for k in keys}
+                    )
+                    for section, keys in _NOT_TRAINING_INPUTS.items()
+                },
             }
         )
         return paths, effective
@@ -201,14 +217,15 @@ def open_run(cfg: VSSConfig, key: str) -> tuple[RunPaths, VSSConfig]:
 
 
 @contextmanager
-def locked(run: RunPaths):
-    """Hold the run directory for this process; a second run of the same inputs fails fast.
+def locked(run: RunPaths, node_rank: int | None = None):
+    """Hold the run directory for this process; a second run of the same inputs fails fast. In a
+    multi-node run without ssh each node holds its own lock (`.lock-node-K`) on the shared directory.
 
     Raises:
         RunInProgressError: another live process holds it, or ranks of an earlier run of it are still
             alive (their pids are named).
     """
-    lock_path = Path(run.root) / ".lock"
+    lock_path = Path(run.root) / (".lock" if node_rank is None else f".lock-node-{node_rank}")
     handle = open(lock_path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -221,7 +238,7 @@ def locked(run: RunPaths):
             "Wait for it to finish (a re-run then reuses its adapter) or cancel it."
         ) from None
     try:
-        refuse_live_ranks(run)
+        refuse_live_ranks(run, node_rank)
     except RunInProgressError:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()

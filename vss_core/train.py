@@ -219,6 +219,38 @@ def _optimizer(params, cfg: VSSConfig):
     return torch.optim.AdamW(params, **kwargs)
 
 
+def check_shared_run_dir(run_root: Path, rank: int, world: int, dist) -> None:
+    """Every rank must see the one run directory (a multi-node run needs it on shared storage:
+    checkpoints are written by every rank into it and renamed complete by rank 0). Rank 0 writes a
+    token there; a rank that cannot read it back names its node.
+
+    Raises:
+        TrainingError: on every rank, when any rank does not see the token.
+    """
+    import socket
+    import uuid
+
+    token = [uuid.uuid4().hex if rank == 0 else None]
+    dist.broadcast_object_list(token, src=0)
+    probe = run_root / ".shared-dir-check"
+    if rank == 0:
+        write_json_atomic(probe, {"token": token[0]})
+    dist.barrier()
+    try:
+        seen = json.loads(probe.read_text()).get("token") == token[0]
+    except (OSError, ValueError):
+        seen = False
+    hosts: list = [None] * world
+    dist.all_gather_object(hosts, None if seen else socket.gethostname())
+    blind = sorted({h for h in hosts if h is not None})
+    if blind:
+        raise TrainingError(
+            f"training: the run directory {run_root} is not shared: ranks on {', '.join(blind)} do not see what "
+            "rank 0 wrote there. A multi-node run needs training.output_dir on storage every node mounts at "
+            "the same path (NFS, Lustre, a cloud file share): checkpoints are written by every rank into it."
+        )
+
+
 def _build_model(cfg: VSSConfig, model_dir: Path, run: RunPaths, rank: int):
     """The model with LoRA, built partitioned under zero.Init: (peft model, trainable, total parameters)."""
     from deepspeed.utils import set_z3_leaf_modules
@@ -302,9 +334,12 @@ def _resume(engine, ckpt_root: Path, rank: int, total_steps: int) -> int:
     return start_step
 
 
-def _collate_indexed(pairs: list[tuple[int, dict]]) -> tuple[list[int], dict[str, torch.Tensor]]:
-    """A micro batch from `data.Indexed` items: (the samples' indices, the model's keyword arguments)."""
-    return [i for i, _ in pairs], omni.collate([item for _, item in pairs])
+def _collate_indexed(pairs: list[tuple[int, dict]]) -> tuple[list[int], dict[str, torch.Tensor] | data.Packed]:
+    """A micro batch from `data.Indexed` items: (the samples' indices, the model's keyword arguments),
+    packed into one buffer when made in a loader worker (`data.Packed`: cheaper to hand over)."""
+    batch = omni.collate([item for _, item in pairs])
+    in_worker = torch.utils.data.get_worker_info() is not None
+    return [i for i, _ in pairs], data.Packed(batch) if in_worker else batch
 
 
 def _loader(
@@ -331,14 +366,17 @@ def _loader(
         num_workers=workers,
         prefetch_factor=tr.prefetch_batches if workers else None,
         persistent_workers=workers > 0,
-        # a worker lives as long as its rank (torch's workers watch their parent) and reads one file at a time
         worker_init_fn=_loader_worker_init if workers else None,
     )
     return loader
 
 
 def _loader_worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # normalising one sample's frames: a thread each, not one per core per worker
+    """A loader worker dies the moment its rank does (torch's own watchdog notices only within 5 s):
+    it is forked from the rank's main thread, which lives as long as the rank, so the parent-death
+    signal is the right tool here. One thread each: normalising one sample's frames needs no more."""
+    die_with_parent()
+    torch.set_num_threads(1)
 
 
 class _StepLog:
@@ -390,13 +428,14 @@ class _Timer:
 
     def next_batch(self, it):
         t0 = time.perf_counter()
-        batch = next(it)
+        indices, batch = next(it)
+        batch = batch.unpack() if isinstance(batch, data.Packed) else batch
         waited = time.perf_counter() - t0
         if self.first_batch_s is None:
             self.first_batch_s = waited
         else:
             self.data_wait_s += waited
-        return batch
+        return indices, batch
 
     def figures(self) -> dict[str, float]:
         loop_s = time.perf_counter() - self.start
@@ -445,6 +484,8 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     torch.manual_seed(cfg.training.seed)
     random.seed(cfg.training.seed)
     tr = cfg.training
+    if cfg.hardware.nodes > 1:
+        check_shared_run_dir(Path(run.root), rank, world, dist)
 
     peft_model, trainable, total = _build_model(cfg, model_dir, run, rank)
     samples, held_out = _training_samples(cfg, prepared_dir, rank)
@@ -551,6 +592,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepared-dir", required=True, help="prepared dataset directory")
     parser.add_argument("--local_rank", type=int, default=0, help="set by the DeepSpeed launcher")
     parser.add_argument("--parent-pid", type=int, default=None, help="die when this process (vss) ends")
+    parser.add_argument(
+        "--node-rank", type=int, default=None, help="multi-node without ssh: this node (marks its ranks for vss)"
+    )
     args = parser.parse_args(argv)
     die_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")

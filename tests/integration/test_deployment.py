@@ -22,6 +22,7 @@ import pytest
 from devtools import prefect_server
 from devtools.prefect_server import flow_runs as _flow_runs
 from devtools.prefect_server import wait as _wait
+from devtools.processes import ranks, training_processes
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -141,16 +142,6 @@ def test_served_deployments_refuse_bad_params_retrain_on_data_events_and_reuse(s
     assert len(list((tmp_path / ".vss/runs").glob("cpu-demo-*/adapter"))) == 1
 
 
-def _rank_processes(run_dir: Path) -> list[psutil.Process]:
-    """Live DeepSpeed launchers and ranks of one run directory (by their command line)."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if str(run_dir) in cmd and "vss_core.train" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(p)
-    return found
-
-
 def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(served):
     tmp_path, env, served = served.root, served.env, served.process
     # long enough that the cancel (the runner polls for it every ~10 s) lands well before the last step
@@ -162,7 +153,7 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
     checkpointed = lambda: [d for d in new_dirs() if any(d.glob("checkpoints/step-*/COMPLETE"))]
     _wait(lambda: checkpointed(), 400, "the run's first complete checkpoint", [served])
     (run_dir,) = checkpointed()
-    assert len([p for p in _rank_processes(run_dir) if "--local_rank" in " ".join(p.cmdline())]) == 2
+    assert len(ranks(training_processes(str(run_dir)))) == 2
     (run,) = [r for r in _flow_runs(env) if r["state"] == "RUNNING"]
     try:
         cancel = _prefect(env, "flow-run", "cancel", run["id"])
@@ -170,12 +161,12 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
         state = lambda: next(r["state"] for r in _flow_runs(env) if r["id"] == run["id"])
         _wait(lambda: state() == "CANCELLED", 120, "the run to be cancelled", [served])
         deadline = time.time() + 10
-        while _rank_processes(run_dir) and time.time() < deadline:
+        while training_processes(str(run_dir)) and time.time() < deadline:
             time.sleep(0.2)
-        left = [p.pid for p in _rank_processes(run_dir)]
+        left = [p.pid for p in training_processes(str(run_dir))]
         assert not left, f"ranks of the cancelled run still alive 10 s after it was cancelled: {left}"
     finally:
-        for p in _rank_processes(run_dir):  # never leave ranks behind, even when the test fails
+        for p in training_processes(str(run_dir)):  # never leave ranks behind, even when the test fails
             p.kill()
     assert not (run_dir / "adapter").exists()
 

@@ -37,6 +37,13 @@ def test_training_on_a_sample_that_gives_a_nan_loss_stops_naming_it_and_writes_n
     poisoned = Path(prepared.files[1])  # shapes intact, values not: what a bad recording can make
     item = torch.load(poisoned, weights_only=True)
     torch.save({**item, "audio_features": torch.full_like(item["audio_features"], float("nan"))}, poisoned)
+    # as if preparation had written these values: the manifest records the file's size
+    manifest_path = Path(prepared.dir) / data.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["samples"]:
+        if Path(entry["file"]).name == poisoned.name:
+            entry["bytes"] = poisoned.stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
     run = create_run(cfg)
     with pytest.raises(TrainingDivergedError) as err:
         launch.run_training(cfg, run, tiny_model_dir, Path(prepared.dir))

@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from devtools.processes import ranks, training_processes
 from vss_core import data, launch
 from vss_core.config import load_config
-from vss_core.runs import RunPaths, create_run
+from vss_core.runs import create_run
 
 pytestmark = pytest.mark.integration
 GiB = 1024**3
@@ -31,16 +32,6 @@ def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
     return data.prepare_dataset(
         report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
     )
-
-
-def _run_processes(run: RunPaths) -> list[psutil.Process]:
-    """Every live process of this run: the DeepSpeed launchers and the ranks (by their command line)."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if run.config in cmd and "vss_core.train" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(p)
-    return found
 
 
 # The process that runs the training stage, as the flow process does (launch.run_training in it).
@@ -74,19 +65,19 @@ def test_kill_9_of_the_training_stage_process_leaves_no_rank_and_the_rerun_resum
         ):
             assert stage.poll() is None and time.time() < deadline, "training ended before it could be killed"
             time.sleep(0.1)
-        assert len([p for p in _run_processes(run) if "--local_rank" in " ".join(p.cmdline())]) == 2
+        assert len(ranks(training_processes(run.config))) == 2
         os.kill(stage.pid, 9)
         stage.wait()
         steps_at_kill = len(Path(run.metrics).read_text().splitlines())
         deadline = time.time() + 5
-        while _run_processes(run) and time.time() < deadline:
+        while training_processes(run.config) and time.time() < deadline:
             time.sleep(0.2)
-        left = [p.pid for p in _run_processes(run)]
+        left = [p.pid for p in training_processes(run.config)]
         assert not left, f"processes of the killed run still alive 5 s after the kill: {left}"
         time.sleep(2)
         assert len(Path(run.metrics).read_text().splitlines()) <= steps_at_kill + 1  # nothing trained on
     finally:
-        for p in _run_processes(run):  # never leave ranks behind, even when the test fails
+        for p in training_processes(run.config):  # never leave ranks behind, even when the test fails
             p.kill()
     assert not Path(run.adapter).exists()
     resumed = launch.run_training(cfg, run, tiny_model_dir, Path(prepared.dir))
@@ -124,7 +115,7 @@ def test_a_raising_callback_and_a_malformed_line_then_swap_growth_still_stop_tra
         launch.run_training(cfg, run, tiny_model_dir, Path(prepared.dir), on_metrics=failing_artifact_call)
     stopped = json.loads((Path(run.root) / "stopped.json").read_text())
     assert (Path(stopped["checkpoint"]) / "COMPLETE").is_file()
-    assert not _run_processes(run)
+    assert not training_processes(run.config)
 
 
 def test_an_interrupted_training_stage_ends_the_launchers_whole_process_group(tmp_path, tiny_model_dir, prepared):
@@ -140,9 +131,9 @@ def test_an_interrupted_training_stage_ends_the_launchers_whole_process_group(tm
     try:
         with pytest.raises(KeyboardInterrupt):
             launch.run_training(cfg, run, tiny_model_dir, Path(prepared.dir), on_line=interrupt_once_ranks_run)
-        assert not _run_processes(run), "the launcher's process group outlived the interrupted stage"
+        assert not training_processes(run.config), "the launcher's process group outlived the interrupted stage"
     finally:
-        for p in _run_processes(run):
+        for p in training_processes(run.config):
             p.kill()
 
 

@@ -131,6 +131,8 @@ def test_a_loader_with_workers_delivers_the_sampler_order(prepared):
         got = list(loader)
         expected = list(sampler)
         assert [indices for indices, _ in got] == expected and len(got) == 3 * (2 - epoch)
-        for indices, batch in got:
-            ref = model.collate([samples[i] for i in indices])
-            assert all(torch.equal(batch[k], ref[k]) for k in ref)
+        for indices, packed in got:
+            assert isinstance(packed, data.Packed)  # made in a worker: one buffer to hand over
+            batch, ref = packed.unpack(), model.collate([samples[i] for i in indices])
+            assert batch.keys() == ref.keys()
+            assert all(batch[k].dtype == ref[k].dtype and torch.equal(batch[k], ref[k]) for k in ref)

@@ -142,3 +142,59 @@ def test_runs_are_keyed_by_inputs_and_locked(tmp_path):
     runs.open_run(named, key)
     with pytest.raises(ConfigError, match="made for other inputs"):
         runs.open_run(named, "another-key")
+
+
+class _OneRankDist:
+    """deepspeed.comm's calls check_shared_run_dir makes, for one rank; `barrier` runs a hook."""
+
+    def __init__(self, on_barrier=lambda: None) -> None:
+        self.on_barrier = on_barrier
+
+    def broadcast_object_list(self, objs, src):
+        pass
+
+    def barrier(self):
+        self.on_barrier()
+
+    def all_gather_object(self, out, obj):
+        out[0] = obj
+
+
+def test_a_run_directory_every_rank_sees_passes_and_one_it_does_not_fails_naming_the_host(tmp_path):
+    import socket
+
+    import pytest
+
+    from vss_core.errors import TrainingError
+
+    train.check_shared_run_dir(tmp_path, rank=0, world=1, dist=_OneRankDist())
+    # what another node would see on its own local disk: not the token rank 0 wrote
+    blind = _OneRankDist(on_barrier=lambda: (tmp_path / ".shared-dir-check").write_text('{"token": "other"}'))
+    with pytest.raises(TrainingError, match=f"ranks on {socket.gethostname()} do not see") as err:
+        train.check_shared_run_dir(tmp_path, rank=0, world=1, dist=blind)
+    assert "training.output_dir on storage every node mounts" in str(err.value)
+
+
+def test_multi_node_without_ssh_settings_are_checked_and_do_not_change_the_training_key():
+    import pytest
+
+    from vss_core.runs import training_key
+
+    base = ["hardware.nodes=2", "hardware.hostfile=/etc/hosts.ds", "hardware.gpus_per_node=1"]
+    with pytest.raises(Exception, match="needs hardware.master_addr"):
+        load_config("cpu-demo", [*base, "hardware.node_rank=1"])
+    with pytest.raises(Exception, match="must be below hardware.nodes"):
+        load_config("cpu-demo", [*base, "hardware.node_rank=2", "hardware.master_addr=10.0.0.1"])
+    with pytest.raises(Exception, match="for multi-node runs"):
+        load_config("cpu-demo", ["hardware.node_rank=0", "hardware.master_addr=10.0.0.1"])
+    node0, node1 = (
+        load_config("cpu-demo", [*base, f"hardware.node_rank={k}", "hardware.master_addr=10.0.0.1"]) for k in (0, 1)
+    )
+    assert training_key(node0, "w", "d", "p") == training_key(node1, "w", "d", "p")  # one run directory for all nodes
+    run = RunPaths(root="/runs/r")
+    cmd = launch.build_command(node1, run, Path("/m"), Path("/p"))
+    assert cmd[cmd.index("--node_rank") + 1] == "1" and cmd[cmd.index("--master_addr") + 1] == "10.0.0.1"
+    assert cmd[cmd.index("--node-rank") + 1] == "1" and "--no_ssh" in cmd and "--parent-pid" in cmd
+    assert launch.node_log(node1, run) == Path("/runs/r/train-node-1.log") and launch.node_log(node0, run) == Path(
+        run.log
+    )

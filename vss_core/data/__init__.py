@@ -31,6 +31,7 @@ The user's contract: `<root>/<sample>/{in.mp4, in.wav, out.wav}`.
 
 from vss_core.data.dataset import (
     Indexed,
+    Packed,
     PreparedSamples,
     RankBatches,
     decode_item,
@@ -68,6 +69,7 @@ __all__ = [
     "DataChange",
     "DatasetReport",
     "Indexed",
+    "Packed",
     "PreparedDataset",
     "PreparedSamples",
     "RankBatches",
