@@ -119,15 +119,17 @@ def main() -> None:
     if not 2 <= args.from_step <= args.steps:
         parser.error("--from-step must be between 2 and --steps")
 
-    from vss_core import data, demo, model
+    from vss_core import codec, data, demo, model
     from vss_core.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir or tmp).absolute()
         work.mkdir(parents=True, exist_ok=True)
-        model_dir = work / "model"
+        model_dir, codec_dir = work / "model", work / "codec"
         if not (model_dir / "config.json").is_file():  # a kept --work-dir reuses its checkpoint
             model.write_tiny_checkpoint(model_dir)
+        if not codec_dir.is_dir():
+            codec.write_tiny_codec(codec_dir)
         demo.write_demo_dataset(work / "data", args.samples, seconds=args.seconds, overwrite=True)
         runs = work / f"runs-{time.strftime('%Y%m%d-%H%M%S')}"
         cfg = load_config(
@@ -141,7 +143,7 @@ def main() -> None:
             },
         )
         report = data.validate_dataset(cfg.data)
-        prepared = Path(data.prepare_dataset(report.valid, cfg.data, model_dir, work / "prepared").dir)
+        prepared = Path(data.prepare_dataset(report.valid, cfg.data, model_dir, codec_dir, work / "prepared").dir)
 
         tr = cfg.training
         per_step = tr.micro_batch_size * tr.gradient_accumulation_steps * cfg.hardware.gpus_per_node

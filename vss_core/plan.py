@@ -477,9 +477,10 @@ def loader_batches(workers: int, prefetch: int) -> int:
 # --- inputs and machine --------------------------------------------------------------------------
 
 
-# USS of one DataLoader worker of a cpu-demo rank, 0.09-0.11 GiB measured by bench/bench_dataset.py
-# (forked from its rank, it shares the rank's pages; what it adds is its own heap and the batches it reads).
-LOADER_WORKER_RAM_GIB = 0.15
+# USS of one DataLoader worker of a cpu-demo rank: 0.056 GiB measured by bench/bench_dataset.py (forked
+# from its rank, it shares the rank's pages; what it adds is its own heap and the batches it reads).
+# Rounded up to 0.1 for the larger batches of real frames (a 16-frame 448 px sample is ~9.6 MB as uint8).
+LOADER_WORKER_RAM_GIB = 0.1
 
 
 @dataclass(frozen=True)
