@@ -32,3 +32,17 @@ def demo_data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "train"
     demo.write_demo_dataset(root, samples=4, seed=0, seconds=2.0)
     return root
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
+    """The demo dataset prepared for the tiny model on cpu-demo (read-only: a test that alters
+    prepared files prepares its own)."""
+    from vss_core import data
+    from vss_core.config import load_config
+
+    cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}"])
+    report = data.validate_dataset(cfg.data)
+    return data.prepare_dataset(
+        report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
+    )

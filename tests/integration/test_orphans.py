@@ -17,21 +17,12 @@ import psutil
 import pytest
 
 from devtools.processes import ranks, training_processes
-from vss_core import data, launch
+from vss_core import launch
 from vss_core.config import load_config
 from vss_core.runs import create_run
 
 pytestmark = pytest.mark.integration
 GiB = 1024**3
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
-    cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}"])
-    report = data.validate_dataset(cfg.data)
-    return data.prepare_dataset(
-        report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
-    )
 
 
 # The process that runs the training stage, as the flow process does (launch.run_training in it).

@@ -23,15 +23,6 @@ pytestmark = pytest.mark.integration
 TARGETS = "lora.targets=[attention, projectors, audio_heads, experts]"
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
-    cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}"])
-    report = data.validate_dataset(cfg.data)
-    return data.prepare_dataset(
-        report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
-    )
-
-
 def _cfg(tmp_path, name):
     return load_config("cpu-demo", [f"training.output_dir={tmp_path}", f"training.run_name={name}", TARGETS])
 

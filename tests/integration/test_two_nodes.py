@@ -16,22 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vss_core import data, launch
+from vss_core import launch
 from vss_core.config import load_config
 from vss_core.runs import RunPaths, create_run, live_ranks
 
 pytestmark = pytest.mark.integration
 CHILD = Path(__file__).with_name("two_node_child.py")
 STEPS = 8
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
-    cfg = load_config("cpu-demo", [f"data.root={demo_data_dir}"])
-    report = data.validate_dataset(cfg.data)
-    return data.prepare_dataset(
-        report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
-    )
 
 
 def _cfg(tmp_path, name, *extra):
