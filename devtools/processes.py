@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import psutil
 
+from vss_core.runs import RunPaths, live_ranks
 
-def training_processes(marker: str) -> list[psutil.Process]:
+
+def training_processes(run: RunPaths) -> list[psutil.Process]:
     """Live DeepSpeed launchers, ranks and the ranks' data-loader workers (forked: they carry the
-    rank's command line) of the run whose command line contains `marker` (its config or folder)."""
+    rank's command line) of one run directory: `runs.live_ranks`, as processes."""
     found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if marker in cmd and "vss_core.train" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(p)
+    for pid in live_ranks(run):
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
     return found
 
 

@@ -75,14 +75,13 @@ def vss(profile: str = "cpu-demo", overrides: Overrides | None = None) -> summar
         result.adapter_dir, result.training_wall_s = trained.adapter_dir, trained.wall_s
         if node:  # multi-node without ssh: the other nodes train; node 0 judges and ships the adapter
             result.add("evaluate", "skipped", f"node {node} of {cfg.hardware.nodes}: node 0 evaluates and uploads")
-            create_markdown_artifact(key="vss-summary", markdown=result.table(), description="vss run summary")
-            return result
-        evaluated = _evaluate(cfg, run, trained, weights, dataset, prepared, out, result)
-        if evaluated is not None:
-            _gate(cfg, evaluated, result)
-        uploaded = stages.upload_adapter(trained.adapter_dir, cfg.upload)
-    result.add("upload adapter", "uploaded" if uploaded.uploaded else "skipped", uploaded.message)
-    result.hub_url = uploaded.url
+        else:
+            evaluated = _evaluate(cfg, run, trained, weights, dataset, prepared, out, result)
+            if evaluated is not None:
+                _gate(cfg, evaluated, result)
+            uploaded = stages.upload_adapter(trained.adapter_dir, cfg.upload)
+            result.add("upload adapter", "uploaded" if uploaded.uploaded else "skipped", uploaded.message)
+            result.hub_url = uploaded.url
 
     create_markdown_artifact(key="vss-summary", markdown=result.table(), description="vss run summary")
     return result

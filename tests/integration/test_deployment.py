@@ -23,6 +23,7 @@ from devtools import prefect_server
 from devtools.prefect_server import flow_runs as _flow_runs
 from devtools.prefect_server import wait as _wait
 from devtools.processes import ranks, training_processes
+from vss_core.runs import RunPaths
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -153,7 +154,8 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
     checkpointed = lambda: [d for d in new_dirs() if any(d.glob("checkpoints/step-*/COMPLETE"))]
     _wait(lambda: checkpointed(), 400, "the run's first complete checkpoint", [served])
     (run_dir,) = checkpointed()
-    assert len(ranks(training_processes(str(run_dir)))) == 2
+    paths = RunPaths(root=str(run_dir))
+    assert len(ranks(training_processes(paths))) == 2
     (run,) = [r for r in _flow_runs(env) if r["state"] == "RUNNING"]
     try:
         cancel = _prefect(env, "flow-run", "cancel", run["id"])
@@ -161,12 +163,12 @@ def test_a_run_cancelled_from_prefect_leaves_no_rank_and_its_rerun_resumes(serve
         state = lambda: next(r["state"] for r in _flow_runs(env) if r["id"] == run["id"])
         _wait(lambda: state() == "CANCELLED", 120, "the run to be cancelled", [served])
         deadline = time.time() + 10
-        while training_processes(str(run_dir)) and time.time() < deadline:
+        while training_processes(paths) and time.time() < deadline:
             time.sleep(0.2)
-        left = [p.pid for p in training_processes(str(run_dir))]
+        left = [p.pid for p in training_processes(paths)]
         assert not left, f"ranks of the cancelled run still alive 10 s after it was cancelled: {left}"
     finally:
-        for p in training_processes(str(run_dir)):  # never leave ranks behind, even when the test fails
+        for p in training_processes(paths):  # never leave ranks behind, even when the test fails
             p.kill()
     assert not (run_dir / "adapter").exists()
 

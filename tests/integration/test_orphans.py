@@ -56,19 +56,19 @@ def test_kill_9_of_the_training_stage_process_leaves_no_rank_and_the_rerun_resum
         ):
             assert stage.poll() is None and time.time() < deadline, "training ended before it could be killed"
             time.sleep(0.1)
-        assert len(ranks(training_processes(run.config))) == 2
+        assert len(ranks(training_processes(run))) == 2
         os.kill(stage.pid, 9)
         stage.wait()
         steps_at_kill = len(Path(run.metrics).read_text().splitlines())
         deadline = time.time() + 5
-        while training_processes(run.config) and time.time() < deadline:
+        while training_processes(run) and time.time() < deadline:
             time.sleep(0.2)
-        left = [p.pid for p in training_processes(run.config)]
+        left = [p.pid for p in training_processes(run)]
         assert not left, f"processes of the killed run still alive 5 s after the kill: {left}"
         time.sleep(2)
         assert len(Path(run.metrics).read_text().splitlines()) <= steps_at_kill + 1  # nothing trained on
     finally:
-        for p in training_processes(run.config):  # never leave ranks behind, even when the test fails
+        for p in training_processes(run):  # never leave ranks behind, even when the test fails
             p.kill()
     assert not Path(run.adapter).exists()
     resumed = launch.run_training(cfg, run, tiny_model_dir, Path(prepared.dir))
@@ -106,7 +106,7 @@ def test_a_raising_callback_and_a_malformed_line_then_swap_growth_still_stop_tra
         launch.run_training(cfg, run, tiny_model_dir, Path(prepared.dir), on_metrics=failing_artifact_call)
     stopped = json.loads((Path(run.root) / "stopped.json").read_text())
     assert (Path(stopped["checkpoint"]) / "COMPLETE").is_file()
-    assert not training_processes(run.config)
+    assert not training_processes(run)
 
 
 def test_an_interrupted_training_stage_ends_the_launchers_whole_process_group(tmp_path, tiny_model_dir, prepared):
@@ -122,9 +122,9 @@ def test_an_interrupted_training_stage_ends_the_launchers_whole_process_group(tm
     try:
         with pytest.raises(KeyboardInterrupt):
             launch.run_training(cfg, run, tiny_model_dir, Path(prepared.dir), on_line=interrupt_once_ranks_run)
-        assert not training_processes(run.config), "the launcher's process group outlived the interrupted stage"
+        assert not training_processes(run), "the launcher's process group outlived the interrupted stage"
     finally:
-        for p in training_processes(run.config):
+        for p in training_processes(run):
             p.kill()
 
 
