@@ -9,7 +9,7 @@
     vss run --profile P [KEY=VALUE ...]        run the `vss` flow
     vss serve                                  serve the Prefect deployments
     vss infer --adapter DIR --sample S --out W speak for one sample with base + LoRA adapter
-    vss eval --adapter DIR --data D [--base]   score the adapter (and the base model) on a dataset folder
+    vss eval --adapter DIR --data D [--base]   score the adapter (and the base model) on a dataset (folder or manifest)
 
 It lives beside the deployments (not in vss_core) because `run` and `serve` start Prefect, and
 vss_core never imports prefect. Prefect is imported only by the commands that need it.
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("validate", help="validate a dataset and print the report; non-zero exit when it would fail")
-    p.add_argument("path")
+    p.add_argument("path", help="a folder of sample folders, or a .jsonl manifest (README: Your data)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     with_config(p, default="cpu-demo")
     p.set_defaults(func=cmd_validate)

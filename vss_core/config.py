@@ -158,7 +158,13 @@ class LoraConfig(_Section):
 
 
 class DataConfig(_Section):
-    root: str = Field("data/train", min_length=1, description="Dataset root: <root>/<sample>/{in.mp4,in.wav,out.wav}.")
+    root: str = Field(
+        "data/train",
+        min_length=1,
+        description="Dataset: a folder <root>/<sample>/{in.mp4,in.wav,out.wav}, or a .jsonl manifest (one sample "
+        "per line: video, input_speech, target_speech, optional transcript/instruction/system; paths relative "
+        "to the manifest).",
+    )
     on_invalid: Literal["fail", "skip"] = Field(
         "fail", description="Invalid samples: 'fail' stops the run listing them all; 'skip' trains on the rest."
     )
@@ -209,7 +215,8 @@ class DataConfig(_Section):
     )
     eval_root: str | None = Field(
         None,
-        description="A separate dataset folder (same layout) to evaluate on instead of a held-out share.",
+        description="A separate dataset (a folder or a .jsonl manifest, as data.root) to evaluate on instead of a "
+        "held-out share.",
     )
     validation_cache: str | None = Field(
         "~/.cache/vss/validation",

@@ -75,6 +75,7 @@ def write_demo_dataset(
     in_rate: int = SAMPLE_RATE,
     in_channels: int = 1,
     transcripts: bool = True,
+    grain: int = 0,
 ) -> list[Path]:
     """Write a generated dataset of `samples` samples under `root` and return the sample folders.
 
@@ -82,7 +83,10 @@ def write_demo_dataset(
     speech together), unless `transcripts=False` (the three-file samples of the source documents).
     The defaults write what DESIGN.md's model wants as is (H.264 96x80 at 10 fps, 16 kHz mono);
     the keyword arguments write other codecs, resolutions, rates and channel counts, which vss
-    must convert rather than reject. out.wav is always 16 kHz mono.
+    must convert rather than reject. out.wav is always 16 kHz mono. `grain` > 0 adds fresh noise of up
+    to +-grain levels to every pixel of every frame, as a camera's sensor does: flat synthetic frames
+    compress to a fraction of a real clip's bitrate and decode unrealistically fast (the data bench
+    uses it to get a camera-like bitrate).
 
     Each sample is written to a temporary folder inside `root` and renamed into place, so a crash
     never leaves a half-written sample. With `overwrite=True`, sample folders of the same names are
@@ -102,6 +106,8 @@ def write_demo_dataset(
         problems.append(f"size={size}: width and height must be even and at least 16 (yuv420p)")
     if not 1 <= fps <= 120:
         problems.append(f"fps={fps}: must be 1..120")
+    if not 0 <= grain <= 64:
+        problems.append(f"grain={grain}: must be 0..64 levels")
     if not 8000 <= in_rate <= 192_000 or not 1 <= in_channels <= 8:
         problems.append(f"in_rate={in_rate}, in_channels={in_channels}: need 8000..192000 Hz and 1..8 channels")
     if root.exists() and not root.is_dir():
@@ -125,7 +131,7 @@ def write_demo_dataset(
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             tmp.chmod(0o755)  # mkdtemp makes it 0700; the sample folder should read like any other
-            _write_video(tmp / "in.mp4", shapes, seconds, rng, encoder, size, fps)
+            _write_video(tmp / "in.mp4", shapes, seconds, rng, encoder, size, fps, grain)
             speech_in, speech_out = _speech_pair(rng, seconds, shapes[0].colour)
             sf.write(tmp / "in.wav", _convert(speech_in, in_rate, in_channels), in_rate, subtype="PCM_16")
             sf.write(tmp / "out.wav", speech_out, SAMPLE_RATE, subtype="PCM_16")
@@ -206,8 +212,11 @@ def _write_video(
     encoder: str,
     size: tuple[int, int] = (WIDTH, HEIGHT),
     fps: int = FPS,
+    grain: int = 0,
 ) -> None:
     background = rng.integers(0, 60, size=3).astype(np.uint8)
+    # drawn from rng only with grain, so the default samples stay what they were
+    noise = np.random.default_rng(int(rng.integers(2**62))) if grain else None
     n_frames = max(1, round(seconds * fps))
     # The container follows the file name (in.mp4 -> MP4); MP4 holds H.264, MPEG-4 part 2 and VP9 alike.
     with av.open(str(path), "w") as container:
@@ -218,7 +227,11 @@ def _write_video(
         # One encoder thread: libx264's frame threading makes the bitstream vary run to run.
         stream.codec_context.thread_count = 1
         for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(_render(shapes, background, i / fps, size), format="rgb24")
+            img = _render(shapes, background, i / fps, size)
+            if noise is not None:
+                jitter = noise.integers(-grain, grain + 1, size=img.shape, dtype=np.int16)
+                img = np.clip(img.astype(np.int16) + jitter, 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

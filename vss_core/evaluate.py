@@ -39,6 +39,7 @@ from vss_core import metrics, split
 from vss_core import model as omni
 from vss_core.atomic import write_atomic, write_json_atomic
 from vss_core.config import VSSConfig
+from vss_core.data.reports import SampleFiles, SampleReport
 from vss_core.errors import VSSError
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class EvalGateError(VSSError):
 
 class EvalSample(BaseModel):
     name: str
-    sample_dir: str = Field(description="The sample folder (in.mp4, in.wav, out.wav, optional texts).")
+    where: str = Field(description="The sample folder, or `<manifest>:<line>`.")
+    parts: SampleFiles = Field(description="Its in.mp4, in.wav, out.wav and optional texts.")
     prepared_file: str | None = Field(None, description="Its prepared .pt (for the eval loss); None: no loss.")
 
 
@@ -149,18 +151,20 @@ class GateDecision(BaseModel):
 
 def held_out_samples(dataset, prepared, fraction: float) -> list[EvalSample]:
     """The held-out samples of a validated + prepared dataset (data.eval_fraction)."""
-    dirs = {s.name: s.path for s in dataset.samples}
+    by_name = {s.name: s for s in dataset.samples}
     files = dict(zip(prepared.samples, prepared.files))
-    return [
-        EvalSample(name=n, sample_dir=dirs[n], prepared_file=files[n])
-        for n in split.held_out(prepared.samples, fraction)
-    ]
+    return [_eval_sample(by_name[n], files[n]) for n in split.held_out(prepared.samples, fraction)]
 
 
 def all_samples(dataset, prepared) -> list[EvalSample]:
     """Every prepared sample of a dataset used only for evaluation (data.eval_root, `vss eval --data`)."""
-    dirs = {s.name: s.path for s in dataset.samples}
-    return [EvalSample(name=n, sample_dir=dirs[n], prepared_file=f) for n, f in zip(prepared.samples, prepared.files)]
+    by_name = {s.name: s for s in dataset.samples}
+    return [_eval_sample(by_name[n], f) for n, f in zip(prepared.samples, prepared.files)]
+
+
+def _eval_sample(report: SampleReport, prepared_file: str) -> EvalSample:
+    parts = SampleFiles(files=report.files, texts=report.texts)
+    return EvalSample(name=report.name, where=report.path, parts=parts, prepared_file=prepared_file)
 
 
 # --- scoring --------------------------------------------------------------------------------------
@@ -269,8 +273,8 @@ def evaluate(
     net = peft_model.get_base_model().eval()
     seconds = cfg.eval.max_seconds or cfg.data.audio_seconds
     max_steps = infer.step_cap(seconds)
-    prompts = {s.name: data.prepare_inputs(Path(s.sample_dir), cfg.data, model_dir) for s in samples}
-    targets = {s.name: data.read_target(Path(s.sample_dir), decoder.sample_rate, cfg.data) for s in samples}
+    prompts = {s.name: data.prepare_inputs(s.parts, cfg.data, model_dir) for s in samples}
+    targets = {s.name: data.read_target(s.parts, decoder.sample_rate, cfg.data) for s in samples}
     scores: list[SampleScore] = []
     answers: dict[tuple[str, str], np.ndarray] = {}
     variants = [("adapter", contextlib.nullcontext)] + ([("base", peft_model.disable_adapter)] if with_base else [])

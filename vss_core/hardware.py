@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from vss_core import plan as planner
 from vss_core.config import HardwareConfig, ModelConfig, VSSConfig, is_local_source
-from vss_core.errors import PreflightError, bullet_list
+from vss_core.errors import DatasetError, PreflightError, bullet_list
 
 # GiB throughout, as nvidia-smi, free -h and df -h report (an "80GB" H100 shows 79.6 GiB).
 GB = 1024**3
@@ -231,8 +231,16 @@ def cached_bytes(cfg: ModelConfig) -> int:
 
 
 def count_samples(root: str | Path) -> int:
-    """Sample folders under data.root (0 when it does not exist yet)."""
+    """Samples of data.root: its sample folders, or a manifest's sample lines (0 when it does not
+    exist yet, or a manifest cannot be read: validation names its problems)."""
+    from vss_core.data import manifest
+
     root = Path(root)
+    if manifest.is_manifest(root):
+        try:
+            return len(manifest.read_manifest(root))
+        except DatasetError:
+            return 0
     return sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -347,14 +348,29 @@ def test_prepare_reuses_the_cache_and_redoes_on_change(dataset, model_dir, codec
     assert data.prepare_dataset(samples, changed, model_dir, codec_dir, out).reused == []
 
 
-def test_worker_processes_give_the_same_result(dataset, model_dir, codec_dir, tmp_path):
+def test_worker_processes_give_the_same_result(dataset, model_dir, codec_dir, tmp_path, monkeypatch):
     cfg = _cfg(dataset)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "one")
+    # This process prepares nothing: every sample is prepared by a spawned worker.
+    real = data_prepare._run_jobs
+    monkeypatch.setattr(data_prepare, "_run_jobs", lambda jobs, workers, failures: real(jobs, 3, failures, share=False))
     data.prepare_dataset(samples, _cfg(dataset, workers=2), model_dir, codec_dir, tmp_path / "two")
-    for a, b in zip(data.load_prepared(tmp_path / "one"), data.load_prepared(tmp_path / "two")):
+    for a, b in zip(data.load_prepared(tmp_path / "one"), data.load_prepared(tmp_path / "two"), strict=True):
         for k in a:
             assert torch.equal(a[k], b[k])
+
+
+def test_a_small_dataset_waits_for_no_worker_to_start(dataset, model_dir, codec_dir, tmp_path, monkeypatch):
+    # Workers start in seconds; three tiny samples take less: this process prepares them all and
+    # returns without waiting for a worker.
+    cfg = _cfg(dataset, workers=2)
+    samples = data.select_samples(data.validate_dataset(cfg), "fail")
+    done_by = []
+    real = data_prepare._prepare_one
+    monkeypatch.setattr(data_prepare, "_prepare_one", lambda job: done_by.append(os.getpid()) or real(job))
+    data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "p")
+    assert done_by == [os.getpid()] * 3
 
 
 def test_invalid_samples_are_skipped_not_prepared(dataset, model_dir, codec_dir, tmp_path):
@@ -487,6 +503,51 @@ def test_frames_are_reached_by_seeking_not_by_decoding_everything(tmp_path):
         assert total == 400
         # At most one GOP (20 frames) per wanted frame, and never past the last one.
         assert decoded <= 20 * len(times) and decoded <= 80
+
+
+def test_frame_plan_decodes_from_the_keyframe_before_each_wanted_frame_only():
+    # Decode order of two GOPs with B-frames (pts in frames, time base 1/10 s): I0 P3 B1 B2 P6 B4 B5 | I7 P9 B8
+    packets = [(0, True), (3, False), (1, False), (2, False), (6, False), (4, False), (5, False)]
+    packets += [(7, True), (9, False), (8, False)]
+    tb = Fraction(1, 10)
+    chosen, needed = data_prepare._frame_plan(packets, [0.15, 0.75, 5.0], tb)
+    assert chosen == [2, 8, 9]  # the first frame at or past each threshold; past the end, the last
+    # B2 needs I0 P3 B1 (its refs come before it in decode order); B8 and P9 need I7 only, not GOP 1
+    assert needed == [0, 1, 2, 3, 7, 8, 9]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"video_codec": "libx264", "fps": 30, "size": (320, 180)},  # B-frames: skipped unless wanted
+        {"video_codec": "mpeg4", "fps": 25, "size": (160, 120)},
+        {"video_codec": "libvpx-vp9", "fps": 24, "size": (160, 128)},
+    ],
+)
+def test_frames_read_by_plan_equal_decoding_every_frame(tmp_path, options):
+    (d,) = demo.write_demo_dataset(tmp_path / "v", samples=1, seconds=6.0, **options)
+    rate = options["fps"]
+    # sorted runs of close and far timestamps, jumps over GOPs, B-frame times, and past the end
+    for times in ([0.0, 0.5, 1.0, 1.5], [0.1, 2.07, 4.9, 5.5], [1.0 / rate * k for k in (3, 5, 7, 40, 41)], [3.0, 9.0]):
+        frames, decoded = data_prepare._read_frames(d / "in.mp4", times)
+        with av.open(str(d / "in.mp4")) as c:
+            every = list(c.decode(video=0))
+        expected = []
+        for t in times:
+            later = [f for f in every if f.time >= t - 0.5 / rate]
+            expected.append(data_prepare._frame_to_array(later[0] if later else every[-1]))
+        assert all(np.array_equal(a, b) for a, b in zip(frames, expected, strict=True)), (options, times)
+        assert decoded <= len(every)
+        # the fallback for streams without timestamps picks the same frames
+        linear, _ = data_prepare._read_frames_linear(d / "in.mp4", [t - 0.5 / rate for t in times])
+        assert all(np.array_equal(a, b) for a, b in zip(linear, expected, strict=True)), (options, times)
+
+
+def test_b_frames_that_are_not_wanted_are_not_decoded(tmp_path):
+    (d,) = demo.write_demo_dataset(tmp_path / "b", samples=1, seconds=4.0, fps=30, size=(320, 180))  # GOP 30
+    times = [0.0, 0.5, 1.0, 1.5]  # 45 frames span them, all within decode-on distance
+    _, decoded = data_prepare._read_frames(d / "in.mp4", times)
+    assert decoded < 45  # the non-reference B-frames in between were skipped by the decoder
 
 
 def test_other_rates_channels_codecs_and_sizes_are_converted(tmp_path, model_dir, codec_dir):

@@ -2,6 +2,7 @@
 
 - `reports`: the reports and the constants and helpers the others share;
 - `probe`: one media file, as PyAV and soundfile see it;
+- `manifest`: the JSONL manifest, read into the same sample parts (`SampleFiles`) a folder gives;
 - `validate`: every sample checked, the probe cache, the fingerprint, the samples to train on;
 - `prepare`: samples to model inputs, keyed by their settings;
 - `dataset`: prepared samples read back, one file per item (a torch Dataset), and each rank's batches;
@@ -9,7 +10,8 @@
 
 What the rest of vss uses is re-exported here (`from vss_core import data; data.validate_dataset(...)`).
 
-The user's contract: `<root>/<sample>/{in.mp4, in.wav, out.wav}`.
+The user's contract: `<root>/<sample>/{in.mp4, in.wav, out.wav}`, or a JSONL manifest naming each
+sample's files wherever they live (`manifest`: one sample per line, paths relative to it).
 
 - `validate_dataset(cfg)` checks every sample and reports every problem of every sample; it never
   raises for a bad sample. Each file must be a regular, non-empty file inside the root (a symlink
@@ -54,6 +56,7 @@ from vss_core.data.reports import (
     AudioInfo,
     DatasetReport,
     PreparedDataset,
+    SampleFiles,
     SampleReport,
     VideoInfo,
 )
@@ -73,6 +76,7 @@ __all__ = [
     "PreparedDataset",
     "PreparedSamples",
     "RankBatches",
+    "SampleFiles",
     "SampleReport",
     "VideoInfo",
     "check_data_changed",

@@ -4,6 +4,7 @@ reading them back."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import fcntl
@@ -35,6 +36,7 @@ from vss_core.data.reports import (
     SAMPLE_FILES,
     TEXT_FILES,
     PreparedDataset,
+    SampleFiles,
     SampleReport,
     VideoInfo,
     _error_text,
@@ -124,14 +126,27 @@ def _preprocessing_files(model_dir: Path) -> list[Path]:
 _PREPARERS: dict[tuple[str, str | None, str, str | None], _Preparer] = {}
 
 
+def _file_stamps(paths: list[Path]) -> str:
+    """(name, size, mtime) of each file, as text: a cheap key that changes whenever a file is rewritten
+    (hashing a real tokenizer.json per sample cost more than preparing the sample's audio)."""
+    stamps = []
+    for path in paths:
+        try:
+            st = path.stat()
+            stamps.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            stamps.append(f"{path.name}:<missing>")
+    return ";".join(stamps)
+
+
 def _preparer(model_dir: Path, codec_dir: Path | None) -> _Preparer:
     """The preparer of these directories, reused within a process while their files are unchanged
-    (keyed by the files' content, so an edited config or cmvn is never served from memory)."""
+    (keyed by each file's size and mtime, so an edited config or cmvn is never served from memory)."""
     codec_key = None if codec_dir is None else codec_lib.encoder_fingerprint(codec_dir)
     key = (
         str(model_dir),
         None if codec_dir is None else str(codec_dir),
-        _file_digest(_preprocessing_files(Path(model_dir))),
+        _file_stamps(_preprocessing_files(Path(model_dir))),
         codec_key,
     )
     if key not in _PREPARERS:
@@ -152,45 +167,116 @@ def _frame_to_array(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
+def _frame_plan(
+    packets: list[tuple[int, bool]], thresholds: list[float], time_base: Any
+) -> tuple[list[int], list[int]]:
+    """Which frame each timestamp shows, and which packets must be decoded to get those frames.
+
+    packets: (pts, is_keyframe) in decode order. A frame is shown at a timestamp when it is the first
+    whose own time (pts x time_base) reaches the threshold (the timestamp less half a frame); past the
+    end, the last frame. Returns the pts chosen per threshold and the indices (decode order) of the
+    packets to decode: for each chosen frame, everything from the keyframe before it up to it, since a
+    frame only refers to packets before it in decode order.
+    """
+    by_time = sorted(pts for pts, _ in packets)
+    chosen = []
+    for threshold in thresholds:
+        later = next((pts for pts in by_time if float(pts * time_base) >= threshold), None)
+        chosen.append(by_time[-1] if later is None else later)
+    index = {pts: i for i, (pts, _) in enumerate(packets)}
+    needed: set[int] = set()
+    for pts in set(chosen):
+        end = index[pts]
+        begin = next((i for i in range(end, -1, -1) if packets[i][1]), 0)
+        needed.update(range(begin, end + 1))
+    return chosen, sorted(needed)
+
+
 def _read_frames(path: Path, times: list[float]) -> tuple[list[np.ndarray], int]:
     """The frame shown at each timestamp, and how many frames were decoded to get them.
 
-    Seeks near each timestamp instead of decoding the whole clip, and stops after the last one:
-    only the frames between a keyframe and a wanted frame are decoded.
+    The packets are read first (no decoding) up to the last frame that can be wanted; then only the
+    packets from the keyframe before each wanted frame up to it are decoded (`_frame_plan`), and among
+    those the decoder skips the frames no other frame refers to (`skip_frame=NONREF`, e.g. most
+    B-frames) unless one is wanted. A jump between keyframes drains and flushes the decoder, as a
+    seek would. Every frame returned is bit-identical to the one decoding the whole clip gives
+    (tests/unit/test_data.py and bench/bench_data.py compare them).
     """
-    seek_gap = 2.0  # seconds: closer targets are reached by decoding on, farther ones by seeking
-    out: list[np.ndarray] = []
-    decoded = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         tb = stream.time_base
         start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         half = 0.5 / rate if rate else 1e-3
-        frames_iter = None
-        current, current_t, exhausted = None, -math.inf, False
-        for ts in times:
-            target = start + ts
-            if frames_iter is None or (not exhausted and target - current_t > seek_gap):
-                if tb is not None:
-                    container.seek(int(target / tb), stream=stream, backward=True, any_frame=False)
-                frames_iter = container.decode(stream)
-                current, current_t, exhausted = None, -math.inf, False
-            while current is None or current_t < target - half:
-                nxt = None if exhausted else next(frames_iter, None)
-                if nxt is None:
-                    exhausted = True
-                    break
-                current = nxt
-                decoded += 1
-                current_t = float(nxt.time) if nxt.time is not None else current_t + (1 / rate if rate else 0.0)
-            if current is not None:
-                out.append(_frame_to_array(current))
-            elif out:
-                out.append(out[-1])  # past the end: repeat the last frame
-    if not out:
-        raise DatasetError(f"{path}: no video frame could be decoded")
-    return out, decoded
+        thresholds = [start + t - half for t in times]
+        packets: list[av.Packet] = []
+        last_threshold, reaching = max(thresholds), None  # reaching: earliest pts known to reach it
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            if packet.pts is None or tb is None:
+                return _read_frames_linear(path, thresholds)  # no timestamps to plan by
+            # Every later packet has pts >= dts >= this dts: no later packet can be a wanted frame.
+            if reaching is not None and packet.dts is not None and packet.dts >= reaching:
+                break
+            packets.append(packet)
+            if float(packet.pts * tb) >= last_threshold and (reaching is None or packet.pts < reaching):
+                reaching = packet.pts
+        if not packets:
+            raise DatasetError(f"{path}: no video frame could be decoded")
+        chosen, needed = _frame_plan([(q.pts, q.is_keyframe) for q in packets], thresholds, tb)
+        wanted = set(chosen)
+        codec = stream.codec_context  # slice threads only (PyAV's default): skip_frame applies per packet
+        got: dict[int, av.VideoFrame] = {}
+        decoded = 0
+
+        def take(frames: list[av.VideoFrame]) -> None:
+            nonlocal decoded
+            decoded += len(frames)
+            got.update((f.pts, f) for f in frames if f.pts in wanted)
+
+        previous = None
+        for i in needed:
+            if previous is not None and i != previous + 1:  # a jump to the next keyframe
+                take(codec.decode(None))
+                codec.flush_buffers()
+            codec.skip_frame = "DEFAULT" if packets[i].pts in wanted else "NONREF"
+            take(codec.decode(packets[i]))
+            previous = i
+        codec.skip_frame = "DEFAULT"
+        take(codec.decode(None))
+    missing = [t for t, pts in zip(times, chosen) if pts not in got]
+    if missing:
+        raise DatasetError(
+            f"{path}: the frames at {', '.join(f'{t:g} s' for t in missing)} could not be decoded; "
+            "the video is damaged: re-encode it (e.g. ffmpeg -i in.mp4 -c:v libx264 fixed.mp4)"
+        )
+    return [_frame_to_array(got[pts]) for pts in chosen], decoded
+
+
+def _read_frames_linear(path: Path, thresholds: list[float]) -> tuple[list[np.ndarray], int]:
+    """The fallback for streams without timestamps: decode from the start, stopping after the last
+    wanted frame; a frame is shown once its time reaches a threshold (frames without a time are
+    counted on at the stream's rate)."""
+    out: list[np.ndarray | None] = [None] * len(thresholds)
+    pending = sorted(range(len(thresholds)), key=thresholds.__getitem__)
+    decoded, last = 0, None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        step = 1 / float(stream.average_rate or stream.guessed_rate or 25)
+        for frame in container.decode(stream):
+            decoded += 1
+            last = frame
+            t = float(frame.time) if frame.time is not None else (decoded - 1) * step
+            while pending and t >= thresholds[pending[0]]:
+                out[pending.pop(0)] = _frame_to_array(frame)
+            if not pending:
+                break
+        if last is None:
+            raise DatasetError(f"{path}: no video frame could be decoded")
+        for i in pending:  # past the end: the last frame
+            out[i] = _frame_to_array(last)
+    return out, decoded  # type: ignore[return-value]
 
 
 def _read_mono(path: Path, rate: int, seconds: float) -> torch.Tensor:
@@ -203,10 +289,19 @@ def _read_mono(path: Path, rate: int, seconds: float) -> torch.Tensor:
     return wave[: int(seconds * rate)].contiguous()
 
 
-def read_target(sample_dir: Path, rate: int, cfg: DataConfig) -> tuple[torch.Tensor, str | None]:
+def read_target(sample: SampleFiles | Path, rate: int, cfg: DataConfig) -> tuple[torch.Tensor, str | None]:
     """A sample's target as training saw it: out.wav mono at `rate`, cropped to data.crop_seconds, and
-    its transcript out.txt (None when absent). For the evaluate stage."""
-    return _read_mono(Path(sample_dir) / "out.wav", rate, cfg.crop_seconds), _read_text(Path(sample_dir) / "out.txt")
+    its transcript out.txt (None when absent). For the evaluate stage. `sample`: a sample's parts
+    (`SampleReport` is one), or a sample folder."""
+    sample = sample if isinstance(sample, SampleFiles) else SampleFiles.in_folder(sample)
+    return _read_mono(_part(sample, "out.wav"), rate, cfg.crop_seconds), sample.text("out.txt")
+
+
+def _part(sample: SampleFiles, role: str) -> Path:
+    path = sample.file(role)
+    if path is None:
+        raise DatasetError(f"the sample has no {role}")
+    return path
 
 
 def _video_duration(video: VideoInfo | None, crop_seconds: float) -> float:
@@ -217,15 +312,8 @@ def _video_duration(video: VideoInfo | None, crop_seconds: float) -> float:
     return min(duration, crop_seconds) if duration > 0 else 0.0
 
 
-def _read_text(path: Path) -> str | None:
-    """An optional text file of a sample (out.txt, in.txt, system.txt), stripped; None when absent."""
-    if not path.is_file():
-        return None
-    return path.read_text(encoding="utf-8").strip()
-
-
 def _prepare_inputs(
-    sample_dir: Path, s: dict[str, Any], duration_s: float, prep: _Preparer, normalize: bool = True
+    sample: SampleFiles, s: dict[str, Any], duration_s: float, prep: _Preparer, normalize: bool = True
 ) -> dict[str, Any]:
     """The model inputs of one sample's in.mp4 / in.wav (and optional in.txt / system.txt).
 
@@ -238,9 +326,9 @@ def _prepare_inputs(
     from vss_core.model import vision as vision_lib
 
     times = _frame_times(s["video_frames"], s["video_fps"], duration_s)
-    frames, _ = _read_frames(sample_dir / "in.mp4", times)
+    frames, _ = _read_frames(_part(sample, "in.mp4"), times)
     pixel_values, grids, pads = vision_lib.preprocess_frames(frames, prep.vision, is_video=True, normalize=normalize)
-    wave = _read_mono(sample_dir / "in.wav", s["sample_rate"], s["crop_seconds"])
+    wave = _read_mono(_part(sample, "in.wav"), s["sample_rate"], s["crop_seconds"])
     feats, mask = prep.features(wave[None], torch.tensor([wave.shape[0]]))
     features = feats[0, : int(mask[0].sum())]
     return {
@@ -249,8 +337,8 @@ def _prepare_inputs(
         "audio_features": features.contiguous(),
         # each frame pair is timed by its first frame (official data/utils.py refix_frame_index)
         "frame_pairs": [(times[2 * k], n) for k, n in enumerate(pads)],
-        "system": _read_text(sample_dir / "system.txt"),
-        "instruction": _read_text(sample_dir / "in.txt"),
+        "system": sample.text("system.txt"),
+        "instruction": sample.text("in.txt"),
     }
 
 
@@ -272,17 +360,17 @@ def _sequence(
 def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     """Prepare one sample into job['out'] atomically (in this process or a worker)."""
     s = job["settings"]
-    sample_dir = Path(job["path"])
+    sample = SampleFiles.model_validate(job["sample"])
     prep = _preparer(Path(job["model_dir"]), Path(job["codec_dir"]))
-    inputs = _prepare_inputs(sample_dir, s, job["duration_s"], prep, normalize=False)
+    inputs = _prepare_inputs(sample, s, job["duration_s"], prep, normalize=False)
     for key in ("pixel_values", "audio_features"):
         if not torch.isfinite(inputs[key]).all():  # never write a file that would train on NaN
             raise DatasetError(
-                f"{key} of {sample_dir} are not finite (NaN/Inf); check in.mp4 and in.wav decode to sane values"
+                f"{key} of {job['where']} are not finite (NaN/Inf); check in.mp4 and in.wav decode to sane values"
             )
-    target = _read_mono(sample_dir / "out.wav", prep.codec.sample_rate, s["crop_seconds"])
+    target = _read_mono(_part(sample, "out.wav"), prep.codec.sample_rate, s["crop_seconds"])
     codes = prep.codec.encode(target).to(torch.int64)
-    seq = _sequence(prep, inputs, codes, _read_text(sample_dir / "out.txt"))
+    seq = _sequence(prep, inputs, codes, sample.text("out.txt"))
     item = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq | {"codes": codes.contiguous()}
     # frames stay uint8 (4x smaller); the file carries how to normalise them (dataset.decode_item)
     norm = {
@@ -294,9 +382,10 @@ def _prepare_one(job: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
     return job["name"], job["key"], shapes_of(item) | {"bytes": out.stat().st_size}
 
 
-def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[str, Any]:
+def prepare_inputs(sample: Path | SampleFiles, cfg: DataConfig, model_dir: Path) -> dict[str, Any]:
     """One sample's prompt, prepared exactly as `prepare_dataset` prepares a sample (for inference).
 
+    `sample`: a sample folder, or a sample's parts (a `SampleReport` of a folder or a manifest line).
     Only in.mp4 and in.wav (and the optional in.txt / system.txt) are read; out.wav is neither needed
     nor read. Returns the official prompt up to `VOICE ASSISTANT:` (`sequence.SEQUENCE_KEYS`) with
     `pixel_values`, `grid_shapes` and `audio_features`, as in a prepared sample file.
@@ -306,19 +395,22 @@ def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[s
             (all problems listed).
         ModelError: the checkpoint's vision/audio preprocessing config is missing or invalid.
     """
-    sample_dir = Path(sample_dir)
-    if not sample_dir.is_dir():
+    folder = None if isinstance(sample, SampleFiles) else Path(sample)
+    if folder is not None and not folder.is_dir():
         raise DatasetError(
-            f"sample {sample_dir}: not a directory; point at one sample folder holding in.mp4 and in.wav "
+            f"sample {folder}: not a directory; point at one sample folder holding in.mp4 and in.wav "
             f"(e.g. data/train/01). To get one, {_DEMO_FIX}"
         )
-    # No dataset root here: the folder may live anywhere, so every link target counts as inside.
-    present, problems, _ = _locate(sample_dir, Path(sample_dir.resolve().anchor), files=("in.mp4", "in.wav"))
+    parts = SampleFiles.in_folder(folder) if folder is not None else sample
+    where = str(folder) if folder is not None else str(parts.file("in.mp4"))
+    # No dataset root here: the sample may live anywhere, so every link target counts as inside.
+    anchor = Path(Path(where).resolve().anchor)
+    present, problems, _ = _locate(parts, anchor, folder, roles=("in.mp4", "in.wav"))
     probe = _probe(present)
     problems += probe["problems"]
     if problems:
         raise DatasetError(
-            f"sample {sample_dir} cannot be used:\n{bullet_list(problems)}\n"
+            f"sample {where} cannot be used:\n{bullet_list(problems)}\n"
             "Add or fix the files (a sample folder holds in.mp4 and in.wav)."
         )
     prep = _preparer(Path(model_dir), None)
@@ -329,7 +421,7 @@ def prepare_inputs(sample_dir: Path, cfg: DataConfig, model_dir: Path) -> dict[s
         "sample_rate": cfg.sample_rate,
     }
     video = VideoInfo.model_validate(probe["video"])
-    inputs = _prepare_inputs(sample_dir, settings, _video_duration(video, cfg.crop_seconds), prep)
+    inputs = _prepare_inputs(parts, settings, _video_duration(video, cfg.crop_seconds), prep)
     seq = _sequence(prep, inputs, None, None)
     return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)} | seq
 
@@ -367,15 +459,20 @@ def _cached(path: Path, entry: dict[str, Any] | None, key: str) -> dict[str, int
         return None
 
 
-def _file_stats(sample_dir: Path) -> list[tuple[str, int, int]]:
-    """(name, size, mtime_ns) of each sample file, following links: what a prepared file is keyed on."""
-    stats = []
+def _file_stats(sample: SampleFiles) -> list[tuple[str, Any, Any]]:
+    """(role, size, mtime_ns) of each sample file, following links, and the inline texts: what a
+    prepared file is keyed on."""
+    stats: list[tuple[str, Any, Any]] = []
     for fname in SAMPLE_FILES + TEXT_FILES:
+        if fname in sample.texts:
+            stats.append((fname, "text", hashlib.sha256(sample.texts[fname].encode()).hexdigest()))
+            continue
+        path = sample.file(fname)
         try:
-            st = (sample_dir / fname).stat()
-            stats.append((fname, st.st_size, st.st_mtime_ns))
+            st = path.stat() if path is not None else None
         except OSError:
-            stats.append((fname, -1, -1))
+            st = None
+        stats.append((fname, st.st_size, st.st_mtime_ns) if st is not None else (fname, -1, -1))
     return stats
 
 
@@ -461,6 +558,94 @@ def _remove_stale_temps(out_dir: Path) -> list[str]:
     return removed
 
 
+def _ready() -> bool:
+    """A no-op a pool worker answers once it has started (imported torch and vss)."""
+    return True
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_jobs(
+    jobs: list[dict[str, Any]], workers: int, failures: list[str], *, share: bool = True
+) -> dict[str, tuple[str, dict[str, int]]]:
+    """Prepare the jobs on `workers` processes: this one and workers - 1 pool workers.
+
+    A spawned worker takes seconds to start (importing torch and transformers: ~5 s here), as long
+    as preparing a few dozen samples. So this process prepares from the back of the list from the
+    start, and a worker is handed a job (from the front) only once it has answered it is up: a small
+    dataset is done before any worker could help and waits for none of them (their start is left to
+    finish on its own), a large one is shared by all. Each failure is appended to `failures`.
+    share=False: this process prepares nothing (the tests' way to make the workers do it all).
+    """
+    results: dict[str, tuple[str, dict[str, int]]] = {}
+
+    def record(job: dict[str, Any], run) -> None:
+        try:
+            name, key, shapes = run()
+            results[name] = (key, shapes)
+        except Exception as exc:  # noqa: BLE001 - collected and raised once by the caller
+            failures.append(f"{job['name']}: {_error_text(exc)}")
+
+    if workers <= 1:
+        for job in jobs:
+            record(job, lambda job=job: _prepare_one(job))
+        return results
+    pending = collections.deque(jobs)
+    # spawn, not fork: the caller may hold threads (Prefect, torch's pools) that fork does not copy safely.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers - 1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
+    )
+    hellos = {pool.submit(_ready) for _ in range(workers - 1)}
+    in_flight: dict[concurrent.futures.Future, dict[str, Any]] = {}
+    up = 0
+
+    def collect(timeout: float | None) -> None:
+        nonlocal up
+        done, _ = concurrent.futures.wait([*hellos, *in_flight], timeout=timeout, return_when="FIRST_COMPLETED")
+        for fut in done:
+            if fut in hellos:
+                hellos.discard(fut)
+                up += fut.exception() is None
+            else:
+                record(in_flight.pop(fut), fut.result)
+        while pending and len(in_flight) < up:  # one job per worker that is up
+            try:
+                fut = pool.submit(_prepare_one, pending[0])
+            except concurrent.futures.process.BrokenProcessPool:  # a worker died: the rest is done here
+                up = 0
+                break
+            in_flight[fut] = pending.popleft()
+
+    try:
+        with _torch_threads(1):  # one core here, as in each worker
+            while pending and share:
+                job = pending.pop()
+                record(job, lambda job=job: _prepare_one(job))
+                collect(timeout=0)
+        while in_flight or pending:
+            if not in_flight and not hellos and not up:  # no worker can help (the pool broke)
+                with _torch_threads(1):
+                    while pending:
+                        job = pending.pop()
+                        record(job, lambda job=job: _prepare_one(job))
+                break
+            collect(timeout=None)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
 def prepare_dataset(
     samples: list[SampleReport],
     cfg: DataConfig,
@@ -529,7 +714,7 @@ def _prepare_locked(
 
     jobs, reused, results = [], [], {}
     for s in good:
-        key = _sha256_json({"files": _file_stats(Path(s.path)), "settings": settings_key})
+        key = _sha256_json({"files": _file_stats(s), "settings": settings_key})
         out = out_dir / f"{s.name}.pt"
         shapes = _cached(out, old_entries.get(s.name), key)
         if shapes is not None:
@@ -540,7 +725,8 @@ def _prepare_locked(
         jobs.append(
             {
                 "name": s.name,
-                "path": s.path,
+                "sample": SampleFiles(files=s.files, texts=s.texts).model_dump(),
+                "where": s.path,
                 "duration_s": duration,
                 "settings": settings,
                 "model_dir": str(model_dir),
@@ -550,28 +736,9 @@ def _prepare_locked(
             }
         )
 
-    failures = []
     workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
-    if workers <= 1:
-        for job in jobs:
-            try:
-                name, key, shapes = _prepare_one(job)
-                results[name] = (key, shapes)
-            except Exception as exc:  # noqa: BLE001 - collected and raised once below
-                failures.append(f"{job['name']}: {_error_text(exc)}")
-    elif jobs:
-        # spawn, not fork: the caller may hold threads (Prefect, torch's pools) that fork does not copy safely.
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
-        ) as pool:
-            futures = {pool.submit(_prepare_one, job): job["name"] for job in jobs}
-            for fut in concurrent.futures.as_completed(futures):
-                try:
-                    name, key, shapes = fut.result()
-                    results[name] = (key, shapes)
-                except Exception as exc:  # noqa: BLE001
-                    failures.append(f"{futures[fut]}: {_error_text(exc)}")
+    failures: list[str] = []
+    results.update(_run_jobs(jobs, workers, failures))
     if failures:
         raise DatasetError(
             f"data: {len(failures)} samples failed to prepare into {out_dir}:\n{bullet_list(sorted(failures))}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
@@ -24,7 +25,10 @@ FLOOR_DBFS = -120.0  # the level reported for digital silence (JSON has no -inf)
 # samples by 32768 and squares them in float32 (1e20 x 32768 squared is inf), and the fbank turns NaN.
 # 16 (+24 dBFS) is far beyond any clipping a real recording shows, and far below any overflow.
 MAX_FLOAT_PEAK = 16.0
-_DEMO_FIX = "generate a demo dataset with `vss demo-data DIR`, or point data.root at a directory of sample folders"
+_DEMO_FIX = (
+    "generate a demo dataset with `vss demo-data DIR`, or point data.root at a directory of sample folders "
+    "or at a .jsonl manifest"
+)
 
 
 # --- helpers every data module uses ---------------------------------------------------------------
@@ -63,9 +67,36 @@ class AudioInfo(BaseModel):
     rms_dbfs: float = Field(FLOOR_DBFS, description="RMS level of the whole file over all channels (dBFS).")
 
 
-class SampleReport(BaseModel):
+class SampleFiles(BaseModel):
+    """Where one sample's parts are, by the role file name of the folder layout (`SAMPLE_FILES`,
+    `TEXT_FILES`): a sample folder's own files, or a manifest line's paths and inline texts."""
+
+    files: dict[str, str] = Field(default_factory=dict, description="Role (in.mp4, in.wav, ...) -> file path.")
+    texts: dict[str, str] = Field(default_factory=dict, description="Role (out.txt, ...) -> text, from a manifest.")
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> SampleFiles:
+        """The folder layout: `folder/in.mp4`, `folder/in.wav`, ... (the texts where present)."""
+        return cls(files={name: str(Path(folder) / name) for name in SAMPLE_FILES + TEXT_FILES})
+
+    def file(self, role: str) -> Path | None:
+        """The file of a role, or None when this sample has none for it."""
+        return Path(self.files[role]) if role in self.files else None
+
+    def text(self, role: str) -> str | None:
+        """An optional text (out.txt, in.txt, system.txt), stripped: inline, or read from its file
+        (UTF-8); None when absent."""
+        if role in self.texts:
+            return self.texts[role].strip()
+        path = self.file(role)
+        if path is None or not path.is_file():
+            return None
+        return path.read_text(encoding="utf-8").strip()
+
+
+class SampleReport(SampleFiles):
     name: str
-    path: str
+    path: str = Field(description="The sample folder, or `<manifest>:<line>` for a manifest's sample.")
     problems: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list, description="Not fatal, e.g. a file cropped to data.max_seconds.")
     video: VideoInfo | None = None

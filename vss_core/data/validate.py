@@ -15,6 +15,7 @@ from typing import Any
 
 from vss_core.atomic import write_json_atomic
 from vss_core.config import DataConfig
+from vss_core.data import manifest as manifest_lib
 from vss_core.data.probe import _probe_video, _probe_wav
 from vss_core.data.reports import (
     _DEMO_FIX,
@@ -24,6 +25,7 @@ from vss_core.data.reports import (
     TEXT_FILES,
     AudioInfo,
     DatasetReport,
+    SampleFiles,
     SampleReport,
     VideoInfo,
     _error_text,
@@ -46,19 +48,21 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _locate(
-    sample_dir: Path, root: Path, files: tuple[str, ...] = SAMPLE_FILES
+    sample: SampleFiles, root: Path, folder: Path | None = None, roles: tuple[str, ...] = SAMPLE_FILES
 ) -> tuple[dict[str, Path], list[str], list[tuple[str, Any]]]:
     """Stat-level checks of one sample: which files can be probed, the problems, and the stat key rows.
 
     Links are followed only when they stay inside `root` (resolved); a plain file in a plain folder
-    under the root is inside by construction, so only links cost a path resolution.
+    under the root is inside by construction, so only links cost a path resolution. `folder`: the
+    sample folder of the folder layout (itself checked the same way); None for a manifest's sample,
+    whose files are named by path (problems then name the path too).
     """
     present: dict[str, Path] = {}
     problems: list[str] = []
     rows: list[tuple[str, Any]] = []
-    if sample_dir.is_symlink():
+    if folder is not None and folder.is_symlink():
         try:
-            real_dir = sample_dir.resolve()
+            real_dir = folder.resolve()
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
             problems.append(
                 f"the sample folder is a link that cannot be followed ({_link_error(exc)}); replace it "
@@ -71,16 +75,21 @@ def _locate(
                 "copy the files into the root instead of linking them"
             )
             return present, problems, [("dir", str(real_dir))]
-    for fname in files:
-        f = sample_dir / fname
-        try:
-            st = os.lstat(f)
-        except FileNotFoundError:
+    for fname in roles:
+        f = sample.file(fname)
+        label = fname if folder is not None or f is None else f"{fname} ({f})"
+        if f is None:
             problems.append(f"{fname} is missing")
             rows.append((fname, "missing"))
             continue
+        try:
+            st = os.lstat(f)
+        except FileNotFoundError:
+            problems.append(f"{label} is missing")
+            rows.append((fname, "missing"))
+            continue
         except OSError as exc:
-            problems.append(f"{fname} cannot be read ({_error_text(exc)})")
+            problems.append(f"{label} cannot be read ({_error_text(exc)})")
             rows.append((fname, "unreadable"))
             continue
         real = f
@@ -88,12 +97,12 @@ def _locate(
             try:
                 real = f.resolve()
             except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-                problems.append(f"{fname} is a link that leads nowhere ({_link_error(exc)}); replace it with the file")
+                problems.append(f"{label} is a link that leads nowhere ({_link_error(exc)}); replace it with the file")
                 rows.append((fname, "broken link"))
                 continue
             if not _inside(real, root):
                 problems.append(
-                    f"{fname} is a link to {real}, outside the dataset root {root}: "
+                    f"{label} is a link to {real}, outside the dataset root {root}: "
                     "copy the file into the sample folder instead of linking it"
                 )
                 rows.append((fname, "outside"))
@@ -101,14 +110,14 @@ def _locate(
             try:
                 st = real.stat()
             except OSError as exc:
-                problems.append(f"{fname} is a link that leads nowhere ({_link_error(exc)})")
+                problems.append(f"{label} is a link that leads nowhere ({_link_error(exc)})")
                 rows.append((fname, "broken link"))
                 continue
         rows.append((fname, st.st_size, st.st_mtime_ns, st.st_ino))
         if not stat.S_ISREG(st.st_mode):
-            problems.append(f"{fname} is not a regular file")
+            problems.append(f"{label} is not a regular file")
         elif st.st_size == 0:
-            problems.append(f"{fname} is empty (0 bytes)")
+            problems.append(f"{label} is empty (0 bytes)")
         else:
             present[fname] = real
     return present, problems, rows
@@ -165,12 +174,16 @@ def _apply_limits(report: SampleReport, cfg: DataConfig) -> None:
                 )
 
 
-def _sample_key(sample_dir: Path, root: Path, cfg: DataConfig) -> tuple[dict[str, Path], list[str], list[Any], str]:
+def _sample_key(
+    sample: SampleFiles, root: Path, folder: Path | None, cfg: DataConfig
+) -> tuple[dict[str, Path], list[str], list[Any], str]:
     """Stat-level checks of one sample and its cache key (with content hashes where asked)."""
-    present, problems, rows = _locate(sample_dir, root)
+    present, problems, rows = _locate(sample, root, folder)
     for fname in TEXT_FILES:  # the optional texts are training targets too: a change is a data change
-        path = sample_dir / fname
-        if path.is_file():
+        path = sample.file(fname)
+        if fname in sample.texts:  # inline in a manifest: its content is the key
+            rows.append((fname, hashlib.sha256(sample.texts[fname].encode()).hexdigest()))
+        elif path is not None and path.is_file():
             st = path.stat()
             rows.append(
                 (fname, st.st_size, st.st_mtime_ns, st.st_ino)
@@ -192,19 +205,21 @@ def _fingerprint(mode: str, samples: list[tuple[str, list[Any]]]) -> str:
     return _sha256_json({"mode": mode, "samples": rows})
 
 
-def _sample_report(sample_dir: Path, problems: list[str], probe: dict[str, Any], cfg: DataConfig) -> SampleReport:
+def _sample_report(
+    name: str, where: str, sample: SampleFiles, problems: list[str], probe: dict[str, Any], cfg: DataConfig
+) -> SampleReport:
     """A sample's report from its stat problems and its probe, with the configured rules applied.
 
     Raises:
         ValueError, KeyError, TypeError: the probe is malformed (a damaged cache entry).
     """
-    report = SampleReport(name=sample_dir.name, path=str(sample_dir), problems=list(problems))
+    report = SampleReport(name=name, path=where, files=sample.files, texts=sample.texts, problems=list(problems))
     report.problems += [str(p) for p in probe["problems"]]
     report.video = VideoInfo.model_validate(probe["video"]) if probe["video"] else None
     report.in_audio = AudioInfo.model_validate(probe["in_audio"]) if probe["in_audio"] else None
     report.out_audio = AudioInfo.model_validate(probe["out_audio"]) if probe["out_audio"] else None
     _apply_limits(report, cfg)
-    _check_texts(report, sample_dir, cfg)
+    _check_texts(report, cfg)
     return report
 
 
@@ -224,18 +239,19 @@ _SPECIAL_STRINGS = (
 )
 
 
-def _check_texts(report: SampleReport, sample_dir: Path, cfg: DataConfig) -> None:
+def _check_texts(report: SampleReport, cfg: DataConfig) -> None:
     """The optional texts: UTF-8, no special strings of the model's template, a transcript that can
     fit in the answer (a segment of N codec frames has N + 1 text positions, `vss_core.sequence`)."""
     for fname in TEXT_FILES:
-        path = sample_dir / fname
-        if not path.is_file():
-            continue
-        raw = path.read_bytes()
         try:
-            text = raw.decode("utf-8").strip()
+            text = report.text(fname)
         except UnicodeDecodeError as exc:
             report.problems.append(f"{fname} is not UTF-8 text (byte {exc.start}); save it as UTF-8")
+            continue
+        except OSError as exc:
+            report.problems.append(f"{fname} cannot be read ({_error_text(exc)})")
+            continue
+        if text is None:
             continue
         specials = [t for t in _SPECIAL_STRINGS if t in text]
         if specials:
@@ -292,23 +308,33 @@ def _read_cache(path: Path | None, root: Path) -> dict[str, Any]:
 # --- the dataset ----------------------------------------------------------------------------------
 
 
-def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetReport:
-    """Check every sample under cfg.root and report each one's problems (never raises for a sample).
+class _Listed:
+    """One sample as found: its name, where it was listed, its parts, and its folder (folder layout)."""
 
-    Probes run on cfg.workers threads (0 = one per CPU core). A sample whose files have the same
-    size, mtime and inode (or, with data.fingerprint=content, the same sha256) as in the validation
-    cache is not decoded again; the duration and silence rules are re-applied to its cached facts.
-    The cache lives in `cache_dir` when given, else in data.validation_cache; it is never written
-    into the dataset, and a cache that cannot be written costs only a warning.
+    __slots__ = ("folder", "name", "sample", "where")
+
+    def __init__(self, name: str, where: str, sample: SampleFiles, folder: Path | None) -> None:
+        self.name, self.where, self.sample, self.folder = name, where, sample, folder
+
+
+def _list_samples(cfg: DataConfig) -> tuple[Path, list[_Listed], list[str]]:
+    """The dataset's samples: (root as reported, the samples, extra entries the folder layout ignores).
 
     Raises:
-        DatasetError: the root does not exist, is not a directory, or holds no sample folders.
+        DatasetError: the root does not exist, is neither a folder nor a .jsonl manifest, holds no
+            sample, or the manifest has bad lines.
     """
     given = Path(cfg.root)
     if not given.exists():
         raise DatasetError(f"data.root={cfg.root!r}: {given.absolute()} does not exist. Fix: {_DEMO_FIX}.")
+    if manifest_lib.is_manifest(given):
+        listed = [_Listed(n, w, sf, None) for n, w, sf in manifest_lib.read_manifest(given)]
+        return given.resolve(), listed, []
     if not given.is_dir():
-        raise DatasetError(f"data.root={cfg.root!r}: {given.absolute()} is not a directory. Fix: {_DEMO_FIX}.")
+        raise DatasetError(
+            f"data.root={cfg.root!r}: {given.absolute()} is neither a directory nor a {manifest_lib.SUFFIX} "
+            f"manifest. Fix: {_DEMO_FIX}."
+        )
     root = given.resolve()
     entries = sorted(given.iterdir(), key=lambda p: p.name)
     sample_dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
@@ -317,39 +343,8 @@ def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetR
             f"data.root={cfg.root!r}: {root} holds no sample folders "
             f"(<root>/<sample>/{{{','.join(SAMPLE_FILES)}}}). Fix: {_DEMO_FIX}."
         )
-    cache_path = _cache_file(cfg, root, cache_dir)
-    cached = _read_cache(cache_path, root)
-
-    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(sample_dirs)))
-    # Threads, not processes: hashing, PyAV and libsndfile work outside the GIL, and threads start
-    # free. Stat-only keys are cheaper than handing work to a thread, so they are taken in line.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        keyed = (
-            list(pool.map(lambda d: _sample_key(d, root, cfg), sample_dirs))
-            if cfg.fingerprint == "content"
-            else [_sample_key(d, root, cfg) for d in sample_dirs]
-        )
-        probes: dict[str, dict[str, Any]] = {}
-        for sample_dir, (_, _, _, key) in zip(sample_dirs, keyed):
-            entry = cached.get(sample_dir.name)
-            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("probe"), dict):
-                probes[sample_dir.name] = entry["probe"]
-        reused = set(probes)
-        misses = [(d, k[0]) for d, k in zip(sample_dirs, keyed) if d.name not in reused]
-        for (sample_dir, _), probe in zip(misses, pool.map(lambda m: _probe(m[1]), misses)):
-            probes[sample_dir.name] = probe
-
-        samples = []
-        for sample_dir, (present, problems, _, _) in zip(sample_dirs, keyed):
-            try:
-                samples.append(_sample_report(sample_dir, problems, probes[sample_dir.name], cfg))
-            except (ValueError, KeyError, TypeError):  # a damaged cache entry: probe the sample again
-                reused.discard(sample_dir.name)
-                probes[sample_dir.name] = _probe(present)
-                samples.append(_sample_report(sample_dir, problems, probes[sample_dir.name], cfg))
-
-    sample_names = {p.name for p in sample_dirs}
-    extras = [p.name for p in entries if p.name not in sample_names]
+    names = {p.name for p in sample_dirs}
+    extras = [p.name for p in entries if p.name not in names]
     for sample_dir in sample_dirs:
         try:
             extras += [
@@ -359,6 +354,60 @@ def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetR
             ]
         except OSError:
             pass  # an unreadable folder already shows as missing files
+    listed = [_Listed(d.name, str(d), SampleFiles.in_folder(d), d) for d in sample_dirs]
+    return root, listed, extras
+
+
+def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetReport:
+    """Check every sample of cfg.root and report each one's problems (never raises for a sample).
+
+    data.root is a folder of sample folders (`<root>/<sample>/{in.mp4,in.wav,out.wav}`) or a .jsonl
+    manifest (`manifest.read_manifest`: one sample per line, files anywhere); both are checked,
+    cached and fingerprinted the same way. Probes run on cfg.workers threads (0 = one per CPU core).
+    A sample whose files have the same size, mtime and inode (or, with data.fingerprint=content, the
+    same sha256) as in the validation cache is not decoded again; the duration and silence rules are
+    re-applied to its cached facts. The cache lives in `cache_dir` when given, else in
+    data.validation_cache; it is never written into the dataset, and a cache that cannot be written
+    costs only a warning.
+
+    Raises:
+        DatasetError: the root does not exist, is neither a directory nor a manifest, holds no sample,
+            or the manifest has bad lines (all listed).
+    """
+    root, listed, extras = _list_samples(cfg)
+    # A manifest names files anywhere (that is what it is for): every link target counts as inside.
+    link_root = root if listed[0].folder is not None else Path(root.anchor)
+    cache_path = _cache_file(cfg, root, cache_dir)
+    cached = _read_cache(cache_path, root)
+
+    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(listed)))
+    # Threads, not processes: hashing, PyAV and libsndfile work outside the GIL, and threads start
+    # free. Stat-only keys are cheaper than handing work to a thread, so they are taken in line.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        keyed = (
+            list(pool.map(lambda x: _sample_key(x.sample, link_root, x.folder, cfg), listed))
+            if cfg.fingerprint == "content"
+            else [_sample_key(x.sample, link_root, x.folder, cfg) for x in listed]
+        )
+        probes: dict[str, dict[str, Any]] = {}
+        for x, (_, _, _, key) in zip(listed, keyed):
+            entry = cached.get(x.name)
+            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("probe"), dict):
+                probes[x.name] = entry["probe"]
+        reused = set(probes)
+        misses = [(x, k[0]) for x, k in zip(listed, keyed) if x.name not in reused]
+        for (x, _), probe in zip(misses, pool.map(lambda m: _probe(m[1]), misses)):
+            probes[x.name] = probe
+
+        samples = []
+        for x, (present, problems, _, _) in zip(listed, keyed):
+            try:
+                samples.append(_sample_report(x.name, x.where, x.sample, problems, probes[x.name], cfg))
+            except (ValueError, KeyError, TypeError):  # a damaged cache entry: probe the sample again
+                reused.discard(x.name)
+                probes[x.name] = _probe(present)
+                samples.append(_sample_report(x.name, x.where, x.sample, problems, probes[x.name], cfg))
+
     warnings = []
     if extras:
         warnings.append(f"ignored {len(extras)} extra entries in {root}: {_summarise(extras)}")
@@ -377,7 +426,7 @@ def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetR
                 {
                     "format": PROBE_FORMAT,
                     "root": str(root),
-                    "samples": {d.name: {"key": k[3], "probe": probes[d.name]} for d, k in zip(sample_dirs, keyed)},
+                    "samples": {x.name: {"key": k[3], "probe": probes[x.name]} for x, k in zip(listed, keyed)},
                 },
                 indent=None,
             )
@@ -390,10 +439,10 @@ def validate_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> DatasetR
         root=str(root),
         samples=samples,
         warnings=warnings,
-        fingerprint=_fingerprint(cfg.fingerprint, [(d.name, k[2]) for d, k in zip(sample_dirs, keyed)]),
+        fingerprint=_fingerprint(cfg.fingerprint, [(x.name, k[2]) for x, k in zip(listed, keyed)]),
         fingerprint_mode=cfg.fingerprint,
         on_invalid=cfg.on_invalid,
-        reused=[d.name for d in sample_dirs if d.name in reused],
+        reused=[x.name for x in listed if x.name in reused],
         cache_path=str(cache_path) if cache_path is not None else None,
     )
 
