@@ -667,48 +667,82 @@ def _gib(n: float) -> float:
     return n / GiB
 
 
-def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
-    """Plan a run on `machine`: figures per resource, verdict, and (when it does not fit and
-    `suggest`) the changes that make it fit, each re-planned."""
-    s, a, b = ins.shape, ins.assumptions, ins.dtype_bytes
+@dataclass(frozen=True)
+class _Run:
+    """The figures of one planned run every resource is computed from (`_derive`)."""
+
+    pc: ParamCounts
+    lc: LoraCount
+    weights: float  # bytes of all weights (+ LoRA) in the training dtype
+    leaf: float  # bytes of one MoE leaf (a layer's experts + router), gathered whole
+    largest: float  # bytes of the largest parameter
+    tokens: int  # sequence tokens per sample
+    pads: int
+    patches: int
+    pairs: int
+    code_frames: int
+    sample: dict[str, int]  # bytes of one prepared sample in memory and on disk
+    cuda: bool
+    zero3: bool
+
+    @property
+    def trainable(self) -> int:
+        return self.lc.params
+
+
+def _derive(ins: PlanInputs) -> _Run:
+    s, b = ins.shape, ins.dtype_bytes
     pc = count_params(s)
     lc = count_lora(s, list(ins.lora_targets), ins.lora_rank)
-    world, ranks = ins.world, ins.gpus_per_node
-    node_share = ranks / world
-    weights = (pc.total + lc.params) * b
-    leaf = (pc.moe_leaf + lc.in_moe_leaf_per_layer) * b
-    largest = pc.largest_param * b
     tokens = sequence_tokens(s, ins.video_frames, ins.audio_seconds, ins.frame_size_px)
     pads, patches = vision_unit(s, ins.video_frames, *ins.frame_size_px)
     pairs, code_frames = math.ceil(ins.video_frames / 2), codec_frames(ins.audio_seconds)
-    t = tokens * ins.micro_batch_size
-    h = s.hidden_size
-    trainable = lc.params
-    cuda = ins.accelerator == "cuda"
-    zero3 = ins.zero_stage == 3
-    notes: list[str] = [*s.notes]
-    notes.append(
-        f"sequence: {pairs} frame pairs of {ins.frame_size_px[0]}x{ins.frame_size_px[1]} -> {pads} "
-        f"<|image_pad|> each ({patches} patches), {audio_in_tokens(s, ins.audio_seconds)} audio tokens "
-        f"(80 ms), {code_frames} codec frames (16.67 Hz) in {code_frames + 1} positions; "
-        f"{TIMESTAMP_TOKENS} tokens per timestamp and {TEXT_TOKENS} of turn text assumed"
-    )
-    cp = codec_parameter_counts()
-    notes.append(
-        f"codec (LongCat-Audio-Codec, official sizes), in no training rank: data preparation runs the semantic "
-        f"tokenizer {cp['semantic_tokenizer'] / 1e6:.1f}M + acoustic encoder {cp['acoustic_encoder'] / 1e6:.2f}M "
-        f"params in one process before training; `vss infer` runs the 16k decoder {cp['decoder_16k'] / 1e6:.2f}M"
+    return _Run(
+        pc=pc,
+        lc=lc,
+        weights=(pc.total + lc.params) * b,
+        leaf=(pc.moe_leaf + lc.in_moe_leaf_per_layer) * b,
+        largest=pc.largest_param * b,
+        tokens=tokens,
+        pads=pads,
+        patches=patches,
+        pairs=pairs,
+        code_frames=code_frames,
+        sample=sample_bytes(s, pairs * patches, audio_in_tokens(s, ins.audio_seconds), code_frames, tokens),
+        cuda=ins.accelerator == "cuda",
+        zero3=ins.zero_stage == 3,
     )
 
-    # -- per rank on the device (GPU memory, or RAM for the CPU accelerator)
+
+def _notes(ins: PlanInputs, r: _Run) -> list[str]:
+    """What the plan's figures rest on, beside the assumptions' own figures."""
+    s = ins.shape
+    cp = codec_parameter_counts()
+    return [
+        *s.notes,
+        f"sequence: {r.pairs} frame pairs of {ins.frame_size_px[0]}x{ins.frame_size_px[1]} -> {r.pads} "
+        f"<|image_pad|> each ({r.patches} patches), {audio_in_tokens(s, ins.audio_seconds)} audio tokens "
+        f"(80 ms), {r.code_frames} codec frames (16.67 Hz) in {r.code_frames + 1} positions; "
+        f"{TIMESTAMP_TOKENS} tokens per timestamp and {TEXT_TOKENS} of turn text assumed",
+        f"codec (LongCat-Audio-Codec, official sizes), in no training rank: data preparation runs the semantic "
+        f"tokenizer {cp['semantic_tokenizer'] / 1e6:.1f}M + acoustic encoder {cp['acoustic_encoder'] / 1e6:.2f}M "
+        f"params in one process before training; `vss infer` runs the 16k decoder {cp['decoder_16k'] / 1e6:.2f}M",
+    ]
+
+
+def _device_items(ins: PlanInputs, r: _Run) -> list[Item]:
+    """Per rank on the device: GPU memory, or RAM for the CPU accelerator."""
+    s, a, b = ins.shape, ins.assumptions, ins.dtype_bytes
+    world, h = ins.world, s.hidden_size
+    t = r.tokens * ins.micro_batch_size
     dev: list[Item] = []
-    if cuda:
+    if r.cuda:
         dev.append(Item(component="CUDA context + NCCL", gib=a.cuda_context_gib, note="assumed"))
-    if not zero3:
-        dev.append(Item(component="frozen weights (whole copy, ZeRO-2 does not partition them)", gib=_gib(weights)))
+    if not r.zero3:
+        dev.append(Item(component="frozen weights (whole copy, ZeRO-2 does not partition them)", gib=_gib(r.weights)))
     elif ins.offload_param == "none":
-        dev.append(Item(component="weight partitions (1/world each)", gib=_gib(weights / world)))
-    if zero3:
+        dev.append(Item(component="weight partitions (1/world each)", gib=_gib(r.weights / world)))
+    if r.zero3:
         gathers = 1 if ins.allgather_sequential else 2
         how = (
             "stage3_allgather_sequential"
@@ -716,21 +750,25 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
             else "coalesced all-gather holds the flat buffer and the per-parameter copies: 2x the leaf"
         )
         dev.append(
-            Item(component="MoE leaf gathered whole (one layer's experts + router)", gib=_gib(leaf * gathers), note=how)
+            Item(
+                component="MoE leaf gathered whole (one layer's experts + router)", gib=_gib(r.leaf * gathers), note=how
+            )
         )
         live = ins.max_live_parameters * b
         prefetch = (ins.prefetch_bucket_size or DS_DEFAULT_PREFETCH) * b
         dev.append(Item(component="other live parameters (stage3_max_live_parameters)", gib=_gib(live)))
         dev.append(Item(component="prefetch bucket", gib=_gib(prefetch)))
         if ins.allgather_sequential:  # the coalesced path frees this before the copies that make its 2x peak
-            dev.append(Item(component="largest parameter's partition staged for its gather", gib=_gib(largest / world)))
-    reduce = min(ins.reduce_bucket_size or DS_DEFAULT_REDUCE, trainable) * b
+            dev.append(
+                Item(component="largest parameter's partition staged for its gather", gib=_gib(r.largest / world))
+            )
+    reduce = min(ins.reduce_bucket_size or DS_DEFAULT_REDUCE, r.trainable) * b
     dev.append(Item(component="gradient reduce buckets (x2)", gib=_gib(2 * reduce)))
     if ins.offload_optimizer == "none":
         dev.append(
             Item(
                 component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param, 1/world)",
-                gib=_gib(16 * trainable / world),
+                gib=_gib(16 * r.trainable / world),
             )
         )
     act = (s.num_layers if ins.activation_checkpointing else 0) * t * h * b
@@ -760,12 +798,12 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
             note="eager attention scores included" if a.attention_scores else "",
         )
     )
-    steps = code_frames + 1
+    steps = r.code_frames + 1
     heads_logits = 2 * s.speech_heads * s.speech_vocab_size * steps * ins.micro_batch_size * 4
-    vis_tok = pairs * patches * ins.micro_batch_size
+    vis_tok = r.pairs * r.patches * ins.micro_batch_size
     enc = vis_tok * s.vision_hidden_size * 8 * b
     dev.append(Item(component="speech-head logits + frozen encoders' transient", gib=_gib(heads_logits + enc)))
-    if cuda:
+    if r.cuda:
         subtotal = sum(i.gib for i in dev)
         dev.append(
             Item(
@@ -774,21 +812,26 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
                 note="assumed",
             )
         )
-    dev_need = sum(i.gib for i in dev)
+    return dev
 
-    # -- CPU RAM per node
+
+def _ram_items(ins: PlanInputs, r: _Run, dev_need: float) -> list[Item]:
+    """CPU RAM per node (the CPU accelerator's ranks hold their device memory here too)."""
+    a, b = ins.assumptions, ins.dtype_bytes
+    world, ranks = ins.world, ins.gpus_per_node
+    node_share = ranks / world
     ram: list[Item] = []
-    if zero3 and ins.offload_param == "cpu":
+    if r.zero3 and ins.offload_param == "cpu":
         what = "whole copy (one node)" if ins.nodes == 1 else f"this node's {ranks}/{world} share"
         ram.append(
             Item(
                 component=f"weight partitions, offloaded ({what})",
-                gib=_gib(weights * node_share),
-                note="pinned" if cuda else "",
+                gib=_gib(r.weights * node_share),
+                note="pinned" if r.cuda else "",
             )
         )
-    if zero3 and ins.offload_param == "nvme":
-        numel = max(DS_DEFAULT_PARAM_BUFFER_SIZE, math.ceil(pc.largest_param / world))
+    if r.zero3 and ins.offload_param == "nvme":
+        numel = max(DS_DEFAULT_PARAM_BUFFER_SIZE, math.ceil(r.pc.largest_param / world))
         count = ins.param_buffer_count or DS_DEFAULT_PARAM_BUFFER_COUNT
         ram.append(
             Item(
@@ -801,22 +844,21 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
         ram.append(
             Item(
                 component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param)",
-                gib=_gib(16 * trainable * node_share),
+                gib=_gib(16 * r.trainable * node_share),
             )
         )
     if ins.offload_optimizer == "nvme":
-        sub = min(ins.sub_group_size or DS_DEFAULT_SUB_GROUP, max(1, trainable // world))
+        sub = min(ins.sub_group_size or DS_DEFAULT_SUB_GROUP, max(1, r.trainable // world))
         count = ins.optimizer_buffer_count or DS_DEFAULT_OPT_BUFFER_COUNT
         ram.append(Item(component="NVMe optimizer swap buffers", gib=_gib(ranks * count * sub * 4)))
-    proc = a.process_ram_gib_cuda if cuda else a.process_ram_gib_cpu
+    proc = a.process_ram_gib_cuda if r.cuda else a.process_ram_gib_cpu
     ram.append(Item(component=f"training processes ({ranks} x {proc:g} GiB)", gib=ranks * proc, note="assumed"))
     in_flight = loader_batches(ins.loader_workers, ins.prefetch_batches)
-    sample = sample_bytes(s, pairs * patches, audio_in_tokens(s, ins.audio_seconds), code_frames, tokens)
     ram.append(
         Item(
             component=f"batches in flight ({ranks} ranks x {in_flight} micro batches x {ins.micro_batch_size} "
-            f"x {_gib(sample['in_memory']) * 1024:,.1f} MiB)",
-            gib=_gib(ranks * in_flight * ins.micro_batch_size * sample["in_memory"]),
+            f"x {_gib(r.sample['in_memory']) * 1024:,.1f} MiB)",
+            gib=_gib(ranks * in_flight * ins.micro_batch_size * r.sample["in_memory"]),
             note="constant in the dataset's size: samples are read per step (data.PreparedSamples)",
         )
     )
@@ -828,30 +870,37 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
                 note="measured: bench/bench_dataset.py",
             )
         )
-    load_module = pc.experts_per_layer * b
+    load_module = r.pc.experts_per_layer * b
     ram.append(Item(component="checkpoint load: one module's weights read by rank 0", gib=_gib(load_module)))
-    if not cuda:
+    if not r.cuda:
         ram.append(
             Item(component=f"{ranks} CPU ranks' device memory (the GPU column above, on the CPU)", gib=ranks * dev_need)
         )
     ram_need = sum(i.gib for i in ram) / (1 - a.ram_reserve)
     ram.append(Item(component=f"kept free for the OS ({a.ram_reserve:.0%})", gib=ram_need * a.ram_reserve))
+    return ram
 
-    # -- NVMe per node
+
+def _nvme_items(ins: PlanInputs, r: _Run) -> list[Item]:
+    """NVMe per node: what ZeRO-Infinity swaps there."""
+    node_share = ins.gpus_per_node / ins.world
     nvme: list[Item] = []
-    if zero3 and ins.offload_param == "nvme":
-        nvme.append(Item(component="weight partitions swapped to NVMe", gib=_gib(weights * node_share)))
+    if r.zero3 and ins.offload_param == "nvme":
+        nvme.append(Item(component="weight partitions swapped to NVMe", gib=_gib(r.weights * node_share)))
     if ins.offload_optimizer == "nvme":
-        nvme.append(Item(component="optimizer states swapped to NVMe", gib=_gib(16 * trainable * node_share)))
-    nvme_need = sum(i.gib for i in nvme)
+        nvme.append(Item(component="optimizer states swapped to NVMe", gib=_gib(16 * r.trainable * node_share)))
+    return nvme
 
-    # -- disk (where weights, prepared data and checkpoints go)
+
+def _disk_items(ins: PlanInputs, r: _Run, machine: Machine, nvme: list[Item]) -> list[Item]:
+    """Disk: where weights, prepared data and checkpoints go."""
+    b = ins.dtype_bytes
     disk: list[Item] = []
     if ins.local_model:
         disk.append(Item(component="model weights", gib=0.0, note="local model.source, used in place"))
     else:
         est = ins.download_bytes is None
-        total = (pc.total * 2) if est else ins.download_bytes
+        total = (r.pc.total * 2) if est else ins.download_bytes
         disk.append(
             Item(
                 component="weights download" + (" (estimated: params x 2 B)" if est else " (Hub metadata)"),
@@ -859,7 +908,7 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
                 note=f"{_gib(ins.cached_bytes):,.1f} GiB already cached" if ins.cached_bytes else "",
             )
         )
-    per_sample = sample["on_disk"]
+    per_sample = r.sample["on_disk"]
     disk.append(
         Item(
             component=f"prepared data ({ins.num_samples} samples x {_gib(per_sample) * 1024:,.1f} MiB)",
@@ -867,7 +916,7 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
             note="" if ins.num_samples else "samples not counted",
         )
     )
-    ckpt = trainable * (b + 16)
+    ckpt = r.trainable * (b + 16)
     disk.append(
         Item(
             component=f"checkpoints ({ins.checkpoints_to_keep} kept + 1 being written)",
@@ -875,35 +924,27 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
             note="LoRA + fp32 optimizer states",
         )
     )
-    disk.append(Item(component="adapter", gib=_gib(trainable * b)))
+    disk.append(Item(component="adapter", gib=_gib(r.trainable * b)))
     if nvme and ins.nvme_shares_disk and machine.nvme_gib is None:
         disk += [
             Item(component=f"NVMe offload: {i.component}", gib=i.gib, note="nvme_path on the same disk") for i in nvme
         ]
-    disk_need = sum(i.gib for i in disk)
+    return disk
 
-    def judged(name: str, items: list[Item], need: float, have: float | None) -> Resource:
-        fits = None if have is None else need <= have
-        return Resource(
-            name=name,
-            items=items,
-            need_gib=need,
-            have_gib=have,
-            fits=fits,
-            margin_gib=None if have is None else have - need,
-        )
 
-    resources = []
-    if cuda:
-        gpu_have = machine.gpu_memory_gib if machine.gpus_per_node >= ranks else 0.0
-        resources.append(judged("GPU memory (per rank)", dev, dev_need, gpu_have))
-        if machine.gpus_per_node < ranks:
-            notes.append(f"the machine has {machine.gpus_per_node} GPU(s) per node, the run needs {ranks}")
-    resources.append(judged("CPU RAM (per node)", ram, ram_need, machine.ram_gib))
-    if nvme and not (ins.nvme_shares_disk and machine.nvme_gib is None):
-        resources.append(judged("NVMe (per node)", nvme, nvme_need, machine.nvme_gib))
-    resources.append(judged("disk", disk, disk_need, machine.disk_gib))
+def _judged(name: str, items: list[Item], have: float | None) -> Resource:
+    need = sum(i.gib for i in items)
+    return Resource(
+        name=name,
+        items=items,
+        need_gib=need,
+        have_gib=have,
+        fits=None if have is None else need <= have,
+        margin_gib=None if have is None else have - need,
+    )
 
+
+def _warnings(ins: PlanInputs, machine: Machine, dev_need: float) -> list[str]:
     warnings = []
     if machine.swap_used_gib > 0.5:
         warnings.append(
@@ -911,7 +952,7 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
             "(the documents: if it swaps, stop). Free RAM first."
         )
     if (
-        cuda
+        ins.accelerator == "cuda"
         and machine.gpu_free_gib is not None
         and machine.gpu_memory_gib is not None
         and machine.gpu_free_gib < dev_need <= machine.gpu_memory_gib
@@ -920,37 +961,70 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
             f"a GPU has only {machine.gpu_free_gib:.1f} GiB free (another process holds memory); "
             f"the run needs {dev_need:.1f} GiB per rank"
         )
+    return warnings
+
+
+def _facts(ins: PlanInputs, r: _Run) -> dict[str, Any]:
+    s, pc, lc = ins.shape, r.pc, r.lc
+    return {
+        "total_params": pc.total,
+        "llm_params": pc.llm,
+        "weights_gib": _gib(r.weights),
+        "params_by_part": pc.parts,
+        "codec_params": {
+            **codec_parameter_counts(),
+            "where": "semantic_tokenizer and acoustic_encoder: data preparation; decoder_16k: vss infer; not in training",
+        },
+        "moe_leaf_params": pc.moe_leaf + lc.in_moe_leaf_per_layer,
+        "moe_leaf_gib": _gib(r.leaf),
+        "largest_param": pc.largest_param,
+        "largest_param_gib": _gib(r.largest),
+        "lora_params": lc.params,
+        "lora_per_target": lc.per_target,
+        "tokens_per_sample": r.tokens,
+        "world_size": ins.world,
+        "nodes": ins.nodes,
+        "model": s.source,
+        "allocated_zero_experts": s.allocated_zero_experts,
+    }
+
+
+def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
+    """Plan a run on `machine`: figures per resource, verdict, and (when it does not fit and
+    `suggest`) the changes that make it fit, each re-planned.
+
+    The steps: the run's figures (`_derive`), then each resource's items (`_device_items`,
+    `_ram_items`, `_nvme_items`, `_disk_items`) judged against what the machine has.
+    """
+    a, ranks = ins.assumptions, ins.gpus_per_node
+    r = _derive(ins)
+    notes = _notes(ins, r)
+    dev = _device_items(ins, r)
+    dev_need = sum(i.gib for i in dev)
+    ram = _ram_items(ins, r, dev_need)
+    nvme = _nvme_items(ins, r)
+    disk = _disk_items(ins, r, machine, nvme)
+
+    resources = []
+    if r.cuda:
+        gpu_have = machine.gpu_memory_gib if machine.gpus_per_node >= ranks else 0.0
+        resources.append(_judged("GPU memory (per rank)", dev, gpu_have))
+        if machine.gpus_per_node < ranks:
+            notes.append(f"the machine has {machine.gpus_per_node} GPU(s) per node, the run needs {ranks}")
+    resources.append(_judged("CPU RAM (per node)", ram, machine.ram_gib))
+    if nvme and not (ins.nvme_shares_disk and machine.nvme_gib is None):
+        resources.append(_judged("NVMe (per node)", nvme, machine.nvme_gib))
+    resources.append(_judged("disk", disk, machine.disk_gib))
 
     result = Plan(
-        fits=all(r.fits is not False for r in resources),
+        fits=all(res.fits is not False for res in resources),
         resources=resources,
-        warnings=warnings,
-        facts={
-            "total_params": pc.total,
-            "llm_params": pc.llm,
-            "weights_gib": _gib(weights),
-            "params_by_part": pc.parts,
-            "codec_params": {
-                **cp,
-                "where": "semantic_tokenizer and acoustic_encoder: "
-                "data preparation; decoder_16k: vss infer; not in training",
-            },
-            "moe_leaf_params": pc.moe_leaf + lc.in_moe_leaf_per_layer,
-            "moe_leaf_gib": _gib(leaf),
-            "largest_param": pc.largest_param,
-            "largest_param_gib": _gib(largest),
-            "lora_params": lc.params,
-            "lora_per_target": lc.per_target,
-            "tokens_per_sample": tokens,
-            "world_size": world,
-            "nodes": ins.nodes,
-            "model": s.source,
-            "allocated_zero_experts": s.allocated_zero_experts,
-        },
+        warnings=_warnings(ins, machine, dev_need),
+        facts=_facts(ins, r),
         assumptions=[
             *notes,
             f"CUDA context {a.cuda_context_gib:g} GiB/GPU, fragmentation {a.fragmentation:.0%}, "
-            f"{a.process_ram_gib_cuda if cuda else a.process_ram_gib_cpu:g} GiB RAM per process",
+            f"{a.process_ram_gib_cuda if r.cuda else a.process_ram_gib_cpu:g} GiB RAM per process",
             "partition_activations shards activations across model-parallel ranks only: vss has none, no saving",
             "GiB = 1024^3 bytes, as nvidia-smi, free -h and df -h report",
         ],
