@@ -102,9 +102,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from vss_core import hardware, plan
+    from vss_core import hardware, plan, steptime
 
     cfg = _load(args)
+    try:
+        assumed = steptime.parse_assume(args.assume)
+        steptime.Speeds().with_overrides(assumed)
+    except ValueError as exc:
+        print(f"vss plan: {exc}", file=sys.stderr)
+        return 2
     given = {k: getattr(args, k) for k in ("gpus", "gpu_memory_gb", "ram_gb", "disk_gb", "nvme_gb", "nodes")}
     if all(v is None for v in given.values()):
         report = hardware.probe(cfg.training.output_dir)
@@ -130,7 +136,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 over.append("hardware.hostfile=hostfile")
             cfg = config.load_config(args.profile, [*args.overrides, *over])
         where = "the hardware given (" + ", ".join(f"{k}={v}" for k, v in given.items() if v is not None) + ")"
-    result = hardware.plan_run(cfg, machine)
+    if args.gpu_model:
+        machine = machine.model_copy(update={"gpu_name": args.gpu_model})
+    result = hardware.plan_run(cfg, machine, speeds=assumed)
     if args.json:
         print(json.dumps({**plan.to_json(result), "profile": cfg.profile, "machine": machine.model_dump()}, indent=2))
     else:
@@ -339,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk-gb", type=float, help="free disk for weights, prepared data and checkpoints, GiB")
     p.add_argument("--nvme-gb", type=float, help="NVMe space for offload, GiB (default: shares --disk-gb)")
     p.add_argument("--nodes", type=int, help="nodes (default: the profile's hardware.nodes)")
+    p.add_argument(
+        "--gpu-model",
+        help="GPU model for the time estimate's datasheet rates: B200, H200, H100, A100 (default: the probed "
+        "GPU's name, else H100)",
+    )
+    p.add_argument(
+        "--assume",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a rate of the time estimate (repeatable): tflops, mfu, pcie_gbps, nvlink_gbps, net_gbps, "
+        "link_efficiency, disk_gbps, adam_gparams; e.g. --assume mfu=0.3",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object whose top-level 'fits' is the verdict")
     p.set_defaults(func=cmd_plan)
 

@@ -25,7 +25,7 @@ from prefect.input import RunInput
 from pydantic import Field, SecretStr
 
 from tasks import events
-from vss_core import data, evaluate, hardware, hub, launch, runs
+from vss_core import data, evaluate, hardware, hub, launch, plancheck, runs
 from vss_core.config import DataConfig, ModelConfig, UploadConfig, VSSConfig
 from vss_core.errors import VSSError
 from vss_core.runs import RunPaths
@@ -213,6 +213,13 @@ def run_training(cfg: VSSConfig, run: RunPaths, model_dir: str, prepared_dir: st
         )
     for change in report.step_downs:
         logger.warning("Memory step-down applied in this run: %s", change)
+    if report.plan_check is not None:
+        check = plancheck.PlanCheck.model_validate(report.plan_check)
+        for warning in check.warnings:
+            logger.warning("Planner check: %s", warning)
+        create_markdown_artifact(
+            key="vss-plan-check", markdown=check.table(), description="Measured peaks against the plan's figures"
+        )
     create_markdown_artifact(
         key="vss-training",
         markdown=(

@@ -195,6 +195,7 @@ def machine_from_report(report: HardwareReport, cfg: HardwareConfig) -> planner.
         gpus_per_node=len(cards) if cfg.accelerator == "cuda" else cfg.gpus_per_node,
         gpu_memory_gib=min((g.memory_total_gb for g in cards), default=0.0) if cfg.accelerator == "cuda" else None,
         gpu_free_gib=min((g.memory_free_gb for g in cards), default=0.0) if cfg.accelerator == "cuda" else None,
+        gpu_name=cards[0].name if cards and cfg.accelerator == "cuda" else None,
         ram_gib=report.ram_available_gb,
         disk_gib=report.disk_free_gb,
         nodes=cfg.nodes,
@@ -248,10 +249,12 @@ def plan_run(
     run: VSSConfig,
     machine: planner.Machine,
     remote: Callable[[ModelConfig], tuple[Path, int]] | None = None,
+    speeds: dict[str, float] | None = None,
 ) -> planner.Plan:
     """Plan `run` on `machine`. For a Hub model.source, `remote(model_cfg)` may fetch its config files
     and give the download size from the Hub's file metadata (vss_core.hub.model_configs); without it
-    the real model's shape is assumed and the size is estimated from the params.
+    the real model's shape is assumed and the size is estimated from the params. `speeds`: overrides
+    of the time estimate's rates (`steptime.Speeds`, `vss plan --assume`).
 
     Raises:
         ConfigError: the model's configs cannot be read, or a LoRA target matches nothing.
@@ -265,6 +268,7 @@ def plan_run(
         download_bytes=download,
         cached_bytes=cached_bytes(run.model),
         num_samples=count_samples(run.data.root),
+        speeds=dict(speeds or {}),
     )
     return planner.plan(ins, machine)
 

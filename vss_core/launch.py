@@ -67,6 +67,7 @@ class TrainingReport(BaseModel):
     wall_s: float = 0.0  # the training subprocess's wall time (0 when reused)
     reused: bool = False  # this run's adapter already existed: nothing was trained
     step_downs: list[str] = []  # memory step-downs applied after CUDA OOM
+    plan_check: dict | None = None  # measured peaks beside the plan's (vss_core.plancheck.PlanCheck)
 
 
 class TrainingOOMError(TrainingError):
@@ -171,6 +172,7 @@ def completed_report(
         wall_s=wall_s,
         reused=reused,
         step_downs=_read_step_downs(run),
+        plan_check=summary.get("plan_check"),
     )
 
 

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from vss_core import steptime
 from vss_core import targets as targets_lib
 from vss_core.config import is_local_source
 from vss_core.errors import ConfigError, bullet_list
@@ -525,6 +526,11 @@ class PlanInputs:
     video_frames: int = 16
     audio_seconds: float = 30.0
     checkpoints_to_keep: int = 3
+    gradient_accumulation_steps: int = 1
+    save_every_n_steps: int = 500
+    epochs: int = 1
+    max_steps: int | None = None
+    speeds: dict[str, float] = field(default_factory=dict)  # overrides of steptime.Speeds (vss plan --assume)
     num_samples: int = 0  # known samples (0: not counted yet); prepared data is planned per sample
     frame_size_px: tuple[int, int] = (720, 1280)  # (height, width) of in.mp4's frames (assumed); the vision
     # pixel budget caps what the encoder sees, so larger frames give no more tokens
@@ -567,6 +573,10 @@ def inputs_from_config(cfg: Any, shape: ModelShape, **changes: Any) -> PlanInput
         video_frames=cfg.data.video_frames,
         audio_seconds=cfg.data.audio_seconds,
         checkpoints_to_keep=cfg.training.checkpoints_to_keep,
+        gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
+        save_every_n_steps=cfg.training.save_every_n_steps,
+        epochs=cfg.training.epochs,
+        max_steps=cfg.training.max_steps,
         local_model=is_local_source(cfg.model.source),
     )
     return dataclasses.replace(ins, **changes)
@@ -578,6 +588,7 @@ class Machine(BaseModel):
     gpus_per_node: int
     gpu_memory_gib: float | None  # the smallest card's total
     gpu_free_gib: float | None = None  # the smallest card's free memory, when probed
+    gpu_name: str | None = None  # e.g. "NVIDIA B200": picks the datasheet rates of the time estimate
     ram_gib: float | None
     disk_gib: float | None
     nvme_gib: float | None = None  # None: the NVMe path shares `disk_gib`
@@ -619,6 +630,7 @@ class Plan(BaseModel):
     warnings: list[str] = []
     facts: dict[str, Any]  # derived figures: params, MoE leaf, tokens, ...
     assumptions: list[str]
+    time: steptime.TimeEstimate | None = None  # seconds per step and per epoch (None: not estimated)
 
     def resource(self, name: str) -> Resource:
         return next(r for r in self.resources if r.name.startswith(name))
@@ -646,6 +658,8 @@ class Plan(BaseModel):
             f"MoE leaf {f['moe_leaf_params'] / 1e9:,.2f}B params ({f['moe_leaf_gib']:,.1f} GiB), "
             f"LoRA {f['lora_params'] / 1e6:,.1f}M trainable, {f['tokens_per_sample']:,} tokens per sample.",
         ]
+        if self.time is not None:
+            out += ["", *self.time.lines()]
         if self.suggestions:
             out += ["", "What would make it fit (each re-planned):", ""]
             for s in self.suggestions:
@@ -989,6 +1003,41 @@ def _facts(ins: PlanInputs, r: _Run) -> dict[str, Any]:
     }
 
 
+def _time(ins: PlanInputs, r: _Run, machine: Machine) -> steptime.TimeEstimate:
+    """Seconds per micro batch, optimizer step and epoch (`steptime.estimate`)."""
+    s, pc = ins.shape, r.pc
+    routed = 3 * s.hidden_size * s.expert_ffn_hidden_size  # gate, up and down of one expert
+    unused = s.num_layers * max(0, s.n_routed_experts - s.moe_topk) * routed
+    embed = s.vocab_size * s.hidden_size  # the input lookup computes nothing
+    active = pc.llm - embed - unused + pc.parts.get("audio_output_layer", 0)
+    encoders = 2 * pc.vision * r.pairs * r.patches + 2 * pc.audio * audio_in_tokens(s, ins.audio_seconds)
+    speeds = steptime.Speeds.for_device(ins.accelerator, machine.gpu_name).with_overrides(ins.speeds)
+    return steptime.estimate(
+        speeds=speeds,
+        cuda=r.cuda,
+        world=ins.world,
+        ranks_per_node=ins.gpus_per_node,
+        nodes=ins.nodes,
+        weight_bytes=r.weights,
+        trainable=r.trainable,
+        dtype_bytes=ins.dtype_bytes,
+        active_llm_params=active,
+        encoder_flops_per_sample=encoders,
+        tokens_per_sample=r.tokens,
+        micro_batch_size=ins.micro_batch_size,
+        gradient_accumulation_steps=ins.gradient_accumulation_steps,
+        activation_checkpointing=ins.activation_checkpointing,
+        offload_param=ins.offload_param,
+        offload_optimizer=ins.offload_optimizer,
+        zero_stage=ins.zero_stage,
+        checkpoint_bytes=r.trainable * (ins.dtype_bytes + 16),
+        save_every_n_steps=ins.save_every_n_steps,
+        num_samples=ins.num_samples,
+        epochs=ins.epochs,
+        max_steps=ins.max_steps,
+    )
+
+
 def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
     """Plan a run on `machine`: figures per resource, verdict, and (when it does not fit and
     `suggest`) the changes that make it fit, each re-planned.
@@ -1017,6 +1066,7 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
     resources.append(_judged("disk", disk, machine.disk_gib))
 
     result = Plan(
+        time=_time(ins, r, machine),
         fits=all(res.fits is not False for res in resources),
         resources=resources,
         warnings=_warnings(ins, machine, dev_need),
@@ -1173,6 +1223,7 @@ def to_json(p: Plan) -> dict[str, Any]:
     return {
         "fits": p.fits,
         "resources": {r.name: res(r) for r in p.resources},
+        "time": None if p.time is None else p.time.model_dump(),
         "facts": p.facts,
         "suggestions": [
             {

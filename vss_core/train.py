@@ -121,7 +121,7 @@ def stop_requested(run_root: Path, rank: int) -> bool:
 
 def model_card(cfg: VSSConfig, summary: dict):
     """The adapter's card (vss_core.card): what it is, the config it was trained with, its final metrics."""
-    skip = ("adapter", "trained_on", "held_out", "measured")
+    skip = ("adapter", "trained_on", "held_out", "measured", "plan_check")
     metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k not in skip)
     body = f"""# LoRA adapter for {cfg.model.source} (video + speech in, speech out)
 
@@ -470,6 +470,21 @@ def measured_peaks(timer: _Timer, world: int, all_gather_object) -> dict:
     }
 
 
+def _check_plan(cfg: VSSConfig, model_dir: Path, measured: dict):
+    """The run's measured peaks beside the plan's figures for its config (`plancheck`); a peak over
+    the prediction is a warning. None (and a warning) when the plan cannot be made."""
+    from vss_core import plancheck
+
+    try:
+        check = plancheck.compare(plancheck.predicted_for(cfg, model_dir), measured, cfg.hardware.gpus_per_node)
+    except Exception as exc:  # noqa: BLE001 - the check must never fail a finished training
+        log.warning("The measured peaks could not be compared with the plan: %s", exc)
+        return None
+    for warning in check.warnings:
+        log.warning("Planner check: %s", warning)
+    return check
+
+
 def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) -> dict | None:
     """Train, checkpointing as configured; returns the summary, or None when stopped on request.
 
@@ -555,6 +570,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             return None
 
     measured = measured_peaks(timer, world, dist.all_gather_object)
+    check = _check_plan(cfg, model_dir, measured) if rank == 0 else None
     summary = {
         "steps": total_steps,
         "resumed_from_step": start_step,
@@ -570,6 +586,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         "held_out": held_out,
         "adapter": run.adapter,
         "measured": measured,
+        "plan_check": check.model_dump() if check is not None else None,
     }
     save_adapter(engine, peft_model, Path(run.adapter), cfg, run, summary)
     if rank == 0:

@@ -101,6 +101,13 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
     run = Path(result.run_dir)
     summary = json.loads((run / "train_summary.json").read_text())
     assert len(summary["held_out"]) == 1 and summary["held_out"][0] not in summary["trained_on"]
+    # the run checked the planner: its measured peaks beside the plan's figures for its own config
+    check = {f["name"]: f for f in summary["plan_check"]["figures"]}
+    rank_peak = max(r["peak_rss_bytes"] for r in summary["measured"]["per_rank"]) / 2**30
+    assert (
+        check["RAM per rank (peak RSS)"]["measured"] == rank_peak and check["RAM per rank (peak RSS)"]["predicted"] > 0
+    )
+    assert summary["plan_check"]["warnings"] == []  # the cpu-demo plan covers what its ranks use
     assert "## Evaluation (vss)" in (adapter / "README.md").read_text()  # the card uploaded with the adapter
     assert (run / "eval" / "report.json").is_file() and (run / "eval" / "comparison.png").is_file()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -115,6 +122,7 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
     seen = _logs_and_artifacts(flow_run_id)
     assert "Step 1/" in seen and "Resources: RAM" in seen  # training output and resource samples stream in
     assert "Held-out evaluation: adapter vs base" in seen and "data:image/png;base64," in seen
+    assert "| RAM per rank (peak RSS) |" in seen  # the planner check's artifact
     assert TOKEN not in seen
     for path in run.rglob("*"):
         if path.is_file():

@@ -1,0 +1,46 @@
+"""Every run checks the planner: measured peaks beside the plan's figures, a warning past the margin."""
+
+from vss_core import config, plancheck
+
+GiB = 2**30
+
+
+def _plan(tiny_model_dir):
+    cfg = config.load_config("cpu-demo", [f"model.source={tiny_model_dir}"])
+    return cfg, plancheck.predicted_for(cfg, tiny_model_dir)
+
+
+def _measured(rss_gib, step_s=1.0, gpu_gib=None):
+    ranks = [{"peak_rss_bytes": int(g * GiB), "step_time_s": step_s} for g in rss_gib]
+    if gpu_gib is not None:
+        for r in ranks:
+            r["gpu_max_reserved_bytes"] = int(gpu_gib * GiB)
+    return {"per_rank": ranks, "step_time_s": step_s}
+
+
+def test_peaks_within_the_plan_give_no_warning_and_the_figures_are_the_plans(tiny_model_dir):
+    cfg, p = _plan(tiny_model_dir)
+    ram = p.resource("CPU RAM")
+    node = sum(i.gib for i in ram.items if not i.component.startswith(("kept free", "loader workers")))
+    ranks = cfg.hardware.gpus_per_node
+    check = plancheck.compare(p, _measured([0.5 * node / ranks] * ranks), ranks)
+    by_name = {f.name: f for f in check.figures}
+    assert by_name["RAM per rank (peak RSS)"].predicted == node / ranks
+    assert by_name["RAM of the node (the ranks' peaks summed)"].measured == 0.5 * node
+    assert (
+        by_name["seconds per optimizer step"].predicted == p.time.step_s
+        and not by_name["seconds per optimizer step"].judged
+    )
+    assert check.warnings == [] and "| RAM per rank (peak RSS) |" in check.table()
+    assert "GPU memory per rank (max reserved)" not in by_name  # the CPU accelerator has none
+
+
+def test_a_peak_over_the_margin_is_a_warning_and_a_slow_step_is_not(tiny_model_dir):
+    cfg, p = _plan(tiny_model_dir)
+    ranks = cfg.hardware.gpus_per_node
+    per_rank = next(f for f in plancheck.compare(p, _measured([0.1] * ranks), ranks).figures).predicted
+    over = plancheck.compare(p, _measured([per_rank * 1.2, per_rank * 0.5], step_s=1e6), ranks)
+    assert len(over.warnings) == 1 and over.warnings[0].startswith("RAM per rank (peak RSS): measured")
+    assert "20% above" in over.warnings[0] and "**over by 20%**" in over.table()
+    within = plancheck.compare(p, _measured([per_rank * 1.09] * ranks), ranks)
+    assert not any(f.over for f in within.figures) and within.warnings == []  # 9% over: inside the margin
