@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from tests.helpers import data_config
 from vss_core import codec, data, demo
-from vss_core.config import DataConfig
 from vss_core.data import prepare as data_prepare
 from vss_core.data import validate as data_validate
 from vss_core.errors import DatasetError, ModelError
@@ -47,19 +47,6 @@ def _audio_frames(seconds: float) -> int:
     return (frames + 7) // 8
 
 
-def _cfg(root, **kw):
-    # The validation cache goes beside the dataset in tmp_path, never into the user's home.
-    base = {
-        "root": str(root),
-        "video_frames": 8,
-        "video_fps": 2.0,
-        "audio_seconds": 10.0,
-        "workers": 1,
-        "validation_cache": str(root.parent / "validation-cache"),
-    }
-    return DataConfig(**(base | kw))
-
-
 def _faststart_copy(src, dst):
     """Remux an mp4 with its index (moov) first, as streaming-friendly files are: such a file still
     opens when its tail is cut off, so only decoding to the end can tell it is truncated."""
@@ -80,7 +67,7 @@ def _problems(report):
 
 
 def test_good_dataset_validates(dataset):
-    report = data.validate_dataset(_cfg(dataset))
+    report = data.validate_dataset(data_config(dataset))
     assert [s.name for s in report.samples] == ["01", "02", "03"]
     assert all(s.ok for s in report.samples) and report.invalid == [] and len(report.valid) == 3
     assert report.warnings == []
@@ -135,7 +122,7 @@ def test_every_bad_sample_is_named_with_its_reason(tmp_path):
     (root / "12" / "out.wav").rename(root / "12" / "target.wav")
     (root / "12" / "out.wav").symlink_to("target.wav")  # a link that stays inside the root is fine
 
-    report = data.validate_dataset(_cfg(root))
+    report = data.validate_dataset(data_config(root))
     problems = _problems(report)
     assert "out.wav is missing" in problems["01"]
     assert "in.wav is empty" in problems["02"]
@@ -168,10 +155,10 @@ def test_every_bad_sample_is_named_with_its_reason(tmp_path):
 
 def test_skip_lists_the_skipped_samples_in_the_report(dataset):
     (dataset / "02" / "out.wav").unlink()
-    fail = data.validate_dataset(_cfg(dataset))
+    fail = data.validate_dataset(data_config(dataset))
     assert fail.on_invalid == "fail" and fail.skipped == []
     assert "data.on_invalid=fail stops the run" in fail.table()
-    report = data.validate_dataset(_cfg(dataset, on_invalid="skip"))
+    report = data.validate_dataset(data_config(dataset, on_invalid="skip"))
     assert report.skipped == ["02"]
     assert report.table().startswith("2 of 3 samples valid") and "skipped (data.on_invalid=skip): 02" in report.table()
     assert json.loads(report.model_dump_json())["skipped"] == ["02"]
@@ -180,13 +167,13 @@ def test_skip_lists_the_skipped_samples_in_the_report(dataset):
 
 def test_too_long_is_an_error_or_a_warning_and_a_crop(dataset, model_dir, codec_dir, tmp_path):
     # The clips are 2 s; the limit is data.max_seconds, else data.audio_seconds.
-    strict = data.validate_dataset(_cfg(dataset, max_seconds=1.5, on_too_long="error"))
+    strict = data.validate_dataset(data_config(dataset, max_seconds=1.5, on_too_long="error"))
     assert strict.valid == []
     for text in _problems(strict).values():
         assert "too long for data.max_seconds=1.5" in text and "in.wav 2.00 s" in text and "in.mp4 2.00 s" in text
         assert "data.on_too_long=crop" in text
 
-    cfg = _cfg(dataset, max_seconds=1.5)  # on_too_long=crop is the default
+    cfg = data_config(dataset, max_seconds=1.5)  # on_too_long=crop is the default
     report = data.validate_dataset(cfg)
     assert len(report.valid) == 3
     assert all("only the first 1.5 s is used" in s.warnings[0] for s in report.samples)
@@ -199,24 +186,24 @@ def test_too_long_is_an_error_or_a_warning_and_a_crop(dataset, model_dir, codec_
     assert item["audio_features"].shape == (_audio_frames(1.5), 1200) == (19, 1200)
     assert item["codes"].shape == (25, 4)
 
-    by_audio_seconds = data.validate_dataset(_cfg(dataset, audio_seconds=1.0))
+    by_audio_seconds = data.validate_dataset(data_config(dataset, audio_seconds=1.0))
     assert "data.audio_seconds=1" in by_audio_seconds.warnings[0]
-    assert data.validate_dataset(_cfg(dataset, max_seconds=2.5, on_too_long="error")).invalid == []
+    assert data.validate_dataset(data_config(dataset, max_seconds=2.5, on_too_long="error")).invalid == []
 
 
 def test_min_seconds_and_silence_rules(dataset):
-    short = data.validate_dataset(_cfg(dataset, min_seconds=2.5))
+    short = data.validate_dataset(data_config(dataset, min_seconds=2.5))
     assert all("in.wav is 2.00 s, shorter than data.min_seconds=2.5" in t for t in _problems(short).values())
     sf.write(dataset / "01" / "in.wav", np.full(32000, 1e-4, dtype=np.float32), 16000, subtype="FLOAT")  # -80 dBFS
-    assert "in.wav is silent (RMS -80.0 dBFS" in _problems(data.validate_dataset(_cfg(dataset)))["01"]
-    assert data.validate_dataset(_cfg(dataset, require_non_silent=False)).invalid == []
-    assert data.validate_dataset(_cfg(dataset, silence_dbfs=-90)).invalid == []
+    assert "in.wav is silent (RMS -80.0 dBFS" in _problems(data.validate_dataset(data_config(dataset)))["01"]
+    assert data.validate_dataset(data_config(dataset, require_non_silent=False)).invalid == []
+    assert data.validate_dataset(data_config(dataset, silence_dbfs=-90)).invalid == []
 
 
 def test_skip_with_no_valid_sample_raises(dataset):
     for d in dataset.iterdir():
         (d / "in.wav").unlink()
-    report = data.validate_dataset(_cfg(dataset))
+    report = data.validate_dataset(data_config(dataset))
     with pytest.raises(DatasetError, match="none of the 3 samples"):
         data.select_samples(report, "skip")
 
@@ -225,7 +212,7 @@ def test_extra_files_give_one_warning(dataset):
     (dataset / "README.txt").write_text("notes")
     (dataset / "01" / "notes.txt").write_text("x")
     (dataset / "02" / "in.srt").write_text("x")
-    report = data.validate_dataset(_cfg(dataset))
+    report = data.validate_dataset(data_config(dataset))
     assert all(s.ok for s in report.samples)
     assert len(report.warnings) == 1
     w = report.warnings[0]
@@ -240,17 +227,17 @@ def test_missing_file_or_empty_root_raises(tmp_path):
         elif root.name == "afile":
             root.write_text("x")
         with pytest.raises(DatasetError, match="vss demo-data") as err:
-            data.validate_dataset(_cfg(root))
+            data.validate_dataset(data_config(root))
         assert "data.root=" in str(err.value)
 
 
 def test_fingerprint_tracks_the_files(dataset):
-    first = data.validate_dataset(_cfg(dataset)).fingerprint
-    assert data.validate_dataset(_cfg(dataset)).fingerprint == first
+    first = data.validate_dataset(data_config(dataset)).fingerprint
+    assert data.validate_dataset(data_config(dataset)).fingerprint == first
     wav = dataset / "02" / "out.wav"
     st = wav.stat()
     os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    assert data.validate_dataset(_cfg(dataset)).fingerprint != first
+    assert data.validate_dataset(data_config(dataset)).fingerprint != first
 
 
 # --- preparation ----------------------------------------------------------------------------------
@@ -260,7 +247,7 @@ def test_prepare_writes_exact_tensors(dataset, model_dir, codec_dir, tmp_path):
     from vss_core import model, sequence
     from vss_core.model import audio, vision
 
-    cfg = _cfg(dataset)
+    cfg = data_config(dataset)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     prepared = data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
     assert prepared.samples == ["01", "02", "03"]
@@ -299,7 +286,7 @@ def test_prepare_writes_exact_tensors(dataset, model_dir, codec_dir, tmp_path):
 
 
 def test_audio_is_cropped_and_frames_follow_fps(dataset, model_dir, codec_dir, tmp_path):
-    cfg = _cfg(dataset, audio_seconds=1.0, video_frames=2, video_fps=1.0)
+    cfg = data_config(dataset, audio_seconds=1.0, video_frames=2, video_fps=1.0)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     data.prepare_dataset(samples[:1], cfg, model_dir, codec_dir, tmp_path / "prep")
     (item,) = data.load_prepared(tmp_path / "prep")
@@ -310,7 +297,7 @@ def test_audio_is_cropped_and_frames_follow_fps(dataset, model_dir, codec_dir, t
 
 def test_prepare_reuses_the_cache_and_redoes_on_change(dataset, model_dir, codec_dir, tmp_path):
     out = tmp_path / "prep"
-    cfg = _cfg(dataset)
+    cfg = data_config(dataset)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     first = data.prepare_dataset(samples, cfg, model_dir, codec_dir, out)
     mtimes = {f: os.stat(f).st_mtime_ns for f in first.files}
@@ -335,7 +322,7 @@ def test_prepare_reuses_the_cache_and_redoes_on_change(dataset, model_dir, codec
     assert touched.reused == ["01", "03"]
 
     # A changed setting redoes everything.
-    changed = _cfg(dataset, video_frames=4)
+    changed = data_config(dataset, video_frames=4)
     redone = data.prepare_dataset(samples, changed, model_dir, codec_dir, out)
     assert redone.reused == [] and redone.settings_key != first.settings_key
     assert all(os.stat(f).st_mtime_ns != mtimes[f] for f in redone.files)
@@ -349,13 +336,13 @@ def test_prepare_reuses_the_cache_and_redoes_on_change(dataset, model_dir, codec
 
 
 def test_worker_processes_give_the_same_result(dataset, model_dir, codec_dir, tmp_path, monkeypatch):
-    cfg = _cfg(dataset)
+    cfg = data_config(dataset)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "one")
     # This process prepares nothing: every sample is prepared by a spawned worker.
     real = data_prepare._run_jobs
     monkeypatch.setattr(data_prepare, "_run_jobs", lambda jobs, workers, failures: real(jobs, 3, failures, share=False))
-    data.prepare_dataset(samples, _cfg(dataset, workers=2), model_dir, codec_dir, tmp_path / "two")
+    data.prepare_dataset(samples, data_config(dataset, workers=2), model_dir, codec_dir, tmp_path / "two")
     for a, b in zip(data.load_prepared(tmp_path / "one"), data.load_prepared(tmp_path / "two"), strict=True):
         for k in a:
             assert torch.equal(a[k], b[k])
@@ -364,7 +351,7 @@ def test_worker_processes_give_the_same_result(dataset, model_dir, codec_dir, tm
 def test_a_small_dataset_waits_for_no_worker_to_start(dataset, model_dir, codec_dir, tmp_path, monkeypatch):
     # Workers start in seconds; three tiny samples take less: this process prepares them all and
     # returns without waiting for a worker.
-    cfg = _cfg(dataset, workers=2)
+    cfg = data_config(dataset, workers=2)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     done_by = []
     real = data_prepare._prepare_one
@@ -375,7 +362,7 @@ def test_a_small_dataset_waits_for_no_worker_to_start(dataset, model_dir, codec_
 
 def test_invalid_samples_are_skipped_not_prepared(dataset, model_dir, codec_dir, tmp_path):
     (dataset / "02" / "out.wav").unlink()
-    cfg = _cfg(dataset, on_invalid="skip")
+    cfg = data_config(dataset, on_invalid="skip")
     report = data.validate_dataset(cfg)
     prepared = data.prepare_dataset(report.samples, cfg, model_dir, codec_dir, tmp_path / "prep")
     assert prepared.samples == ["01", "03"] and prepared.skipped == ["02"]
@@ -384,7 +371,7 @@ def test_invalid_samples_are_skipped_not_prepared(dataset, model_dir, codec_dir,
 def test_incomplete_model_dir_names_every_problem(dataset, model_dir, codec_dir, tmp_path):
     (model_dir / "vision" / "config.json").unlink()
     (model_dir / "audio_codec" / "config.yaml").unlink()
-    cfg = _cfg(dataset, sample_rate=22050)
+    cfg = data_config(dataset, sample_rate=22050)
     samples = data.validate_dataset(cfg).samples
     with pytest.raises(ModelError) as err:
         data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
@@ -417,7 +404,7 @@ def _count_probes(monkeypatch):
 
 def test_unchanged_samples_are_not_probed_again(dataset, monkeypatch):
     calls = _count_probes(monkeypatch)
-    cfg = _cfg(dataset)
+    cfg = data_config(dataset)
     first = data.validate_dataset(cfg)
     assert len(calls) == 3 and first.reused == []
 
@@ -427,7 +414,7 @@ def test_unchanged_samples_are_not_probed_again(dataset, monkeypatch):
     assert again.model_dump(exclude={"reused"}) == first.model_dump(exclude={"reused"})
 
     # The rules are applied to the cached facts: a new limit needs no decoding.
-    strict = data.validate_dataset(_cfg(dataset, max_seconds=1.0, on_too_long="error"))
+    strict = data.validate_dataset(data_config(dataset, max_seconds=1.0, on_too_long="error"))
     assert len(calls) == 3 and len(strict.invalid) == 3
 
     # A changed file is probed again, and only its sample.
@@ -442,14 +429,14 @@ def test_unchanged_samples_are_not_probed_again(dataset, monkeypatch):
     assert data.validate_dataset(cfg).reused == [] and len(calls) == 7
 
     # No cache: every validation probes.
-    data.validate_dataset(_cfg(dataset, validation_cache=None))
+    data.validate_dataset(data_config(dataset, validation_cache=None))
     assert len(calls) == 10
 
 
 def test_unwritable_cache_is_a_warning_not_an_error(dataset, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    report = data.validate_dataset(_cfg(dataset, validation_cache=str(blocker / "cache")))
+    report = data.validate_dataset(data_config(dataset, validation_cache=str(blocker / "cache")))
     assert len(report.valid) == 3
     assert (
         len(report.warnings) == 1
@@ -460,10 +447,10 @@ def test_unwritable_cache_is_a_warning_not_an_error(dataset, tmp_path):
 
 def test_content_fingerprint_sees_what_stat_cannot(dataset, monkeypatch):
     calls = _count_probes(monkeypatch)
-    stat_fp = data.validate_dataset(_cfg(dataset)).fingerprint
-    content = data.validate_dataset(_cfg(dataset, fingerprint="content"))
+    stat_fp = data.validate_dataset(data_config(dataset)).fingerprint
+    content = data.validate_dataset(data_config(dataset, fingerprint="content"))
     assert content.fingerprint_mode == "content" and content.fingerprint != stat_fp
-    assert data.validate_dataset(_cfg(dataset, fingerprint="content")).reused == ["01", "02", "03"]
+    assert data.validate_dataset(data_config(dataset, fingerprint="content")).reused == ["01", "02", "03"]
     probes = len(calls)
 
     # Same size, same mtime, same inode, different bytes: only content hashes notice.
@@ -474,8 +461,8 @@ def test_content_fingerprint_sees_what_stat_cannot(dataset, monkeypatch):
     with open(wav, "r+b") as f:
         f.write(raw)
     os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert data.validate_dataset(_cfg(dataset)).fingerprint == stat_fp
-    changed = data.validate_dataset(_cfg(dataset, fingerprint="content"))
+    assert data.validate_dataset(data_config(dataset)).fingerprint == stat_fp
+    changed = data.validate_dataset(data_config(dataset, fingerprint="content"))
     assert changed.fingerprint != content.fingerprint
     assert changed.reused == ["01", "02"] and len(calls) == probes + 1
 
@@ -557,13 +544,13 @@ def test_other_rates_channels_codecs_and_sizes_are_converted(tmp_path, model_dir
         "mpeg4": {"video_codec": "mpeg4", "size": (64, 48), "in_rate": 44100, "in_channels": 2},
         "vp9": {"video_codec": "libvpx-vp9", "size": (160, 128), "fps": 25, "in_rate": 22050},
     }
-    ref_cfg = _cfg(reference)
+    ref_cfg = data_config(reference)
     data.prepare_dataset(data.validate_dataset(ref_cfg).samples, ref_cfg, model_dir, codec_dir, tmp_path / "prep-ref")
     (ref,) = data.load_prepared(tmp_path / "prep-ref")
     for name, kwargs in variants.items():
         root = tmp_path / name
         demo.write_demo_dataset(root, samples=1, seconds=2.0, seed=3, **kwargs)
-        cfg = _cfg(root)
+        cfg = data_config(root)
         report = data.validate_dataset(cfg)
         assert report.invalid == [], report.table()
         (s,) = report.samples
@@ -615,7 +602,7 @@ def test_text_files_are_validated(dataset):
     (dataset / "02" / "out.txt").write_text("   \n")
     (dataset / "03" / "out.txt").write_text("word " * 200 + "</pause> more <|audio_pad|>")
     (dataset / "03" / "in.txt").write_text("What is shown?")
-    report = data.validate_dataset(_cfg(dataset))
+    report = data.validate_dataset(data_config(dataset))
     by = {s.name: s for s in report.samples}
     assert by["01"].problems == ["out.txt is not UTF-8 text (byte 3); save it as UTF-8"]
     assert not by["02"].problems and "out.txt is empty" in by["02"].warnings[0]
@@ -625,7 +612,7 @@ def test_text_files_are_validated(dataset):
     # The texts are part of the data: changing one changes the fingerprint.
     before = report.fingerprint
     (dataset / "02" / "out.txt").write_text("The red shape moves.\n")
-    assert data.validate_dataset(_cfg(dataset)).fingerprint != before
+    assert data.validate_dataset(data_config(dataset)).fingerprint != before
 
 
 def test_transcript_trains_the_text_stream_and_no_transcript_trains_speech_only(
@@ -634,7 +621,7 @@ def test_transcript_trains_the_text_stream_and_no_transcript_trains_speech_only(
     from vss_core import model, sequence
 
     (dataset / "02" / "out.txt").unlink()
-    cfg = _cfg(dataset)
+    cfg = data_config(dataset)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
     with_text, without, _ = data.load_prepared(tmp_path / "prep")
@@ -654,7 +641,7 @@ def test_a_transcript_too_long_for_its_audio_fails_preparation_naming_the_sample
 ):
     # 70 characters of rare letters: within the rough check (4 per position) but more tokens than positions
     (dataset / "02" / "out.txt").write_text("Qzx9 " * 14)
-    cfg = _cfg(dataset, audio_seconds=1.0)
+    cfg = data_config(dataset, audio_seconds=1.0)
     samples = data.select_samples(data.validate_dataset(cfg), "fail")
     with pytest.raises(DatasetError) as err:
         data.prepare_dataset(samples, cfg, model_dir, codec_dir, tmp_path / "prep")
@@ -694,7 +681,7 @@ def test_a_symlink_loop_is_a_problem_of_its_sample_not_a_crash(dataset):
     (dataset / "02" / "b.wav").symlink_to("in.wav")  # two links to each other
     (dataset / "04").symlink_to("04", target_is_directory=True)  # a sample folder that loops
 
-    report = data.validate_dataset(_cfg(dataset))
+    report = data.validate_dataset(data_config(dataset))
     problems = _problems(report)
     assert "out.wav is a link that leads nowhere (a symlink loop)" in problems["01"]
     assert "in.wav is a link that leads nowhere (a symlink loop)" in problems["02"]
@@ -704,12 +691,12 @@ def test_a_symlink_loop_is_a_problem_of_its_sample_not_a_crash(dataset):
 
 def test_a_valid_variable_frame_rate_video_is_accepted_and_prepared(dataset, model_dir, codec_dir, tmp_path):
     _write_vfr_mp4(dataset / "01" / "in.mp4")
-    report = data.validate_dataset(_cfg(dataset))
+    report = data.validate_dataset(data_config(dataset))
     sample = report.samples[0]
     assert sample.problems == [], sample.problems
     assert sample.video.duration_s == pytest.approx(2.0) and sample.video.frames == 27
     # ...while a cut-off constant-rate file is still caught (test_every_bad_sample_is_named_with_its_reason)
-    prepared = data.prepare_dataset([sample], _cfg(dataset, workers=1), model_dir, codec_dir, tmp_path / "prep")
+    prepared = data.prepare_dataset([sample], data_config(dataset, workers=1), model_dir, codec_dir, tmp_path / "prep")
     assert torch.isfinite(data.load_prepared(prepared.dir)[0]["pixel_values"]).all()
 
 
@@ -722,6 +709,6 @@ def test_a_float_wav_far_beyond_full_scale_is_rejected_before_it_makes_nan_featu
         16000,
         subtype="FLOAT",
     )  # a little over full scale (clipped mastering): accepted
-    problems = _problems(data.validate_dataset(_cfg(dataset)))
+    problems = _problems(data.validate_dataset(data_config(dataset)))
     assert "in.wav (FLOAT samples) peaks at" in problems["01"] and "Normalise it to [-1, 1]" in problems["01"]
     assert problems["02"] == "" and problems["03"] == ""

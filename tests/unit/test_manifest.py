@@ -10,22 +10,10 @@ import shutil
 import pytest
 import torch
 
+from tests.helpers import data_config
 from vss_core import data, demo, evaluate
-from vss_core.config import DataConfig
 from vss_core.data import manifest
 from vss_core.errors import DatasetError
-
-
-def _cfg(root, **kw):
-    base = {
-        "root": str(root),
-        "video_frames": 8,
-        "video_fps": 2.0,
-        "audio_seconds": 10.0,
-        "workers": 1,
-        "validation_cache": str(root.parent / "validation-cache"),
-    }
-    return DataConfig(**(base | kw))
 
 
 def _write(path, lines):
@@ -70,14 +58,18 @@ def test_a_manifest_validates_and_prepares_exactly_as_the_same_samples_in_folder
     folders, scattered, tiny_model_dir, tiny_codec_dir, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path / "shared")  # paths are relative to the manifest, not to the working directory
-    listed = data.validate_dataset(_cfg(scattered))
+    listed = data.validate_dataset(data_config(scattered))
     assert [s.name for s in listed.samples] == ["01", "02", "03"] and not listed.invalid, listed.table()
     assert listed.samples[0].path == f"{scattered.resolve()}:2"
-    by_folder = data.validate_dataset(_cfg(folders))
+    by_folder = data.validate_dataset(data_config(folders))
     assert [s.video for s in listed.samples] == [s.video for s in by_folder.samples]
 
-    a = data.prepare_dataset(listed.samples, _cfg(scattered), tiny_model_dir, tiny_codec_dir, tmp_path / "p-manifest")
-    b = data.prepare_dataset(by_folder.samples, _cfg(folders), tiny_model_dir, tiny_codec_dir, tmp_path / "p-folder")
+    a = data.prepare_dataset(
+        listed.samples, data_config(scattered), tiny_model_dir, tiny_codec_dir, tmp_path / "p-manifest"
+    )
+    b = data.prepare_dataset(
+        by_folder.samples, data_config(folders), tiny_model_dir, tiny_codec_dir, tmp_path / "p-folder"
+    )
     for x, y in zip(data.load_prepared(a.dir), data.load_prepared(b.dir), strict=True):
         assert x.keys() == y.keys()
         assert all(torch.equal(x[k], y[k]) for k in x if k != "key"), "the same sample must prepare the same tensors"
@@ -86,13 +78,13 @@ def test_a_manifest_validates_and_prepares_exactly_as_the_same_samples_in_folder
 
     # the evaluate stage reads the target the same way
     (s,) = evaluate.all_samples(listed, a)[:1]
-    wave, text = data.read_target(s.parts, 16000, _cfg(scattered))
-    wave_f, text_f = data.read_target(folders / "01", 16000, _cfg(folders))
+    wave, text = data.read_target(s.parts, 16000, data_config(scattered))
+    wave_f, text_f = data.read_target(folders / "01", 16000, data_config(folders))
     assert torch.equal(wave, wave_f) and text == text_f and text
 
 
 def test_the_fingerprint_and_the_cache_follow_the_listed_files_and_texts(scattered, tmp_path):
-    cfg = _cfg(scattered)
+    cfg = data_config(scattered)
     first = data.validate_dataset(cfg)
     again = data.validate_dataset(cfg)
     assert again.reused == ["01", "02", "03"] and again.fingerprint == first.fingerprint
@@ -128,7 +120,7 @@ def test_every_bad_line_is_named_before_anything_runs(tmp_path):
         ],
     )
     with pytest.raises(DatasetError) as err:
-        data.validate_dataset(_cfg(path))
+        data.validate_dataset(data_config(path))
     text = str(err.value)
     assert "8 bad line(s)" in text
     for expected in (
@@ -144,14 +136,14 @@ def test_every_bad_line_is_named_before_anything_runs(tmp_path):
         assert expected in text, (expected, text)
 
     with pytest.raises(DatasetError, match="lists no sample"):
-        data.validate_dataset(_cfg(_write(tmp_path / "empty.jsonl", ["# nothing yet"])))
+        data.validate_dataset(data_config(_write(tmp_path / "empty.jsonl", ["# nothing yet"])))
 
 
 def test_a_missing_or_broken_file_is_a_problem_of_its_sample_naming_the_path(scattered, tmp_path):
     missing = tmp_path / "shared" / "media" / "video" / "clip-02.mp4"
     missing.unlink()
     (tmp_path / "shared" / "media" / "speech" / "03-answer.wav").write_bytes(b"")
-    report = data.validate_dataset(_cfg(scattered, on_invalid="skip"))
+    report = data.validate_dataset(data_config(scattered, on_invalid="skip"))
     problems = {s.name: " ".join(s.problems) for s in report.samples}
     assert problems["01"] == ""
     assert f"in.mp4 ({missing}) is missing" in problems["02"]
@@ -173,14 +165,14 @@ def test_names_default_to_the_video_path_and_a_folder_named_jsonl_is_still_a_fol
             }
         ],
     )
-    (only,) = data.validate_dataset(_cfg(path)).samples
+    (only,) = data.validate_dataset(data_config(path)).samples
     assert only.name == str(sample / "in").strip("/").replace("/", "_") and only.ok
     assert only.text("out.txt") is None  # no transcript listed: the folder's out.txt is not looked for
 
     as_folder = tmp_path / "looks-like.jsonl"
     shutil.copytree(folders, as_folder)
     assert not manifest.is_manifest(as_folder)
-    assert len(data.validate_dataset(_cfg(as_folder)).samples) == 3
+    assert len(data.validate_dataset(data_config(as_folder)).samples) == 3
 
 
 def test_the_planner_counts_a_manifests_samples(scattered, tmp_path):

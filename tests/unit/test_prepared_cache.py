@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
+from tests.helpers import data_config
 from vss_core import data, demo, train
-from vss_core.config import DataConfig
 from vss_core.data import prepare as data_prepare
 from vss_core.errors import DatasetError, TrainingError
 
@@ -29,15 +29,7 @@ def dataset(tmp_path):
 
 
 def _cfg(root, **kw):
-    base = {
-        "root": str(root),
-        "video_frames": 8,
-        "video_fps": 2.0,
-        "audio_seconds": 10.0,
-        "workers": 1,
-        "validation_cache": None,
-    }
-    return DataConfig(**(base | kw))
+    return data_config(root, **({"validation_cache": None} | kw))
 
 
 def _prepare(root, cfg, model_dir, codec_dir, out, **kw):
