@@ -175,13 +175,23 @@ class CheckpointConfigs:
 # --- the tiny checkpoint ----------------------------------------------------------------------------
 
 
-def build_tiny_model(model_dir_with_tokenizer: Path, seed: int = 0) -> OmniModel:
-    """The random-weight tiny model (deterministic by seed) for a directory holding its configs."""
+def tiny_llm_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """TINY_LLM_CONFIG with `overrides` (config.json keys of LongCat-Flash) applied; a new dict."""
+    return {**TINY_LLM_CONFIG, **(overrides or {})}
+
+
+def build_tiny_model(
+    model_dir_with_tokenizer: Path, seed: int = 0, llm_overrides: dict[str, Any] | None = None
+) -> OmniModel:
+    """The random-weight tiny model (deterministic by seed) for a directory holding its configs.
+
+    `llm_overrides` replaces keys of TINY_LLM_CONFIG (a scaled LLM, e.g. for bench/bench_plan.py); the
+    vision and audio towers stay tiny (their projectors follow the LLM's hidden size)."""
     ids = sequence.special_ids(sequence.load_tokenizer(model_dir_with_tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = OmniModel(
-            llm_config(TINY_LLM_CONFIG),
+            llm_config(tiny_llm_config(llm_overrides)),
             vision.VisionConfig.from_json(vision.TINY_VISION_CONFIG, VISION_CONFIG),
             audio.AudioConfig.from_json(audio.TINY_AUDIO_CONFIG, AUDIO_CONFIG),
             SpecialTokenIds(image_pad=ids.image_pad, audio_pad=ids.audio_pad),
@@ -199,13 +209,18 @@ def _submodule_state(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in model.get_submodule(name).state_dict().items()}
 
 
-def write_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
+def write_tiny_checkpoint(out_dir: Path, seed: int = 0, llm_overrides: dict[str, Any] | None = None) -> Path:
     """Write a random-weight tiny model in the official checkpoint layout to out_dir (atomically).
 
     Official config files and keys, official state-dict key names, a real tokenizer carrying the
     official special tokens, a Kaldi `global_cmvn` and the codec decoder's `audio_codec/config.yaml`;
     the LLM safetensors also carry a `model.mtp.*` tensor as the published ones do. The speech codec
     itself (the LongCat-Audio-Codec repository layout) is written by `vss_core.codec.write_tiny_codec`.
+
+    `llm_overrides` replaces keys of TINY_LLM_CONFIG (config.json keys: a scaled LLM of the same
+    architecture, as bench/bench_plan.py builds); the vision and audio towers and the tokenizer stay
+    tiny. Without it the checkpoint is the tiny one, byte for byte. Writing holds the model and a copy
+    of the LLM's weights at once: about 8 bytes per LLM parameter of RAM.
 
     Raises:
         ModelError: out_dir exists and is not empty.
@@ -220,11 +235,12 @@ def write_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
     try:
         sequence.write_tiny_tokenizer(tmp)
-        model = build_tiny_model(tmp, seed)
-        llm_cfg = dict(TINY_LLM_CONFIG, model_type="longcat_flash", architectures=["LongcatFlashForCausalLM"])
+        model = build_tiny_model(tmp, seed, llm_overrides)
+        llm_keys = tiny_llm_config(llm_overrides)
+        llm_cfg = dict(llm_keys, model_type="longcat_flash", architectures=["LongcatFlashForCausalLM"])
         (tmp / "config.json").write_text(json.dumps(llm_cfg, indent=2))
         llm_state = _submodule_state(model, "llm")
-        hidden = TINY_LLM_CONFIG["hidden_size"]
+        hidden = llm_keys["hidden_size"]
         llm_state[f"{MTP_PREFIX}layers.0.eh_proj.weight"] = torch.zeros(hidden, 2 * hidden)
         save_file(llm_state, str(tmp / "model.safetensors"))
         (tmp / "vision").mkdir()
