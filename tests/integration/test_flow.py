@@ -117,6 +117,9 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
     assert last < first * 0.9, f"loss did not go down: {losses}"
     assert f"Step 1/{len(losses)} - Loss: " in (run / "train.log").read_text()
     assert any((run / "checkpoints").glob("step-*/COMPLETE"))
+    # DeepSpeed's CPU all-reduce buffers of this run are gone with it (it never unlinks them itself)
+    launched = (run / "train.log").read_text().split("--master_port ", 1)[1].split()[0]
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{launched}_*"))
 
     # The token never shows: not in logs, artifacts, or any file of the run directory.
     seen = _logs_and_artifacts(flow_run_id)

@@ -3,6 +3,7 @@ directory, and a rank dies with the process that launched it (real processes, no
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -84,3 +85,20 @@ def test_a_rank_dies_with_its_parent(killed):
         for p in (launcher, parent):
             p.kill()
             p.wait()
+
+
+def test_the_shared_memory_buffers_of_a_finished_launch_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "SHM_DIR", tmp_path)
+    uid = os.getuid()
+    mine = [tmp_path / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_41234_{r}" for r in (0, 1)]
+    others = [
+        tmp_path / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_41235_0",  # another launch's port
+        tmp_path / f"deepspeed_allreduce_buffer_{uid + 1}_127.0.0.1_41234_0",  # another user's
+        tmp_path / "unrelated",
+    ]
+    for path in mine + others:
+        path.write_bytes(b"x")
+    removed = launch.remove_shm_buffers(["deepspeed", "--num_gpus", "2", "--master_port", "41234", "--module", "m"])
+    assert sorted(removed) == sorted(p.name for p in mine)
+    assert not any(p.exists() for p in mine) and all(p.exists() for p in others)
+    assert launch.remove_shm_buffers(["deepspeed", "--hostfile", "h"]) == []  # no port of its own: nothing
