@@ -906,6 +906,12 @@ def _nvme_items(ins: PlanInputs, r: _Run) -> list[Item]:
     return nvme
 
 
+def checkpoint_bytes(trainable: int) -> int:
+    """One training checkpoint on disk: the fp32 master copy and Adam's m and v of the trainable
+    parameters (12 B each). Gradients are not saved, nor is the frozen base (train.save_checkpoint)."""
+    return 12 * trainable
+
+
 def _disk_items(ins: PlanInputs, r: _Run, machine: Machine, nvme: list[Item]) -> list[Item]:
     """Disk: where weights, prepared data and checkpoints go."""
     b = ins.dtype_bytes
@@ -930,12 +936,11 @@ def _disk_items(ins: PlanInputs, r: _Run, machine: Machine, nvme: list[Item]) ->
             note="" if ins.num_samples else "samples not counted",
         )
     )
-    ckpt = r.trainable * (b + 16)
     disk.append(
         Item(
             component=f"checkpoints ({ins.checkpoints_to_keep} kept + 1 being written)",
-            gib=_gib(ckpt * (ins.checkpoints_to_keep + 1)),
-            note="LoRA + fp32 optimizer states",
+            gib=_gib(checkpoint_bytes(r.trainable) * (ins.checkpoints_to_keep + 1)),
+            note="fp32 master, Adam m and v: 12 B per LoRA param (bench/bench_plan.py: 12.4-13); no frozen base",
         )
     )
     disk.append(Item(component="adapter", gib=_gib(r.trainable * b)))
@@ -1030,7 +1035,7 @@ def _time(ins: PlanInputs, r: _Run, machine: Machine) -> steptime.TimeEstimate:
         offload_param=ins.offload_param,
         offload_optimizer=ins.offload_optimizer,
         zero_stage=ins.zero_stage,
-        checkpoint_bytes=r.trainable * (ins.dtype_bytes + 16),
+        checkpoint_bytes=checkpoint_bytes(r.trainable),
         save_every_n_steps=ins.save_every_n_steps,
         num_samples=ins.num_samples,
         epochs=ins.epochs,
