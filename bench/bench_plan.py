@@ -34,6 +34,9 @@ own is printed as predicted / measured / ratio, under the planner's own item nam
 accelerator there is no GPU memory: the planner folds its per-rank "device" column into RAM as one
 item; its parts (MoE leaf gathers, activations, ...) cannot be measured apart and are printed as
 planned only, with the residual the other measurements leave for them. The planner is not changed.
+The time estimate (`vss plan`'s seconds per optimizer step, vss_core/steptime.py) is printed against
+the run's measured step time too; on the CPU accelerator its rates are assumptions, so that row shows
+how far they are, not a goal.
 
 The first DeepSpeed use compiles its CPU ops (~75 s); TORCH_EXTENSIONS_DIR defaults to the repo's
 .cache/torch_extensions, where they are cached.
@@ -472,7 +475,15 @@ def report_size(
             f"  note: the run left {res['shm_leaked'] / GIB:.3f} GiB of DeepSpeed all-reduce buffers in /dev/shm "
             "(removed by this benchmark); RAM no plan item holds"
         )
+    step_pred = the_plan.time.step_s if the_plan.time is not None else None
+    if step_pred and res["step_time_s"]:
+        rates = the_plan.time.assumptions[0].removeprefix("rates: ")
+        print(
+            f"  {'time: seconds per optimizer step (vss plan estimate vs the run)':74s} | {step_pred:8.2f}s | "
+            f"{res['step_time_s']:8.2f}s | {res['step_time_s'] / step_pred:6.2f}x | rates {rates}"
+        )
     return {
+        "seconds per step": res["step_time_s"] / step_pred if step_pred and res["step_time_s"] else None,
         "RAM per rank (tree peak)": per_rank_meas / per_rank_pred if per_rank_meas else None,
         "RAM per rank (ru_maxrss)": max(res["ru_maxrss"]) / per_rank_pred if res["ru_maxrss"] else None,
         "RAM per node (used delta)": res["used_delta"] / used_items,
@@ -565,7 +576,7 @@ def main() -> None:
             )
             sys.stdout.flush()
 
-        print("\n=== totals: measured / predicted at each size (goal: within 0.90..1.10) ===")
+        print("\n=== totals: measured / predicted at each size (goal: within 0.90..1.10; time: rates assumed) ===")
         names = list(next(iter(rows.values())))
         print(
             f"  {'total':32s} | "
