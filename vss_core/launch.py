@@ -117,6 +117,40 @@ def remove_shm_buffers(cmd: list[str]) -> list[str]:
     return removed
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def remove_stale_shm_buffers(min_age_s: float = 60.0) -> list[str]:
+    """Delete the all-reduce buffers of local launches that are over: vss killed before it could
+    (`remove_shm_buffers`), or runs of other tools. A buffer is stale when nothing holds its
+    rendezvous port on this machine (every live run's rank 0 keeps its store bound there, and binds
+    it before the buffers exist) and it is older than min_age_s. Returns the names removed."""
+    if not SHM_DIR.is_dir():
+        return []
+    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_"
+    removed, free = [], {}
+    now = time.time()
+    for path in SHM_DIR.glob(prefix + "*"):
+        addr, port, rank = path.name[len(prefix) :].rsplit("_", 2) if path.name.count("_") >= 5 else ("", "", "")
+        if addr not in ("127.0.0.1", "localhost") or not port.isdigit() or not rank.isdigit():
+            continue
+        try:
+            if now - path.stat().st_mtime < min_age_s:
+                continue
+            if free.setdefault(port, _port_free(int(port))):
+                path.unlink()
+                removed.append(path.name)
+        except OSError:
+            pass
+    return removed
+
+
 def build_command(
     cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path, master_port: int | None = None
 ) -> list[str]:
@@ -419,6 +453,13 @@ def _run_once(cfg, run, model_dir, prepared_dir, on_line, on_metrics, on_resourc
         for name in (STOP_REQUEST, STOPPED):
             (Path(run.root) / name).unlink(missing_ok=True)
     log_path = node_log(cfg, run)
+    stale = remove_stale_shm_buffers()
+    if stale:
+        log.info(
+            "Removed %d stale DeepSpeed all-reduce buffers from %s (runs that ended without removing them)",
+            len(stale),
+            SHM_DIR,
+        )
     cmd = build_command(cfg, run, model_dir, prepared_dir)
     stop = threading.Event()
     # The callbacks run in the caller's context (contextvars: e.g. the orchestrator's run context).

@@ -102,3 +102,27 @@ def test_the_shared_memory_buffers_of_a_finished_launch_are_removed(tmp_path, mo
     assert sorted(removed) == sorted(p.name for p in mine)
     assert not any(p.exists() for p in mine) and all(p.exists() for p in others)
     assert launch.remove_shm_buffers(["deepspeed", "--hostfile", "h"]) == []  # no port of its own: nothing
+
+
+def test_stale_buffers_of_ended_launches_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(launch, "SHM_DIR", tmp_path)
+    uid = os.getuid()
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))  # a live run's rendezvous port: held
+        live_port = live.getsockname()[1]
+        ended_port = launch.free_port()
+        names = {
+            "ended": f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_{ended_port}_0",
+            "live": f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_{live_port}_0",
+            "young": f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_{ended_port}_1",
+            "remote": f"deepspeed_allreduce_buffer_{uid}_10.0.0.7_{ended_port}_0",  # another node's master
+        }
+        old = time.time() - 600
+        for key, name in names.items():
+            (tmp_path / name).write_bytes(b"x")
+            if key != "young":
+                os.utime(tmp_path / name, (old, old))
+        assert launch.remove_stale_shm_buffers() == [names["ended"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if k != "ended")
