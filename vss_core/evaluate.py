@@ -163,8 +163,7 @@ def all_samples(dataset, prepared) -> list[EvalSample]:
 
 
 def _eval_sample(report: SampleReport, prepared_file: str) -> EvalSample:
-    parts = SampleFiles(files=report.files, texts=report.texts)
-    return EvalSample(name=report.name, where=report.path, parts=parts, prepared_file=prepared_file)
+    return EvalSample(name=report.name, where=report.path, parts=report.parts(), prepared_file=prepared_file)
 
 
 # --- scoring --------------------------------------------------------------------------------------

@@ -95,26 +95,43 @@ def free_port() -> int:
 SHM_DIR = Path("/dev/shm")
 
 
-def remove_shm_buffers(cmd: list[str]) -> list[str]:
-    """Delete the shared-memory all-reduce buffers the ranks of this launch left, once they are gone.
+def _shm_buffers() -> list[tuple[Path, str, str]]:
+    """(path, master address, port) of this user's DeepSpeed all-reduce buffers.
 
     DeepSpeed's CPU accelerator gives each rank a 66 MB `/dev/shm/deepspeed_allreduce_buffer_<uid>_
     <addr>_<port>_<rank>` and never unlinks it (ops/csrc/cpu/comm/shm.cpp has a `shared_close` no
     one calls): every CPU run on a machine kept 132 MB of RAM until reboot (10.6 GB seen here).
-    The port is this launch's own rendezvous port, free when it started, so no other live run's
-    buffers match. Returns the names removed.
     """
-    if "--master_port" not in cmd or not SHM_DIR.is_dir():
+    if not SHM_DIR.is_dir():
         return []
-    port = cmd[cmd.index("--master_port") + 1]
+    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_"
+    found = []
+    for path in SHM_DIR.glob(prefix + "*"):
+        parts = path.name[len(prefix) :].rsplit("_", 2)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            found.append((path, parts[0], parts[1]))
+    return found
+
+
+def _unlink(paths: list[Path]) -> list[str]:
     removed = []
-    for path in SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+    for path in paths:
         try:
             path.unlink()
             removed.append(path.name)
-        except OSError:  # another user's, or gone already
+        except OSError:  # gone already
             pass
     return removed
+
+
+def remove_shm_buffers(cmd: list[str]) -> list[str]:
+    """Delete the all-reduce buffers (`_shm_buffers`) the ranks of this launch left, once they are
+    gone. The port is this launch's own rendezvous port, free when it started, so no other live
+    run's buffers match. Returns the names removed."""
+    if "--master_port" not in cmd:
+        return []
+    port = cmd[cmd.index("--master_port") + 1]
+    return _unlink([path for path, _, p in _shm_buffers() if p == port])
 
 
 def _port_free(port: int) -> bool:
@@ -131,24 +148,18 @@ def remove_stale_shm_buffers(min_age_s: float = 60.0) -> list[str]:
     (`remove_shm_buffers`), or runs of other tools. A buffer is stale when nothing holds its
     rendezvous port on this machine (every live run's rank 0 keeps its store bound there, and binds
     it before the buffers exist) and it is older than min_age_s. Returns the names removed."""
-    if not SHM_DIR.is_dir():
-        return []
-    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_"
-    removed, free = [], {}
-    now = time.time()
-    for path in SHM_DIR.glob(prefix + "*"):
-        addr, port, rank = path.name[len(prefix) :].rsplit("_", 2) if path.name.count("_") >= 5 else ("", "", "")
-        if addr not in ("127.0.0.1", "localhost") or not port.isdigit() or not rank.isdigit():
+    now, free = time.time(), {}
+    stale = []
+    for path, addr, port in _shm_buffers():
+        if addr not in ("127.0.0.1", "localhost"):
             continue
         try:
-            if now - path.stat().st_mtime < min_age_s:
-                continue
-            if free.setdefault(port, _port_free(int(port))):
-                path.unlink()
-                removed.append(path.name)
+            old = now - path.stat().st_mtime >= min_age_s
         except OSError:
-            pass
-    return removed
+            continue
+        if old and free.setdefault(port, _port_free(int(port))):
+            stale.append(path)
+    return _unlink(stale)
 
 
 def build_command(

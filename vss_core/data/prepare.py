@@ -126,17 +126,19 @@ def _preprocessing_files(model_dir: Path) -> list[Path]:
 _PREPARERS: dict[tuple[str, str | None, str, str | None], _Preparer] = {}
 
 
+def _size_mtime(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a file, following links; (-1, -1) when it cannot be stat-ed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
 def _file_stamps(paths: list[Path]) -> str:
     """(name, size, mtime) of each file, as text: a cheap key that changes whenever a file is rewritten
     (hashing a real tokenizer.json per sample cost more than preparing the sample's audio)."""
-    stamps = []
-    for path in paths:
-        try:
-            st = path.stat()
-            stamps.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            stamps.append(f"{path.name}:<missing>")
-    return ";".join(stamps)
+    return ";".join("{}:{}:{}".format(p.name, *_size_mtime(p)) for p in paths)
 
 
 def _preparer(model_dir: Path, codec_dir: Path | None) -> _Preparer:
@@ -464,15 +466,12 @@ def _file_stats(sample: SampleFiles) -> list[tuple[str, Any, Any]]:
     prepared file is keyed on."""
     stats: list[tuple[str, Any, Any]] = []
     for fname in SAMPLE_FILES + TEXT_FILES:
-        if fname in sample.texts:
-            stats.append((fname, "text", hashlib.sha256(sample.texts[fname].encode()).hexdigest()))
-            continue
+        digest = sample.text_digest(fname)
         path = sample.file(fname)
-        try:
-            st = path.stat() if path is not None else None
-        except OSError:
-            st = None
-        stats.append((fname, st.st_size, st.st_mtime_ns) if st is not None else (fname, -1, -1))
+        if digest is not None:
+            stats.append((fname, "text", digest))
+        else:
+            stats.append((fname, *(_size_mtime(path) if path is not None else (-1, -1))))
     return stats
 
 
@@ -594,9 +593,12 @@ def _run_jobs(
         except Exception as exc:  # noqa: BLE001 - collected and raised once by the caller
             failures.append(f"{job['name']}: {_error_text(exc)}")
 
+    def here(job: dict[str, Any]) -> None:
+        record(job, lambda: _prepare_one(job))
+
     if workers <= 1:
         for job in jobs:
-            record(job, lambda job=job: _prepare_one(job))
+            here(job)
         return results
     pending = collections.deque(jobs)
     # spawn, not fork: the caller may hold threads (Prefect, torch's pools) that fork does not copy safely.
@@ -630,17 +632,14 @@ def _run_jobs(
     try:
         with _torch_threads(1):  # one core here, as in each worker
             while pending and share:
-                job = pending.pop()
-                record(job, lambda job=job: _prepare_one(job))
+                here(pending.pop())
                 collect(timeout=0)
-        while in_flight or pending:
-            if not in_flight and not hellos and not up:  # no worker can help (the pool broke)
-                with _torch_threads(1):
+            while in_flight or pending:
+                if not in_flight and not hellos and not up:  # no worker can help (the pool broke)
                     while pending:
-                        job = pending.pop()
-                        record(job, lambda job=job: _prepare_one(job))
-                break
-            collect(timeout=None)
+                        here(pending.pop())
+                    break
+                collect(timeout=None)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results
@@ -725,7 +724,7 @@ def _prepare_locked(
         jobs.append(
             {
                 "name": s.name,
-                "sample": SampleFiles(files=s.files, texts=s.texts).model_dump(),
+                "sample": s.parts().model_dump(),
                 "where": s.path,
                 "duration_s": duration,
                 "settings": settings,

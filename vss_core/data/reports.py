@@ -79,6 +79,14 @@ class SampleFiles(BaseModel):
         """The folder layout: `folder/in.mp4`, `folder/in.wav`, ... (the texts where present)."""
         return cls(files={name: str(Path(folder) / name) for name in SAMPLE_FILES + TEXT_FILES})
 
+    def parts(self) -> SampleFiles:
+        """Only where the parts are (a `SampleReport` without its report), e.g. to hand to a worker."""
+        return SampleFiles(files=self.files, texts=self.texts)
+
+    def text_digest(self, role: str) -> str | None:
+        """sha256 of an inline text (what keys it in caches: it has no file to stat); None if not inline."""
+        return hashlib.sha256(self.texts[role].encode()).hexdigest() if role in self.texts else None
+
     def file(self, role: str) -> Path | None:
         """The file of a role, or None when this sample has none for it."""
         return Path(self.files[role]) if role in self.files else None

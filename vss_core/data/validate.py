@@ -11,7 +11,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vss_core.atomic import write_json_atomic
 from vss_core.config import DataConfig
@@ -180,9 +180,9 @@ def _sample_key(
     """Stat-level checks of one sample and its cache key (with content hashes where asked)."""
     present, problems, rows = _locate(sample, root, folder)
     for fname in TEXT_FILES:  # the optional texts are training targets too: a change is a data change
-        path = sample.file(fname)
-        if fname in sample.texts:  # inline in a manifest: its content is the key
-            rows.append((fname, hashlib.sha256(sample.texts[fname].encode()).hexdigest()))
+        path, digest = sample.file(fname), sample.text_digest(fname)
+        if digest is not None:  # inline in a manifest: its content is the key
+            rows.append((fname, digest))
         elif path is not None and path.is_file():
             st = path.stat()
             rows.append(
@@ -308,13 +308,13 @@ def _read_cache(path: Path | None, root: Path) -> dict[str, Any]:
 # --- the dataset ----------------------------------------------------------------------------------
 
 
-class _Listed:
+class _Listed(NamedTuple):
     """One sample as found: its name, where it was listed, its parts, and its folder (folder layout)."""
 
-    __slots__ = ("folder", "name", "sample", "where")
-
-    def __init__(self, name: str, where: str, sample: SampleFiles, folder: Path | None) -> None:
-        self.name, self.where, self.sample, self.folder = name, where, sample, folder
+    name: str
+    where: str
+    sample: SampleFiles
+    folder: Path | None
 
 
 def _list_samples(cfg: DataConfig) -> tuple[Path, list[_Listed], list[str]]:
