@@ -35,6 +35,7 @@ from vss_core.codec import acoustic, semantic
 from vss_core.codec import decoder as decoder_lib
 from vss_core.codec.decoder import DecoderConfig
 from vss_core.errors import ModelError, bullet_list
+from vss_core.stamps import size_mtime
 
 SAMPLE_RATE = acoustic.SAMPLE_RATE
 HOP_SAMPLES = acoustic.HOP_SAMPLES
@@ -104,13 +105,9 @@ def encoder_fingerprint(codec_dir: Path) -> str:
     _require(codec_dir, [ENCODER_CKPT, ENCODER_CMVN])
     # Remembered per process while no file it reads changes (size, mtime): preparation asks once per
     # sample, and parsing the YAML configs each time cost ~12 ms a sample (bench/bench_data.py).
-    stats = []
-    for rel in (ENCODER_CKPT, ENCODER_CMVN, ENCODER_YAML, *SEMANTIC_YAMLS):
-        try:
-            st = (codec_dir / rel).stat()
-            stats.append((str(rel), st.st_size, st.st_mtime_ns))
-        except OSError:
-            stats.append((str(rel), -1, -1))
+    stats = [
+        (str(rel), *size_mtime(codec_dir / rel)) for rel in (ENCODER_CKPT, ENCODER_CMVN, ENCODER_YAML, *SEMANTIC_YAMLS)
+    ]
     key = (str(codec_dir.resolve()), tuple(stats))
     if key not in _FINGERPRINTS:
         sem_cfg, ac_cfg = encoder_configs(codec_dir)

@@ -45,6 +45,7 @@ from vss_core.data.reports import (
 from vss_core.data.validate import _locate, _probe
 from vss_core.errors import DatasetError, ModelError, bullet_list
 from vss_core.lifetime import die_with_parent
+from vss_core.stamps import size_mtime
 
 # --- preparation ----------------------------------------------------------------------------------
 
@@ -126,19 +127,10 @@ def _preprocessing_files(model_dir: Path) -> list[Path]:
 _PREPARERS: dict[tuple[str, str | None, str, str | None], _Preparer] = {}
 
 
-def _size_mtime(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) of a file, following links; (-1, -1) when it cannot be stat-ed."""
-    try:
-        st = path.stat()
-    except OSError:
-        return -1, -1
-    return st.st_size, st.st_mtime_ns
-
-
 def _file_stamps(paths: list[Path]) -> str:
     """(name, size, mtime) of each file, as text: a cheap key that changes whenever a file is rewritten
     (hashing a real tokenizer.json per sample cost more than preparing the sample's audio)."""
-    return ";".join("{}:{}:{}".format(p.name, *_size_mtime(p)) for p in paths)
+    return ";".join("{}:{}:{}".format(p.name, *size_mtime(p)) for p in paths)
 
 
 def _preparer(model_dir: Path, codec_dir: Path | None) -> _Preparer:
@@ -471,7 +463,7 @@ def _file_stats(sample: SampleFiles) -> list[tuple[str, Any, Any]]:
         if digest is not None:
             stats.append((fname, "text", digest))
         else:
-            stats.append((fname, *(_size_mtime(path) if path is not None else (-1, -1))))
+            stats.append((fname, *(size_mtime(path) if path is not None else (-1, -1))))
     return stats
 
 
