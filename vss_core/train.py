@@ -320,8 +320,9 @@ def _build_engine(cfg: VSSConfig, peft_model, total_steps: int):
     return engine, scheduler
 
 
-def _resume(engine, ckpt_root: Path, rank: int, total_steps: int) -> int:
-    """Load the latest complete checkpoint (partial ones are deleted first); the step to start from."""
+def _resume_point(ckpt_root: Path, rank: int) -> tuple[int, Path] | None:
+    """The latest complete checkpoint, (its step, its folder), or None; partial ones are deleted
+    first. Read from the folder names, before the model exists, so the loader can start there."""
     import deepspeed.comm as dist
 
     if rank == 0:
@@ -330,17 +331,25 @@ def _resume(engine, ckpt_root: Path, rank: int, total_steps: int) -> int:
             log.warning("Removed incomplete checkpoint %s (left by an interrupted run)", d)
     dist.barrier()
     done = complete_checkpoints(ckpt_root)
-    if not done:
-        return 0
-    _, path = done[-1]
+    return done[-1] if done else None
+
+
+def _resume(engine, point: tuple[int, Path] | None, rank: int, total_steps: int) -> None:
+    """Load the checkpoint `_resume_point` chose into the engine."""
+    if point is None:
+        return
+    step, path = point
     # Not strict: checkpoints leave the frozen base out (save_checkpoint); the trainable weights come
     # back from the optimizer's partitions, and tests/integration/test_training.py checks a resumed
     # run follows the uninterrupted one's losses.
-    _, client = engine.load_checkpoint(str(ckpt_root), tag=path.name, load_module_strict=False)
-    start_step = int(client["step"])
+    _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False)
+    if int(client["step"]) != step:
+        raise RuntimeError(
+            f"checkpoint {path} holds step {client['step']}, not the {step} its name says: it was renamed "
+            f"or copied by hand. Rename it to step-{client['step']} or delete it, then run again."
+        )
     if rank == 0:
-        log.info("Resumed from checkpoint %s (step %d/%d)", path, start_step, total_steps)
-    return start_step
+        log.info("Resumed from checkpoint %s (step %d/%d)", path, step, total_steps)
 
 
 def _collate_indexed(pairs: list[tuple[int, dict]]) -> tuple[list[int], dict[str, torch.Tensor] | data.Packed]:
@@ -376,6 +385,9 @@ def _loader(
         prefetch_factor=tr.prefetch_batches if workers else None,
         persistent_workers=workers > 0,
         worker_init_fn=_loader_worker_init if workers else None,
+        # its own generator: the workers' base seed is drawn from it, not from torch's global one,
+        # which the model's LoRA initialisation after it must find as seeded
+        generator=torch.Generator().manual_seed(tr.seed),
     )
     return loader
 
@@ -459,13 +471,55 @@ class _Timer:
         }
 
 
-def measured_peaks(timer: _Timer, world: int, all_gather_object) -> dict:
-    """This run's measured figures, every rank's gathered (rank 0's list first): peak RSS of each rank
-    process (`getrusage` ru_maxrss; loader workers are separate processes, with their own bounded
-    share), peak GPU memory where there is a GPU, loop time and the share spent waiting for data."""
+def _status_kib() -> dict[str, int]:
+    """This process's memory lines of /proc/self/status, in bytes ({} where it cannot be read)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.startswith(("Vm", "Rss")) and value.strip().endswith("kB"):
+                out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS so far: VmHWM, the high-water mark of its own address space.
+
+    Not `getrusage`'s ru_maxrss: Linux keeps that across fork and exec (the kernel folds the old
+    address space's peak into it on execve), so a rank started by a 1.3 GiB Prefect process reports
+    1.3 GiB before it has done anything (measured: a child of a 1.2 GiB Python reads ru_maxrss
+    1213 MiB, VmHWM 13 MiB). ru_maxrss only where /proc cannot be read (not Linux)."""
+    hwm = _status_kib().get("VmHWM")
+    if hwm:
+        return hwm
     import resource
 
-    mine = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **timer.figures()}
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_now() -> dict[str, int]:
+    """This process's memory at this moment, bytes: its own pages (RssAnon), mapped file pages
+    (RssFile: libraries, checkpoint shards being read), and the peak RSS so far. Only the peak where
+    /proc/self/status cannot be read (not Linux)."""
+    status = _status_kib()
+    out = {"peak_rss": peak_rss_bytes()}
+    for key in ("RssAnon", "RssFile"):
+        if key in status:
+            out[key.lower().replace("rss", "rss_")] = status[key]
+    return out
+
+
+def measured_peaks(timer: _Timer, world: int, all_gather_object, phases: dict[str, dict] | None = None) -> dict:
+    """This run's measured figures, every rank's gathered (rank 0's list first): peak RSS of each rank
+    process (VmHWM; loader workers are separate processes, with their own bounded
+    share), its memory at the end of each phase (`phases`, `memory_now`: started, model loaded,
+    engine built, trained; what each phase added is what the planner's items predict), peak GPU
+    memory where there is a GPU, loop time and the share spent waiting for data."""
+    mine = {"peak_rss_bytes": peak_rss_bytes(), **timer.figures()}
+    if phases:
+        mine["memory_by_phase"] = {**phases, "trained": memory_now()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         mine["gpu_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
         mine["gpu_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
@@ -497,8 +551,9 @@ def _check_plan(cfg: VSSConfig, model_dir: Path, measured: dict):
 def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) -> dict | None:
     """Train, checkpointing as configured; returns the summary, or None when stopped on request.
 
-    The steps: distributed init, the partitioned model with LoRA (`_build_model`), the samples read
-    lazily (`_training_samples`, `_loader`), the engine and schedule, resume, the loop, the adapter.
+    The steps: distributed init, the samples read lazily (`_training_samples`) and the schedule,
+    the checkpoint to resume from (`_resume_point`), the loader and its workers (`_loader`), the
+    partitioned model with LoRA (`_build_model`), the engine, resume, the loop, the adapter.
     """
     import deepspeed
     import deepspeed.comm as dist
@@ -511,13 +566,23 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     if cfg.hardware.nodes > 1:
         check_shared_run_dir(Path(run.root), rank, world, dist)
 
-    peft_model, trainable, total = _build_model(cfg, model_dir, run, rank)
     samples, held_out = _training_samples(cfg, prepared_dir, rank)
     per_epoch, total_steps = _schedule(cfg, len(samples), world, rank)
-    engine, scheduler = _build_engine(cfg, peft_model, total_steps)
     ckpt_root = Path(run.checkpoints)
-    start_step = _resume(engine, ckpt_root, rank, total_steps)
+    point = _resume_point(ckpt_root, rank)
+    start_step = point[0] if point else 0
+    # The loader workers are forked now, before the model exists: a worker forked later shares the
+    # rank's pages copy-on-write, and every page the rank then writes (gathered weights, optimizer
+    # states) stays behind as the worker's own copy; bench/bench_plan.py measured that growing with
+    # the model (0.15 to 0.57 GiB a worker from 0.08B to 1B parameters). Forked here, a worker holds
+    # only what the rank had imported.
     batches = iter(_loader(samples, cfg, rank, world, per_epoch, total_steps, start_step))
+    phases = {"started": memory_now()}
+    peft_model, trainable, total = _build_model(cfg, model_dir, run, rank)
+    phases["model_loaded"] = memory_now()
+    engine, scheduler = _build_engine(cfg, peft_model, total_steps)
+    _resume(engine, point, rank, total_steps)
+    phases["engine_built"] = memory_now()
     steps_log = _StepLog(cfg, run, rank)
     if rank == 0:
         log.info(
@@ -578,7 +643,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             dist.barrier()
             return None
 
-    measured = measured_peaks(timer, world, dist.all_gather_object)
+    measured = measured_peaks(timer, world, dist.all_gather_object, phases)
     check = _check_plan(cfg, model_dir, measured) if rank == 0 else None
     summary = {
         "steps": total_steps,

@@ -198,3 +198,18 @@ def test_multi_node_without_ssh_settings_are_checked_and_do_not_change_the_train
     assert launch.node_log(node1, run) == Path("/runs/r/train-node-1.log") and launch.node_log(node0, run) == Path(
         run.log
     )
+
+
+def test_a_rank_reports_its_own_peak_not_the_peak_of_the_process_that_started_it():
+    # ru_maxrss survives fork + exec: a rank started by a big Prefect process would report that
+    # process's size as its own peak and fail the plan check for memory it never used
+    import subprocess
+    import sys
+
+    held = b"\x01" * (3 * 2**30)  # 3 GiB of written pages in this (the parent) process
+    code = "from vss_core.train import peak_rss_bytes; import resource; print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    del held
+    peak, ru_maxrss = (int(x) for x in out)
+    assert ru_maxrss >= 3 * 2**30  # the kernel's inherited figure: what the old measure read
+    assert 0 < peak < 2 * 2**30  # the child's own high-water mark (imports: ~1 GiB)
