@@ -10,7 +10,7 @@ ranks, ZeRO-3 with offload, DataLoader workers per rank) through vss_core.launch
 
 Printed for each size:
 - peak RSS of each rank's process tree (the rank and its loader workers), sampled every 0.2 s from
-  outside with psutil, and the rank's own peak (ru_maxrss, recorded by the run in train_summary.json);
+  outside with psutil, and the rank's own peak (VmHWM, recorded by the run in train_summary.json);
 - the share of the loop each rank spent waiting for its next batch (train_summary.json);
 - the largest USS of a loader worker (what it does not share with its rank: the planner's figure);
 and, as the baseline in the same run, what reading the whole folder into memory costs (the former
@@ -192,8 +192,8 @@ def main() -> None:
             results[n] = train_on(cfg, model_dir, path, f"size-{n}")
             print(f"  trained on {n} samples ({results[n]['wall']:.0f} s)", flush=True)
 
-        print("\ntraining: peak RSS per rank (process tree sampled every 0.2 s; rank process ru_maxrss), data wait")
-        print(f"{'samples':>8} | {'tree peak per rank GiB':>24} | {'ru_maxrss GiB':>15} | {'data wait % of loop':>20}")
+        print("\ntraining: peak RSS per rank (process tree sampled every 0.2 s; rank process VmHWM), data wait")
+        print(f"{'samples':>8} | {'tree peak per rank GiB':>24} | {'VmHWM GiB':>15} | {'data wait % of loop':>20}")
         for n, r in results.items():
             tree = " ".join(f"{p / gib:.3f}" for p in r["tree_peaks"])
             own = " ".join(f"{g['peak_rss_bytes'] / gib:.3f}" for g in r["per_rank"])

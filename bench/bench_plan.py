@@ -1,6 +1,6 @@
 """The planner's memory and disk figures (`vss plan`, vss_core/plan.py) against measured peaks (issue 18 item 1).
 
-    .venv/bin/python bench/bench_plan.py [--sizes 384,768,1152 --layers 6 --steps 4]   # ~15 min on 2 cores
+    .venv/bin/python bench/bench_plan.py [--sizes 0,384,768,1152 --layers 6 --steps 4]   # ~11 min on 2 cores
 
 For each --sizes hidden size a scaled LongCat-Flash-Omni is written through the tiny checkpoint's own
 code path (`vss_core.model.write_tiny_checkpoint(dir, llm_overrides=...)`, the official layout) with
@@ -9,23 +9,27 @@ routed experts = hidden/12 and 256 zero experts, top-12 routing = 2.3% of the ex
 2 x hidden, 64 heads = hidden/96 of the real head sizes 128/64/128, q_lora hidden/4, kv_lora hidden/12)
 and --layers decoder layers. What stays tiny: the text vocabulary (the tiny tokenizer's 512 ids; the
 speech tables keep their real 8224 rows) and the vision and audio encoders (only their projectors
-follow the LLM's hidden size). The default sizes have 0.079B, 0.358B and 1.008B parameters.
+follow the LLM's hidden size). The default sizes have 0.079B, 0.358B and 1.008B parameters; size 0 is
+the demo's tiny model (0.006B) as it is, whose planned items are near zero: on it the bench measures
+a training step's fixed working memory.
 
 Each model is trained for --steps optimizer steps with the cpu-demo config (2 CPU ranks, ZeRO-3 with
 parameter and optimizer offload, fp32, LoRA on the cpu-demo targets, 1 loader worker per rank) through
 vss_core.launch.run_training on the demo's samples, saving a checkpoint after every step but the last
-(training.checkpoints_to_keep of them kept), so every planned item happens. Measured, from outside,
-every 0.2 s with psutil:
-- peak RSS of each rank's process tree (the rank and its loader worker) and the largest loader-worker USS;
-- the node: peak of psutil.virtual_memory().used minus its idle baseline before the launch, the drop
-  of `available` (which also sees shared memory, e.g. DeepSpeed's /dev/shm all-reduce buffers, that
-  `used` leaves out), and the peak sum of the training processes' RSS at one instant;
-- disk: the checkpoints folder's peak size while training (sampled every ~1 s), the adapter, the
-  prepared data;
-and from the run itself: train_summary.json's "measured" ru_maxrss per rank, trainable_parameters.json.
-Per-process overhead is measured by a separate process that does what a rank does before it builds
-the model (imports vss_core.train and DeepSpeed on the CPU accelerator, init_distributed with gloo,
-loads the cpu_adam op).
+(training.checkpoints_to_keep of them kept), so every planned item happens. Measured, from outside, every 0.2 s with psutil:
+- the peak RSS of each rank process (the planner's `plan.ram_per_rank`: its share of the node's
+  items, shared library pages whole, as RSS counts them) and its RssAnon / RssFile split at that peak;
+  the largest loader-worker USS; the launcher processes' USS (and PSS);
+- the node: the peak PSS sum of every training process at one instant (each shared page counted
+  once: the RAM the run takes), beside psutil's `used` and `available` and the RSS sum;
+- disk: the checkpoints folder's peak size (its own 5 ms loop: a checkpoint is written and the
+  oldest removed within ~0.1 s), the adapter, the prepared data;
+and from the run itself (train_summary.json "measured"): the peak RSS (VmHWM) per rank and each rank's memory
+at the end of each phase (started, model loaded, engine built, trained: what each phase added),
+trainable_parameters.json. Per-process overhead is measured by a separate process that does what a
+rank does before it builds the model (imports vss_core.train and DeepSpeed on the CPU accelerator,
+init_distributed with gloo, loads the cpu_adam op): its RssAnon (the planner's per-process memory)
+and RssFile + RssShmem (the library pages, once per node).
 
 The planner is run for the same config and this machine (`vss_core.hardware.plan_run(cfg,
 plan.Machine(gpus_per_node=2, gpu_memory_gib=None, ram_gib=<total>, disk_gib=<free>))`, as `vss plan
@@ -71,8 +75,9 @@ import deepspeed
 deepspeed.init_distributed(dist_backend="gloo")
 from deepspeed.ops.adam import DeepSpeedCPUAdam
 DeepSpeedCPUAdam([torch.nn.Parameter(torch.zeros(8))])
-anon = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("RssAnon:"))
-print(psutil.Process().memory_info().rss, anon)
+status = {k: v for k, _, v in (line.partition(":") for line in open("/proc/self/status"))}
+kib = lambda key: int(status[key].split()[0]) * 1024
+print(psutil.Process().memory_info().rss, kib("RssAnon"), kib("RssFile") + kib("RssShmem"))
 """
 
 _WRITE_CHILD = """
@@ -118,13 +123,21 @@ def du(path: Path) -> int:
 
 
 class RunSampler:
-    """Peaks of one training run, sampled from outside: per rank tree RSS, node RAM, checkpoint disk."""
+    """Peaks of one training run, sampled from outside: per rank tree RSS and PSS, the node's RAM
+    (psutil, and the PSS sum of every training process), the launcher processes, checkpoint disk."""
 
     def __init__(self, config: str, checkpoints: Path, interval_s: float = 0.2) -> None:
         self.config, self.checkpoints, self.interval_s = config, checkpoints, interval_s
-        self.peaks: dict[int, int] = {}
+        self.peaks: dict[int, int] = {}  # rank pid -> peak RSS of the rank and its loader workers
+        self.rank_rss: dict[int, int] = {}  # rank pid -> peak RSS of the rank process alone
         self.worker_uss = 0
-        self.tree_sum_peak = 0  # every training process (launcher, ranks, workers) at one instant
+        self.tree_sum_peak = 0  # RSS of every training process (launcher, ranks, workers) at one instant
+        self.pss_sum_peak = 0  # PSS of the same at one instant: each shared page counted once in all
+        self.launcher_pss = 0  # PSS of the DeepSpeed launcher processes (the runner and launch)
+        self.launcher_uss = 0  # their USS: what they hold beside the library pages every process maps
+        self.others: list[str] = []
+        self.other_pss = 0  # PSS of any other process of the tree (neither launcher, rank nor worker)
+        self.rank_split: dict[int, dict[str, int]] = {}  # rank pid -> RssAnon/RssFile/RssShmem at its RSS peak
         self.ports: set[str] = set()
         self.ckpt_peak = 0
         vm = []
@@ -136,6 +149,7 @@ class RunSampler:
         self.used_peak, self.avail_min = self.used0, self.avail0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._disk = threading.Thread(target=self._disk_loop, daemon=True)
 
     def _ranks(self) -> list[psutil.Process]:
         found = []
@@ -152,10 +166,15 @@ class RunSampler:
             vm = psutil.virtual_memory()
             self.used_peak = max(self.used_peak, vm.used)
             self.avail_min = min(self.avail_min, vm.available)
+            in_ranks: set[int] = set()
             for rank in self._ranks():
                 try:
                     workers = rank.children(recursive=True)
-                    total = sum(p.memory_info().rss for p in [rank, *workers])
+                    in_ranks |= {rank.pid, *(w.pid for w in workers)}
+                    own = rank.memory_info().rss
+                    if own > self.rank_rss.get(rank.pid, 0):
+                        self.rank_split[rank.pid] = rss_split(rank.pid)
+                    total = own + sum(p.memory_info().rss for p in workers)
                     for w in workers:
                         self.worker_uss = max(self.worker_uss, w.memory_full_info().uss)
                     if rank.pid not in self.peaks:
@@ -165,28 +184,67 @@ class RunSampler:
                 except psutil.Error:
                     continue
                 self.peaks[rank.pid] = max(self.peaks.get(rank.pid, 0), total)
-            tree = 0
+                self.rank_rss[rank.pid] = max(self.rank_rss.get(rank.pid, 0), own)
+            tree = pss = launcher = launcher_uss = other = 0
+            others: list[str] = []
             for p in me.children(recursive=True):
                 try:
-                    tree += p.memory_info().rss
+                    full = p.memory_full_info()
+                    cmd = p.cmdline()
                 except psutil.Error:
                     continue
+                tree += full.rss
+                pss += full.pss
+                if p.pid in in_ranks:
+                    continue
+                if any(a.endswith("/deepspeed") or a == "deepspeed.launcher.launch" for a in cmd[:4]):
+                    launcher += full.pss
+                    launcher_uss += full.uss
+                else:
+                    other += full.pss
+                    others.append(f"{full.pss / GIB:.3f} GiB: {' '.join(cmd)[:120]}")
             self.tree_sum_peak = max(self.tree_sum_peak, tree)
-            self.ckpt_peak = max(self.ckpt_peak, du(self.checkpoints))
+            self.pss_sum_peak = max(self.pss_sum_peak, pss)
+            if in_ranks:  # while the ranks run: the launchers' steady state, not their start
+                self.launcher_pss = max(self.launcher_pss, launcher)
+                self.launcher_uss = max(self.launcher_uss, launcher_uss)
+                if other > self.other_pss:
+                    self.other_pss, self.others = other, others
             self._stop.wait(self.interval_s)
+
+    def _disk_loop(self) -> None:
+        # its own fast loop: a checkpoint of a few MB is written and the oldest removed within ~0.1 s
+        while not self._stop.is_set():
+            self.ckpt_peak = max(self.ckpt_peak, du(self.checkpoints))
+            self._stop.wait(0.005)
 
     def __enter__(self):
         self._thread.start()
+        self._disk.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._disk.join()
 
 
-def process_overhead() -> tuple[int, int]:
-    """(RSS, anonymous RSS) of a process that does what a rank does before building the model (one
-    rank, gloo); the rest of its RSS is shared library pages, held once per node."""
+def rss_split(pid: int) -> dict[str, int]:
+    """RssAnon, RssFile and RssShmem of a process, in bytes (/proc/PID/status)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def process_overhead() -> tuple[int, int, int]:
+    """(RSS, anonymous RSS, file-backed + shmem RSS) of a process that does what a rank does before
+    building the model (one rank, gloo): its own heap, and the libraries' pages, held once per node."""
     from vss_core import launch
     from vss_core.config import load_config
 
@@ -195,8 +253,8 @@ def process_overhead() -> tuple[int, int]:
     out = subprocess.run(
         [sys.executable, "-c", _OVERHEAD_CHILD], capture_output=True, text=True, check=True, cwd=REPO, env=env
     )
-    rss, anon = out.stdout.strip().splitlines()[-1].split()
-    return int(rss), int(anon)
+    rss, anon, files = out.stdout.strip().splitlines()[-1].split()
+    return int(rss), int(anon), int(files)
 
 
 def sample_in_memory(prepared: Path) -> int:
@@ -237,6 +295,14 @@ def leaked_shm(ports: set[str]) -> list[Path]:
     return [p for p in shm.glob("deepspeed_*") if any(f"_{port}_" in p.name for port in ports)]
 
 
+def idle_children(timeout_s: float = 60.0) -> None:
+    """Wait until this process has no child left (preparation's spawned workers end a few seconds after
+    their work: `pool.shutdown(wait=False)`), so the run's figures hold the training's processes only."""
+    deadline = time.monotonic() + timeout_s
+    while psutil.Process().children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def train_one(cfg, model_dir: Path, prepared: Path, name: str, steps: int) -> dict:
     from vss_core import launch
     from vss_core.runs import create_run
@@ -274,6 +340,14 @@ def train_one(cfg, model_dir: Path, prepared: Path, name: str, steps: int) -> di
         "used_delta": s.used_peak - s.used0,
         "avail_drop": s.avail0 - s.avail_min,
         "tree_sum": s.tree_sum_peak,
+        "pss_sum": s.pss_sum_peak,
+        "launcher_pss": s.launcher_pss,
+        "launcher_uss": s.launcher_uss,
+        "rank_rss": sorted(s.rank_rss.values()),
+        "rank_split": max(s.rank_split.values(), key=lambda d: sum(d.values()), default={}),
+        "other_pss": s.other_pss,
+        "others": s.others,
+        "phases": [g.get("memory_by_phase", {}) for g in measured["per_rank"]] if measured else [],
         "ckpt_peak": s.ckpt_peak,
         "ckpt_one": du(last) if last else 0,
         "ckpt_kept": len(ckpts),
@@ -285,7 +359,7 @@ def train_one(cfg, model_dir: Path, prepared: Path, name: str, steps: int) -> di
         "shm_leaked": shm_bytes,
         "trainable": counts["trainable"],
         "total": counts["total"],
-        "ru_maxrss": [g["peak_rss_bytes"] for g in measured["per_rank"]] if measured else None,
+        "hwm": [g["peak_rss_bytes"] for g in measured["per_rank"]] if measured else None,
         "step_time_s": measured["step_time_s"] if measured else None,
         "stopped": stopped,
     }
@@ -302,6 +376,24 @@ def device_parts(cfg) -> list:
         return planner._device_items(ins, planner._derive(ins))  # private: its parts are not in Plan
     except Exception:  # noqa: BLE001 - the planner is being changed; the parts are informational only
         return []
+
+
+def fixed_working_memory(res: dict, ram, cfg) -> float | None:
+    """What a rank's own memory (RssAnon) grew by from its start to its peak beyond its planned items
+    (its weight partition and optimizer share, batches, device column): on the tiny model, whose items
+    are near zero, the training step's fixed working memory itself; at the larger sizes the residual
+    of the planned items as well."""
+    if not res["phases"] or not res["rank_split"]:
+        return None
+    ranks = cfg.hardware.gpus_per_node
+    start = max(ph.get("started", {}).get("rss_anon", 0) for ph in res["phases"])
+    grown = res["rank_split"]["RssAnon"] - start
+    planned = 0.0
+    for it in ram.items:
+        c = it.component
+        if c.startswith(("weight partitions", "optimizer", "batches in flight", "glibc")) or "device memory" in c:
+            planned += it.gib * GIB / ranks
+    return grown - planned
 
 
 def row(name: str, pred: float | None, meas: float | None, note: str = "") -> str:
@@ -321,7 +413,7 @@ def report_size(
     res: dict,
     the_plan,
     cfg,
-    overhead: tuple[int, int],
+    overhead: tuple[int, int, int],
     in_memory: int,
     prepared_bytes: int,
     model_bytes: int,
@@ -330,7 +422,7 @@ def report_size(
     from vss_core import plan as planner
 
     ranks = cfg.hardware.gpus_per_node
-    overhead, overhead_anon = overhead
+    overhead, overhead_anon, overhead_files = overhead
     ram, disk = the_plan.resource("CPU RAM"), the_plan.resource("disk")
     b = 2 if cfg.model.dtype == "bfloat16" else 4
     print(
@@ -365,11 +457,42 @@ def report_size(
                     "*optim_states* files of the last checkpoint",
                 )
             )
-        elif c.startswith("training processes"):
-            meas = ranks * overhead
+        elif c.startswith("training processes' own memory"):
+            meas = ranks * overhead_anon
             measured_parts += meas
-            print(row(c, pred, meas, f"{ranks} x RSS of a process set up as a rank before the model is built"))
-            print(row("  (same, anonymous memory only: libraries' pages are shared)", pred, ranks * overhead_anon, ""))
+            print(row(c, pred, meas, f"{ranks} x RssAnon of a process set up as a rank before the model is built"))
+        elif c.startswith("libraries' pages"):
+            files = max((ph.get("trained", {}).get("rss_file", 0) for ph in res["phases"]), default=0)
+            measured_parts += files
+            print(
+                row(
+                    c,
+                    pred,
+                    files or None,
+                    f"a rank's RssFile at the end of training (before its model: {overhead_files / GIB:.3f})",
+                )
+            )
+        elif c.startswith("DeepSpeed launcher"):
+            measured_parts += res["launcher_uss"]
+            print(
+                row(
+                    c,
+                    pred,
+                    res["launcher_uss"],
+                    f"USS of the launcher processes (their PSS, a share of the libraries: {res['launcher_pss'] / GIB:.3f})",
+                )
+            )
+        elif c.startswith("a training step's fixed"):
+            fixed = fixed_working_memory(res, ram, cfg)
+            print(
+                row(
+                    c,
+                    pred,
+                    None if fixed is None else ranks * fixed,
+                    f"{ranks} x a rank's RssAnon growth, start to peak, less its planned items (only the tiny model "
+                    "has ~none: at the others, their error too)",
+                )
+            )
         elif c.startswith("batches in flight"):
             n = planner.loader_batches(cfg.training.loader_workers, cfg.training.prefetch_batches)
             meas = ranks * n * cfg.training.micro_batch_size * in_memory
@@ -381,7 +504,7 @@ def report_size(
             print(row(c, pred, meas, "ranks x workers x the largest loader-worker USS seen"))
         elif c.startswith("checkpoint load"):
             print(row(c, pred, None, "not measurable apart (rank 0, transient, inside the rank's peak)"))
-        elif "device memory" in c:
+        elif "device memory" in c or c.startswith("glibc"):
             print(row(c, pred, None, "see its parts and the residual below"))
         elif it is reserve:
             print(row(c, pred, None, "headroom, not a use: left out of the totals compared below"))
@@ -389,13 +512,18 @@ def report_size(
             print(row(c, pred, None, "not measured here"))
     dev = item(ram, *[i.component for i in ram.items if "device memory" in i.component])
     if dev is not None:
-        residual = res["tree_sum"] - measured_parts
+        residual = res["pss_sum"] - measured_parts
         print(
             row(
-                "  residual: training processes' RSS sum at peak - the measured parts above",
-                dev.gib * GIB,
+                "  residual: training processes' PSS sum at peak - the measured parts above",
+                sum(
+                    i.gib
+                    for i in ram.items
+                    if "device memory" in i.component or i.component.startswith(("glibc", "a training step's fixed"))
+                )
+                * GIB,
                 residual,
-                "what is left for the device column (+ checkpoint load)",
+                "left for the device column, its allocator retention, the fixed working memory (+ checkpoint load)",
             )
         )
         for part in device_parts(cfg):
@@ -405,38 +533,60 @@ def report_size(
             " memory to compare; these parts live in the ranks' RAM and are only seen in the totals)"
         )
     print(" RAM totals:")
-    per_rank_pred = used_items / ranks
-    per_rank_meas = max(res["tree_peaks"]) if res["tree_peaks"] else None
+    per_rank_pred = planner.ram_per_rank(ram.items) * GIB
+    rank_rss = max(res["rank_rss"]) if res["rank_rss"] else None
     print(
-        row(
-            "per rank: (node need - OS reserve) / ranks vs rank tree peak (max)",
-            per_rank_pred,
-            per_rank_meas,
-            "tree RSS, 0.2 s",
-        )
+        row("per rank: plan.ram_per_rank vs the rank process's RSS peak (max)", per_rank_pred, rank_rss, "RSS, 0.2 s")
     )
     print(
         row(
-            "per rank: same vs rank ru_maxrss (max, train_summary.json)",
+            "per rank: same vs rank VmHWM (max, train_summary.json)",
             per_rank_pred,
-            max(res["ru_maxrss"]) if res["ru_maxrss"] else None,
+            max(res["hwm"]) if res["hwm"] else None,
             "getrusage",
         )
     )
-    print(
-        row("per node: need - OS reserve vs psutil used, peak - idle", used_items, res["used_delta"], "whole machine")
-    )
-    print(
-        row("per node: need - OS reserve vs psutil available, idle - min", used_items, res["avail_drop"], "incl. shm")
-    )
-    print(
-        row("per node: need - OS reserve vs training processes' RSS sum", used_items, res["tree_sum"], "at one instant")
-    )
+    split = res["rank_split"]
+    if split:
+        print("    at the largest rank's RSS peak: " + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in split.items()))
+    for i, ph in enumerate(res["phases"]):  # train_summary.json: each rank's memory at the end of each phase
+        cells = [
+            f"{k} " + " / ".join(f"{m.get(x, 0) / GIB:.3f}" for x in ("rss_anon", "rss_file", "peak_rss"))
+            for k, m in ph.items()
+        ]
+        print(f"    rank {i} by phase (RssAnon / RssFile / peak RSS, GiB): " + "; ".join(cells))
+        loaded = ph.get("model_loaded", {})
+        if "partition_bytes" in loaded:
+            grown = loaded.get("rss_anon", 0) - ph.get("started", {}).get("rss_anon", 0)
+            print(
+                f"      its weight partitions (ds_tensor bytes) {loaded['partition_bytes'] / GIB:.3f} GiB; "
+                f"its RssAnon grew {grown / GIB:.3f} GiB while the model loaded"
+            )
+    if res["other_pss"]:
+        print(row("  (other processes of the tree while the ranks ran, PSS)", None, res["other_pss"], ""))
+        for line in res["others"]:
+            print(f"      {line}")
     print(
         row(
-            "per node: need (with reserve) as `vss plan` prints it", ram.need_gib * GIB, res["used_delta"], "used delta"
+            "  (the rank with its loader workers: tree RSS peak, shared pages counted in each)",
+            None,
+            max(res["tree_peaks"]) if res["tree_peaks"] else None,
+            "",
         )
     )
+    print(
+        row("per node: need - OS reserve vs training processes' PSS sum", used_items, res["pss_sum"], "at one instant")
+    )
+    print(
+        row("  (same vs psutil used, peak - idle: no shared memory, no file pages)", used_items, res["used_delta"], "")
+    )
+    print(row("  (same vs psutil available, idle - min)", used_items, res["avail_drop"], "whole machine, noisy"))
+    print(
+        row(
+            "  (same vs training processes' RSS sum: shared pages counted per process)", used_items, res["tree_sum"], ""
+        )
+    )
+    print(row("per node: need (with reserve) as `vss plan` prints it", ram.need_gib * GIB, res["pss_sum"], "PSS sum"))
     print(" disk items:")
     for it in disk.items:
         c, pred = it.component, it.gib * GIB
@@ -484,18 +634,20 @@ def report_size(
         )
     return {
         "seconds per step": res["step_time_s"] / step_pred if step_pred and res["step_time_s"] else None,
-        "RAM per rank (tree peak)": per_rank_meas / per_rank_pred if per_rank_meas else None,
-        "RAM per rank (ru_maxrss)": max(res["ru_maxrss"]) / per_rank_pred if res["ru_maxrss"] else None,
-        "RAM per node (used delta)": res["used_delta"] / used_items,
-        "RAM per node (available drop)": res["avail_drop"] / used_items,
-        "RAM per node (RSS sum)": res["tree_sum"] / used_items,
+        "RAM per rank (RSS peak)": rank_rss / per_rank_pred if rank_rss else None,
+        "RAM per rank (VmHWM)": max(res["hwm"]) / per_rank_pred if res["hwm"] else None,
+        "RAM per node (PSS sum)": res["pss_sum"] / used_items,
         "disk": disk_meas / (disk.need_gib * GIB) if disk.need_gib else None,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="384,768,1152", help="hidden sizes of the scaled models, comma-separated")
+    parser.add_argument(
+        "--sizes",
+        default="0,384,768,1152",
+        help="hidden sizes of the scaled models, comma-separated (0: the demo's tiny model as it is)",
+    )
     parser.add_argument("--layers", type=int, default=6, help="decoder layers of every scaled model")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps of each training")
     parser.add_argument("--accumulation", type=int, default=1, help="training.gradient_accumulation_steps")
@@ -528,17 +680,23 @@ def main() -> None:
         demo.write_demo_dataset(work / "data", args.samples, seconds=2.0, overwrite=True)
         overhead = process_overhead()
         print(
-            f"process overhead (a rank before its model): RSS {overhead[0] / GIB:.3f} GiB, of it anonymous "
-            f"(not shared library pages) {overhead[1] / GIB:.3f} GiB",
+            f"process overhead (a rank before its model): RSS {overhead[0] / GIB:.3f} GiB: its own (RssAnon) "
+            f"{overhead[1] / GIB:.3f} GiB, library pages (RssFile + RssShmem) {overhead[2] / GIB:.3f} GiB",
             flush=True,
         )
         rows = {}
         for h in sizes:
-            model_dir = work / f"model-{h}x{args.layers}"
+            model_dir = work / (f"model-{h}x{args.layers}" if h else "model-tiny")
             if not (model_dir / "config.json").is_file():
                 shutil.rmtree(model_dir, ignore_errors=True)
                 subprocess.run(
-                    [sys.executable, "-c", _WRITE_CHILD, str(model_dir), json.dumps(scaled_llm(h, args.layers))],
+                    [
+                        sys.executable,
+                        "-c",
+                        _WRITE_CHILD,
+                        str(model_dir),
+                        json.dumps(scaled_llm(h, args.layers) if h else {}),
+                    ],
                     check=True,
                     cwd=REPO,
                 )
@@ -570,6 +728,7 @@ def main() -> None:
                 f"({vm.available / GIB:.1f} available); training ...",
                 flush=True,
             )
+            idle_children()
             res = train_one(cfg, model_dir, prepared, f"plan-{h}", args.steps)
             rows[h] = report_size(
                 h, res, the_plan, cfg, overhead, sample_in_memory(prepared), du(prepared), du(model_dir)
@@ -580,7 +739,7 @@ def main() -> None:
         names = list(next(iter(rows.values())))
         print(
             f"  {'total':32s} | "
-            + " | ".join(f"hidden {h:>5d}" for h in sizes)
+            + " | ".join(f"hidden {h:>5d}" if h else "        tiny" for h in sizes)
             + " | within 10% everywhere | error grows"
         )
         for n in names:

@@ -44,7 +44,6 @@ from vss_core.config import is_local_source
 from vss_core.errors import ConfigError, bullet_list
 
 GiB = 1024**3
-DS_DEFAULT_PREFETCH = 5e7  # stage3_prefetch_bucket_size
 DS_DEFAULT_REDUCE = 5e8  # reduce_bucket_size
 DS_DEFAULT_PARAM_BUFFER_SIZE = 1e8  # offload_param.buffer_size (elements)
 DS_DEFAULT_PARAM_BUFFER_COUNT = 5
@@ -478,10 +477,40 @@ def loader_batches(workers: int, prefetch: int) -> int:
 # --- inputs and machine --------------------------------------------------------------------------
 
 
-# USS of one DataLoader worker of a cpu-demo rank: 0.056 GiB measured by bench/bench_dataset.py (forked
-# from its rank, it shares the rank's pages; what it adds is its own heap and the batches it reads).
-# Rounded up to 0.1 for the larger batches of real frames (a 16-frame 448 px sample is ~9.6 MB as uint8).
-LOADER_WORKER_RAM_GIB = 0.1
+# What a rank process holds beside its model, measured by bench/bench_plan.py (train_summary.json
+# memory_by_phase, /proc/self/status; torch 2.14.1): 0.438 GiB of its own (RssAnon) when it starts, at
+# every size; 0.63 GiB of library pages (RssFile) at the end of training, 0.56 before its model (the
+# full torch build maps its CUDA libraries and triton even on the CPU accelerator; a rank touches more
+# of them as it trains). Every process on the node maps those pages from the same files, so RAM holds
+# them once, while each process's RSS counts them whole.
+PROCESS_HEAP_GIB = 0.44
+LIBRARY_PAGES_GIB = 0.63
+# What a rank's own memory grows by in training beyond its planned items (DeepSpeed's engine and
+# hooks, autograd, CPU Adam, the metrics writers): bench/bench_plan.py measures it on the demo's
+# tiny model, whose planned items are near zero (`fixed_working_memory`).
+TRAINING_FIXED_GIB = 0.16
+# On the CPU accelerator the device column's tensors come from glibc's allocator, which keeps much of
+# what it frees (the flat all-gather buffers, the copies, activations): bench/bench_plan.py measured
+# the ranks' memory beyond their other items at 1.9-3.2x the device column's planned bytes from the
+# tiny model to 1B parameters (fp32). Planned at 2x; the CUDA path has its own allowance (fragmentation).
+CPU_ALLOCATOR_FACTOR = 2.0
+# A CUDA rank maps the CUDA libraries too: every shared object of torch 2.14.1 and its nvidia-* wheels
+# (cuBLAS, cuDNN, NCCL, libtorch_cuda, ...) is 4.05 GiB on disk (`du` of the installed files),
+# counted as if all resident: an upper bound, once per node.
+CUDA_LIBRARY_PAGES_GIB = 4.05
+# The CUDA driver's host memory per process (context bookkeeping, pinned staging). Not measured: no GPU
+# was lent (bench/bench_plan_gpu.py prints it where one is); a deliberate allowance, labelled as one.
+CUDA_PROCESS_HOST_GIB = 1.5
+# The DeepSpeed launcher beside the ranks (the `deepspeed` runner and its `launch` child, each of
+# which imports torch and DeepSpeed): the two processes' USS while the ranks run (what they hold
+# beside the library pages, counted once above), measured by bench/bench_plan.py at every size.
+LAUNCHER_GIB = 0.6
+# USS of one DataLoader worker: forked before its rank builds the model (train.train), it shares the
+# rank's pages; what it holds alone is the pages of the rank's heap that the rank rewrites after the
+# fork (copy-on-write) and the batches it reads. bench/bench_plan.py measured 0.157 GiB at every size
+# from 0.08B to 1B parameters (forked after the model it had grown to 0.57 GiB at 1B); the rank's
+# whole heap at the fork, 0.44 GiB, bounds it.
+LOADER_WORKER_RAM_GIB = 0.16
 
 
 @dataclass(frozen=True)
@@ -490,8 +519,13 @@ class Assumptions:
 
     cuda_context_gib: float = 3.0  # CUDA context + NCCL communicator buffers per GPU
     fragmentation: float = 0.10  # PyTorch caching-allocator margin on the GPU peak
-    process_ram_gib_cuda: float = 6.0  # host RAM of one training process (torch, CUDA libs, DeepSpeed, data)
-    process_ram_gib_cpu: float = 1.5  # same, CPU accelerator (tiny model)
+    process_heap_gib: float = PROCESS_HEAP_GIB  # a rank's own memory before its model (measured)
+    library_pages_gib: float = LIBRARY_PAGES_GIB  # torch, DeepSpeed, transformers pages, once per node (measured)
+    cuda_library_pages_gib: float = CUDA_LIBRARY_PAGES_GIB  # the same with the CUDA libraries (file sizes)
+    cuda_process_host_gib: float = CUDA_PROCESS_HOST_GIB  # a CUDA rank's driver host memory (not measured)
+    launcher_gib: float = LAUNCHER_GIB  # the DeepSpeed launcher processes (measured)
+    training_fixed_gib: float = TRAINING_FIXED_GIB  # a rank's fixed working memory in training (measured)
+    cpu_allocator_factor: float = CPU_ALLOCATOR_FACTOR  # CPU ranks: device column's RAM / its bytes (measured)
     ram_reserve: float = 0.05  # RAM kept free for the OS and page cache
     # a DataLoader worker's own memory (forked from its rank: what it does not share with it)
     loader_worker_ram_gib: float = LOADER_WORKER_RAM_GIB
@@ -513,7 +547,6 @@ class PlanInputs:
     offload_param: str = "cpu"
     offload_optimizer: str = "cpu"
     max_live_parameters: float = 1e9
-    prefetch_bucket_size: float | None = None
     reduce_bucket_size: float | None = None
     param_buffer_count: int | None = None
     optimizer_buffer_count: int | None = None
@@ -560,7 +593,6 @@ def inputs_from_config(cfg: Any, shape: ModelShape, **changes: Any) -> PlanInput
         offload_param=ds.offload_param,
         offload_optimizer=ds.offload_optimizer,
         max_live_parameters=ds.max_live_parameters,
-        prefetch_bucket_size=ds.prefetch_bucket_size,
         reduce_bucket_size=ds.reduce_bucket_size,
         param_buffer_count=ds.param_buffer_count,
         optimizer_buffer_count=ds.optimizer_buffer_count,
@@ -604,6 +636,9 @@ class Item(BaseModel):
     component: str
     gib: float
     note: str = ""
+    # CPU RAM items: what one rank process holds of it, as its RSS counts (shared pages whole; None:
+    # not in a rank process, e.g. the launcher or the loader workers)
+    rank_gib: float | None = None
 
 
 class Resource(BaseModel):
@@ -751,7 +786,14 @@ def _device_items(ins: PlanInputs, r: _Run) -> list[Item]:
     t = r.tokens * ins.micro_batch_size
     dev: list[Item] = []
     if r.cuda:
-        dev.append(Item(component="CUDA context + NCCL", gib=a.cuda_context_gib, note="assumed"))
+        dev.append(
+            Item(
+                component="CUDA context + NCCL",
+                gib=a.cuda_context_gib,
+                note="an allowance, not measured (no GPU lent): a context is ~0.3-0.5 GiB with CUDA's lazy "
+                "module loading (>= 11.7; pytorch/pytorch#107667), the rest for NCCL's buffers",
+            )
+        )
     if not r.zero3:
         dev.append(Item(component="frozen weights (whole copy, ZeRO-2 does not partition them)", gib=_gib(r.weights)))
     elif ins.offload_param == "none":
@@ -761,17 +803,27 @@ def _device_items(ins: PlanInputs, r: _Run) -> list[Item]:
         how = (
             "stage3_allgather_sequential"
             if ins.allgather_sequential
-            else "coalesced all-gather holds the flat buffer and the per-parameter copies: 2x the leaf"
+            else "coalesced all-gather holds the flat buffer and the per-parameter copies: 2x the leaf "
+            "(DeepSpeed partition_parameters.py, AllGatherCoalescedHandle.wait: torch.cat per parameter)"
         )
         dev.append(
             Item(
                 component="MoE leaf gathered whole (one layer's experts + router)", gib=_gib(r.leaf * gathers), note=how
             )
         )
-        live = ins.max_live_parameters * b
-        prefetch = (ins.prefetch_bucket_size or DS_DEFAULT_PREFETCH) * b
-        dev.append(Item(component="other live parameters (stage3_max_live_parameters)", gib=_gib(live)))
-        dev.append(Item(component="prefetch bucket", gib=_gib(prefetch)))
+        # DeepSpeed prefetches only while the gathered total is under stage3_max_live_parameters
+        # (partitioned_param_coordinator.py, fetch_sub_module: max_params_to_prefetch = min(max_available
+        # - n_available, prefetch_bucket_sz)): the prefetch bucket is part of the live parameters, not
+        # beside them, and the leaf counts toward the same total.
+        live = min(ins.max_live_parameters * b, r.weights)
+        others = max(0.0, live - r.leaf)
+        dev.append(
+            Item(
+                component="other gathered parameters (stage3_max_live_parameters, less the leaf)",
+                gib=_gib(others),
+                note="prefetch bucket included",
+            )
+        )
         if ins.allgather_sequential:  # the coalesced path frees this before the copies that make its 2x peak
             dev.append(
                 Item(component="largest parameter's partition staged for its gather", gib=_gib(r.largest / world))
@@ -823,76 +875,100 @@ def _device_items(ins: PlanInputs, r: _Run) -> list[Item]:
             Item(
                 component=f"allocator fragmentation ({a.fragmentation:.0%})",
                 gib=subtotal * a.fragmentation,
-                note="assumed",
+                note="an allowance, not measured (no GPU lent; bench/bench_plan_gpu.py measures it)",
             )
         )
     return dev
 
 
 def _ram_items(ins: PlanInputs, r: _Run, dev_need: float) -> list[Item]:
-    """CPU RAM per node (the CPU accelerator's ranks hold their device memory here too)."""
+    """CPU RAM per node (the CPU accelerator's ranks hold their device memory here too). Each item
+    also says what one rank process holds of it (`Item.rank_gib`, see `ram_per_rank`)."""
     a, b = ins.assumptions, ins.dtype_bytes
     world, ranks = ins.world, ins.gpus_per_node
     node_share = ranks / world
     ram: list[Item] = []
+
+    def add(component: str, gib: float, note: str = "", per_rank: bool = True) -> None:
+        ram.append(Item(component=component, gib=gib, note=note, rank_gib=gib / ranks if per_rank else None))
+
     if r.zero3 and ins.offload_param == "cpu":
         what = "whole copy (one node)" if ins.nodes == 1 else f"this node's {ranks}/{world} share"
-        ram.append(
-            Item(
-                component=f"weight partitions, offloaded ({what})",
-                gib=_gib(r.weights * node_share),
-                note="pinned" if r.cuda else "",
-            )
-        )
+        add(f"weight partitions, offloaded ({what})", _gib(r.weights * node_share), "pinned" if r.cuda else "")
     if r.zero3 and ins.offload_param == "nvme":
         numel = max(DS_DEFAULT_PARAM_BUFFER_SIZE, math.ceil(r.pc.largest_param / world))
         count = ins.param_buffer_count or DS_DEFAULT_PARAM_BUFFER_COUNT
-        ram.append(
-            Item(
-                component=f"NVMe param swap buffers ({ranks} ranks x {count} x {numel:.3g} elements)",
-                gib=_gib(ranks * count * numel * b),
-                note="offload_param.buffer_size must be >= the largest parameter partition",
-            )
+        add(
+            f"NVMe param swap buffers ({ranks} ranks x {count} x {numel:.3g} elements)",
+            _gib(ranks * count * numel * b),
+            "offload_param.buffer_size must be >= the largest parameter partition",
         )
     if ins.offload_optimizer == "cpu":
-        ram.append(
-            Item(
-                component="optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param)",
-                gib=_gib(16 * r.trainable * node_share),
-            )
-        )
+        add("optimizer: fp32 master, Adam m and v, fp32 grads (16 B/param)", _gib(16 * r.trainable * node_share))
     if ins.offload_optimizer == "nvme":
         sub = min(ins.sub_group_size or DS_DEFAULT_SUB_GROUP, max(1, r.trainable // world))
         count = ins.optimizer_buffer_count or DS_DEFAULT_OPT_BUFFER_COUNT
-        ram.append(Item(component="NVMe optimizer swap buffers", gib=_gib(ranks * count * sub * 4)))
-    proc = a.process_ram_gib_cuda if r.cuda else a.process_ram_gib_cpu
-    ram.append(Item(component=f"training processes ({ranks} x {proc:g} GiB)", gib=ranks * proc, note="assumed"))
-    in_flight = loader_batches(ins.loader_workers, ins.prefetch_batches)
+        add("NVMe optimizer swap buffers", _gib(ranks * count * sub * 4))
+    heap = a.process_heap_gib + (a.cuda_process_host_gib if r.cuda else 0.0)
+    add(
+        f"training processes' own memory ({ranks} x {heap:g} GiB)",
+        ranks * heap,
+        f"measured {a.process_heap_gib:g} GiB (bench/bench_plan.py)"
+        + (f" + {a.cuda_process_host_gib:g} GiB CUDA driver host memory, not measured (no GPU lent)" if r.cuda else ""),
+    )
+    add(
+        f"a training step's fixed working memory ({ranks} x {a.training_fixed_gib:g} GiB)",
+        ranks * a.training_fixed_gib,
+        "DeepSpeed engine, autograd, CPU Adam; measured on the tiny model (bench/bench_plan.py)",
+    )
+    libs = a.cuda_library_pages_gib if r.cuda else a.library_pages_gib
     ram.append(
         Item(
-            component=f"batches in flight ({ranks} ranks x {in_flight} micro batches x {ins.micro_batch_size} "
-            f"x {_gib(r.sample['in_memory']) * 1024:,.1f} MiB)",
-            gib=_gib(ranks * in_flight * ins.micro_batch_size * r.sample["in_memory"]),
-            note="constant in the dataset's size: samples are read per step (data.PreparedSamples)",
+            component="libraries' pages (torch, DeepSpeed, transformers"
+            + (", CUDA" if r.cuda else "")
+            + "), once a node",
+            gib=libs,
+            note="shared by every process; each rank's RSS counts them whole; "
+            + ("upper bound: the libraries' file sizes" if r.cuda else "measured (bench/bench_plan.py)"),
+            rank_gib=libs,
         )
     )
+    add("DeepSpeed launcher (runner + launch)", a.launcher_gib, "measured (bench/bench_plan.py)", per_rank=False)
+    in_flight = loader_batches(ins.loader_workers, ins.prefetch_batches)
+    add(
+        f"batches in flight ({ranks} ranks x {in_flight} micro batches x {ins.micro_batch_size} "
+        f"x {_gib(r.sample['in_memory']) * 1024:,.1f} MiB)",
+        _gib(ranks * in_flight * ins.micro_batch_size * r.sample["in_memory"]),
+        "constant in the dataset's size: samples are read per step (data.PreparedSamples)",
+    )
     if ins.loader_workers:
-        ram.append(
-            Item(
-                component=f"loader workers ({ranks} ranks x {ins.loader_workers} x {a.loader_worker_ram_gib:g} GiB)",
-                gib=ranks * ins.loader_workers * a.loader_worker_ram_gib,
-                note="measured: bench/bench_dataset.py",
-            )
+        add(
+            f"loader workers ({ranks} ranks x {ins.loader_workers} x {a.loader_worker_ram_gib:g} GiB)",
+            ranks * ins.loader_workers * a.loader_worker_ram_gib,
+            "measured (bench/bench_plan.py); forked before the model, they do not grow with it",
+            per_rank=False,
         )
-    load_module = r.pc.experts_per_layer * b
-    ram.append(Item(component="checkpoint load: one module's weights read by rank 0", gib=_gib(load_module)))
+    load_module = _gib(r.pc.experts_per_layer * b)
+    ram.append(
+        Item(component="checkpoint load: one module's weights read by rank 0", gib=load_module, rank_gib=load_module)
+    )
     if not r.cuda:
-        ram.append(
-            Item(component=f"{ranks} CPU ranks' device memory (the GPU column above, on the CPU)", gib=ranks * dev_need)
+        add(f"{ranks} CPU ranks' device memory (the GPU column above, on the CPU)", ranks * dev_need)
+        add(
+            f"glibc allocator's retention of it (x{a.cpu_allocator_factor:g} in all)",
+            ranks * dev_need * (a.cpu_allocator_factor - 1),
+            "measured 1.9-3.2x (bench/bench_plan.py)",
         )
     ram_need = sum(i.gib for i in ram) / (1 - a.ram_reserve)
     ram.append(Item(component=f"kept free for the OS ({a.ram_reserve:.0%})", gib=ram_need * a.ram_reserve))
     return ram
+
+
+def ram_per_rank(items: list[Item]) -> float:
+    """GiB one rank process holds at its peak, as its RSS counts: its share of the node's items, the
+    shared library pages whole, rank 0's checkpoint load; not the launcher, the loader workers (other
+    processes) or the OS reserve."""
+    return sum(i.rank_gib for i in items if i.rank_gib is not None)
 
 
 def _nvme_items(ins: PlanInputs, r: _Run) -> list[Item]:
@@ -1079,7 +1155,7 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
         assumptions=[
             *notes,
             f"CUDA context {a.cuda_context_gib:g} GiB/GPU, fragmentation {a.fragmentation:.0%}, "
-            f"{a.process_ram_gib_cuda if r.cuda else a.process_ram_gib_cpu:g} GiB RAM per process",
+            f"{a.process_heap_gib + (a.cuda_process_host_gib if r.cuda else 0):g} GiB RAM per process of its own",
             "partition_activations shards activations across model-parallel ranks only: vss has none, no saving",
             "GiB = 1024^3 bytes, as nvidia-smi, free -h and df -h report",
         ],

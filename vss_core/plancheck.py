@@ -2,10 +2,12 @@
 
 Rank 0 plans its own run once training is done (`predicted_for`: the checkpoint's shape, the run's
 config; capacities are not needed for the figures) and compares (`compare`) with what every rank
-measured (`train.measured_peaks`): RAM per rank (peak RSS of the rank process; loader workers are
-separate processes and left out of both sides), RAM of the node (the ranks' peaks summed: an upper
-bound, they need not peak together), GPU memory per rank where there is a GPU (the allocator's
-reserved peak), and seconds per optimizer step. A memory peak above the prediction by more than
+measured (`train.measured_peaks`): RAM per rank (peak RSS of the rank process against the plan's
+`ram_per_rank`: the rank's share of the node's items with the shared library pages whole, as RSS
+counts them; the launcher and the loader workers are other processes, left out of both sides), the
+ranks' RAM together (their peaks summed against the same figure times the ranks: an upper bound,
+they need not peak together), GPU memory per rank where there is a GPU (the allocator's reserved
+peak), and seconds per optimizer step. A memory peak above the prediction by more than
 the margin is a warning in the train log, the summary and the flow's artifacts: the plan was wrong
 for this run, and its next "fits" should not be trusted as far.
 """
@@ -20,7 +22,6 @@ from pydantic import BaseModel
 from vss_core import plan as planner
 
 MARGIN = 0.10  # a measured peak this much above the prediction is a warning
-_LEFT_OUT = ("kept free for the OS", "loader workers")  # not in a rank process's RSS
 
 
 class Figure(BaseModel):
@@ -66,26 +67,25 @@ def predicted_for(cfg: Any, model_dir: Path) -> planner.Plan:
 
 def compare(predicted: planner.Plan, measured: dict[str, Any], ranks_per_node: int) -> PlanCheck:
     """The run's measured figures beside the plan's (see the module)."""
-    ram = predicted.resource("CPU RAM")
-    node = sum(i.gib for i in ram.items if not i.component.startswith(_LEFT_OUT))
+    rank = planner.ram_per_rank(predicted.resource("CPU RAM").items)
     per_rank = measured["per_rank"]
     peaks = [r["peak_rss_bytes"] / 2**30 for r in per_rank]
-    left_out = " and ".join(_LEFT_OUT)
     figures = [
         Figure(
             name="RAM per rank (peak RSS)",
-            predicted=node / ranks_per_node,
+            predicted=rank,
             measured=max(peaks),
             unit="GiB",
             judged=True,
-            note=f"plan: the node's RAM less {left_out}, per rank",
+            note="plan: the rank's share of the node's RAM, shared library pages whole (plan.ram_per_rank)",
         ),
         Figure(
-            name="RAM of the node (the ranks' peaks summed)",
-            predicted=node,
+            name="RAM of this node's ranks (their peaks summed)",
+            predicted=rank * ranks_per_node,
             measured=sum(peaks[:ranks_per_node]),
             unit="GiB",
             judged=True,
+            note="not the launcher or the loader workers",
         ),
     ]
     reserved = [r["gpu_max_reserved_bytes"] / 2**30 for r in per_rank if "gpu_max_reserved_bytes" in r]

@@ -511,11 +511,23 @@ def memory_now() -> dict[str, int]:
     return out
 
 
+def _partition_bytes(model: torch.nn.Module) -> int:
+    """Bytes of this rank's ZeRO-3 weight partitions (each parameter's `ds_tensor`; the whole
+    parameter where it is not partitioned): what the planner's weight item predicts per rank."""
+    total = 0
+    for p in model.parameters():
+        t = getattr(p, "ds_tensor", None)
+        t = p.data if t is None else t
+        total += t.numel() * t.element_size()
+    return total
+
+
 def measured_peaks(timer: _Timer, world: int, all_gather_object, phases: dict[str, dict] | None = None) -> dict:
     """This run's measured figures, every rank's gathered (rank 0's list first): peak RSS of each rank
     process (VmHWM; loader workers are separate processes, with their own bounded
     share), its memory at the end of each phase (`phases`, `memory_now`: started, model loaded,
-    engine built, trained; what each phase added is what the planner's items predict), peak GPU
+    engine built, trained: after the final evaluation and the adapter's save; what each phase added
+    is what the planner's items predict), peak GPU
     memory where there is a GPU, loop time and the share spent waiting for data."""
     mine = {"peak_rss_bytes": peak_rss_bytes(), **timer.figures()}
     if phases:
@@ -579,7 +591,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     batches = iter(_loader(samples, cfg, rank, world, per_epoch, total_steps, start_step))
     phases = {"started": memory_now()}
     peft_model, trainable, total = _build_model(cfg, model_dir, run, rank)
-    phases["model_loaded"] = memory_now()
+    phases["model_loaded"] = {**memory_now(), "partition_bytes": _partition_bytes(peft_model)}
     engine, scheduler = _build_engine(cfg, peft_model, total_steps)
     _resume(engine, point, rank, total_steps)
     phases["engine_built"] = memory_now()
@@ -643,8 +655,6 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
             dist.barrier()
             return None
 
-    measured = measured_peaks(timer, world, dist.all_gather_object, phases)
-    check = _check_plan(cfg, model_dir, measured) if rank == 0 else None
     summary = {
         "steps": total_steps,
         "resumed_from_step": start_step,
@@ -659,10 +669,12 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
         "trained_on": samples.names,
         "held_out": held_out,
         "adapter": run.adapter,
-        "measured": measured,
-        "plan_check": check.model_dump() if check is not None else None,
     }
     save_adapter(engine, peft_model, Path(run.adapter), cfg, run, summary)
+    # Measured last, so the peaks include the final evaluation and the adapter's gather and save.
+    measured = measured_peaks(timer, world, dist.all_gather_object, phases)
+    check = _check_plan(cfg, model_dir, measured) if rank == 0 else None
+    summary |= {"measured": measured, "plan_check": check.model_dump() if check is not None else None}
     if rank == 0:
         write_json_atomic(Path(run.root) / "train_summary.json", summary)
         log.info(

@@ -234,3 +234,20 @@ def test_real_part_counts_and_codec_appear_in_the_json_plan(capsys):
     assert 514e6 < codec["semantic_tokenizer"] < 515e6 and 21.9e6 < codec["acoustic_encoder"] < 22e6
     assert 162e6 < codec["decoder_16k"] < 163e6
     assert any("codec" in a and "no training rank" in a for a in out["assumptions"])
+
+
+def test_prefetch_is_part_of_the_live_parameters_and_the_leaf_counts_toward_them(real):
+    # DeepSpeed prefetches only while the gathered total is under stage3_max_live_parameters, the
+    # leaf included: besides the leaf (x2 while its coalesced gather splits), max_live - leaf more
+    ins = plan.inputs_from_config(config.load_config("conservative-2xb200"), real)
+
+    def gathered(max_live):
+        items = plan._device_items(dataclasses.replace(ins, max_live_parameters=max_live), plan._derive(ins))
+        parts = {i.component.split(" (")[0]: i.gib * GiB for i in items}
+        return parts["MoE leaf gathered whole"], parts["other gathered parameters"]
+
+    leaf, others = gathered(5e8)  # the profile's: 1 GB of bf16 live parameters, far under the 36 GB leaf
+    assert leaf == pytest.approx(2 * LEAF_BYTES, rel=0.01) and others == 0
+    leaf, others = gathered(1e11)  # 200 GB live: the leaf's share of it is not counted twice
+    assert others == pytest.approx(2 * 1e11 - LEAF_BYTES, rel=0.01)
+    assert not any("prefetch" in i.component for i in plan._device_items(ins, plan._derive(ins)))

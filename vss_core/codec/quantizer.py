@@ -32,8 +32,31 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class WNConv1d(nn.Module):
-    """`nn.Conv1d` under legacy weight norm (dim 0): parameters `bias`, `weight_g`, `weight_v`.
+class _WeightNormed(nn.Module):
+    """A convolution under legacy weight norm (dim 0): parameters `bias`, `weight_g`, `weight_v`, in
+    the order the legacy hook leaves them, and the effective weight g * v / ||v|| (norm over all dims
+    but 0)."""
+
+    def __init__(self, bias: int, v_shape: tuple[int, int, int], fan_in: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.empty(bias))
+        self.weight_g = nn.Parameter(torch.empty(v_shape[0], 1, 1))
+        self.weight_v = nn.Parameter(torch.empty(*v_shape))
+        self._fan_in = fan_in
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The torch convolution's default init for v and bias; g = ||v|| so the weight starts equal to v."""
+        _init_weight_norm(self.weight_v, self.weight_g, self.bias, fan_in=self._fan_in)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective convolution weight g * v / ||v||."""
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
+
+class WNConv1d(_WeightNormed):
+    """`nn.Conv1d` under legacy weight norm (dim 0).
 
     Follows `networks/modules/layers.py: WNConv1d` (= `weight_norm(nn.Conv1d(...))`); the state dict
     is the official one: `weight_g` [out, 1, 1], `weight_v` [out, in, kernel], `bias` [out].
@@ -48,27 +71,9 @@ class WNConv1d(nn.Module):
         padding: int = 0,
         dilation: int = 1,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = padding
-        self.dilation = dilation
-        # Registration order = the order the legacy hook leaves: bias, weight_g, weight_v.
-        self.bias = nn.Parameter(torch.empty(out_channels))
-        self.weight_g = nn.Parameter(torch.empty(out_channels, 1, 1))
-        self.weight_v = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """`nn.Conv1d`'s default init for v and bias; g = ||v|| so the weight starts equal to v."""
-        _init_weight_norm(self.weight_v, self.weight_g, self.bias, fan_in=self.in_channels * self.kernel_size)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The effective convolution weight g * v / ||v|| (norm over all dims but 0)."""
-        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        super().__init__(out_channels, (out_channels, in_channels, kernel_size), fan_in=in_channels * kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in, T] -> [B, out, T']."""
@@ -81,8 +86,8 @@ class WNConv1d(nn.Module):
         )
 
 
-class WNConvTranspose1d(nn.Module):
-    """`nn.ConvTranspose1d` under legacy weight norm (dim 0): parameters `bias`, `weight_g`, `weight_v`.
+class WNConvTranspose1d(_WeightNormed):
+    """`nn.ConvTranspose1d` under legacy weight norm (dim 0).
 
     Follows `networks/modules/layers.py: WNConvTranspose1d`. A transposed convolution's weight is
     [in, out, kernel], so the official dim-0 weight norm gives `weight_g` [in, 1, 1] (one gain per
@@ -98,26 +103,9 @@ class WNConvTranspose1d(nn.Module):
         padding: int = 0,
         output_padding: int = 0,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = padding
-        self.output_padding = output_padding
-        self.bias = nn.Parameter(torch.empty(out_channels))
-        self.weight_g = nn.Parameter(torch.empty(in_channels, 1, 1))
-        self.weight_v = nn.Parameter(torch.empty(in_channels, out_channels, kernel_size))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """`nn.ConvTranspose1d`'s default init for v and bias; g = ||v||."""
-        _init_weight_norm(self.weight_v, self.weight_g, self.bias, fan_in=self.out_channels * self.kernel_size)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The effective weight [in, out, kernel]: g * v / ||v|| (norm over all dims but 0)."""
-        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.stride, self.padding, self.output_padding = stride, padding, output_padding
+        super().__init__(out_channels, (in_channels, out_channels, kernel_size), fan_in=out_channels * kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in, T] -> [B, out, (T - 1) * stride - 2 * padding + kernel + output_padding]."""

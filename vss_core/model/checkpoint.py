@@ -393,8 +393,19 @@ def load_omni(
     if zero_config is not None:
         import deepspeed
 
-        with deepspeed.zero.Init(config_dict_or_path=zero_config, dtype=dtype):
+        # dtype=None: zero.Init then takes the dtype from the config's bf16/fp16 flags. An explicit dtype
+        # is dropped on an accelerator without fp16 (the CPU): `_set_dtype` reads `dtype or fp16 if
+        # fp16_supported() else bf16 if is_bf16_supported else fp32` (no call: always bf16), so the
+        # cpu-demo's "fp32" model held bf16 partitions (deepspeed/runtime/zero/partition_parameters.py;
+        # the missing call is deepspeedai/DeepSpeed#8428, the precedence stays). Checked below.
+        with deepspeed.zero.Init(config_dict_or_path=zero_config, dtype=None):
             model = cfgs.build()
+        built = next(model.parameters()).ds_tensor.dtype
+        if built != dtype:
+            raise RuntimeError(
+                f"zero.Init built {built} partitions for a {dtype} model: the DeepSpeed config's bf16/fp16 "
+                "flags must match model.dtype (config.deepspeed_config sets them from it)"
+            )
         if dtype != torch.float32:
             _router_weights_to_fp32(model, zero_config)
     else:
