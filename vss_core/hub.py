@@ -600,18 +600,15 @@ def _check_decoder(path: Path, model_names: set[str], codec_spec: _Spec, codec: 
 
     A decoder in the codec repo becomes one of the codec files to download (the 16 kHz one is anyway).
     """
-    import yaml
-
+    from vss_core.codec import read_yaml
     from vss_core.codec.decoder import DecoderConfig
 
     if not path.is_file():
         return  # CheckpointConfigs names it
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        problems.append(f"{path}: not readable YAML ({exc})")
+    raw = read_yaml(path, problems)
+    if raw is None:
         return
-    section = raw.get("codec_config", raw) if isinstance(raw, dict) else None
+    section = raw.get("codec_config", raw)
     if not isinstance(section, dict):
         problems.append(f"{path}: must hold a YAML mapping `codec_config:` (the speech decoder's config)")
         return

@@ -237,3 +237,16 @@ def test_model_config_hub_fields_are_validated():
         ModelConfig(verify="sha1")
     with pytest.raises(ValueError):
         UploadConfig(max_attempts=0)
+
+
+def test_an_unreadable_or_non_mapping_codec_config_is_a_problem_named_by_its_path(tmp_path):
+    bad = tmp_path / "config.yaml"
+    for text, expected in [("a: [1, 2", "not readable YAML"), ("- just\n- a list\n", "must hold a YAML mapping")]:
+        bad.write_text(text)
+        problems: list[str] = []
+        hub._check_decoder(bad, set(), None, None, problems)
+        assert len(problems) == 1 and problems[0].startswith(f"{bad}: {expected}")
+    bad.write_text("codec_config: 3\n")
+    problems = []
+    hub._check_decoder(bad, set(), None, None, problems)
+    assert problems == [f"{bad}: must hold a YAML mapping `codec_config:` (the speech decoder's config)"]

@@ -48,7 +48,8 @@ DECODER_16K = "ckpts/LongCatAudioCodec_decoder_16k_4codebooks.pt"
 TINY_DECODER = DecoderConfig.tiny("16k")
 
 
-def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any] | None:
+def read_yaml(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """A YAML mapping from path, or None with the problem appended (the codec's configs)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -66,14 +67,14 @@ def encoder_configs(codec_dir: Path) -> tuple[semantic.SemanticTokenizerConfig, 
     sem_cfg, ac_cfg = semantic.OFFICIAL_SEMANTIC_CONFIG, acoustic.AcousticEncoderConfig.official()
     tok_path, infer_path = (codec_dir / p for p in SEMANTIC_YAMLS)
     if tok_path.is_file() or infer_path.is_file():
-        tok, inf = _read_yaml(tok_path, problems), _read_yaml(infer_path, problems)
+        tok, inf = read_yaml(tok_path, problems), read_yaml(infer_path, problems)
         if tok is not None and inf is not None:
             try:
                 sem_cfg = semantic.SemanticTokenizerConfig.from_yaml_dicts(tok, inf, str(codec_dir))
             except ModelError as exc:
                 problems.append(str(exc))
     if (codec_dir / ENCODER_YAML).is_file():
-        raw = _read_yaml(codec_dir / ENCODER_YAML, problems)
+        raw = read_yaml(codec_dir / ENCODER_YAML, problems)
         if raw is not None:
             try:
                 ac_cfg = acoustic.AcousticEncoderConfig.from_yaml(
@@ -198,7 +199,7 @@ def decoder_files(model_dir: Path, codec_dir: Path | None) -> DecoderFiles:
     problems: list[str] = []
     if not path.is_file():
         raise ModelError(f"{path}: file missing (the speech decoder's config of the checkpoint)")
-    raw = _read_yaml(path, problems)
+    raw = read_yaml(path, problems)
     if raw is not None:
         section = raw.get("codec_config", raw)
         try:
