@@ -524,11 +524,11 @@ def _partition_bytes(model: torch.nn.Module) -> int:
 
 def measured_peaks(timer: _Timer, world: int, all_gather_object, phases: dict[str, dict] | None = None) -> dict:
     """This run's measured figures, every rank's gathered (rank 0's list first): peak RSS of each rank
-    process (VmHWM; loader workers are separate processes, with their own bounded
-    share), its memory at the end of each phase (`phases`, `memory_now`: started, model loaded,
-    engine built, trained: after the final evaluation and the adapter's save; what each phase added
-    is what the planner's items predict), peak GPU
-    memory where there is a GPU, loop time and the share spent waiting for data."""
+    process (VmHWM; loader workers are separate processes, with their own bounded share), its memory
+    at the end of each phase (`phases`, `memory_now`: started, model loaded, engine built, trained =
+    after the final evaluation and the adapter's save; what each phase added is what the planner's
+    items predict), peak GPU memory where there is a GPU, loop time and the share spent waiting for
+    data."""
     mine = {"peak_rss_bytes": peak_rss_bytes(), **timer.figures()}
     if phases:
         mine["memory_by_phase"] = {**phases, "trained": memory_now()}
