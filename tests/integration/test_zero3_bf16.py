@@ -40,3 +40,6 @@ def test_router_stays_fp32_under_zero3_bf16(tmp_path, tiny_model_dir, tiny_codec
     ]
     assert all(d == "torch.bfloat16" for n, d in out["dtypes"].items() if n not in fp32)
     assert out["router_equal"] and out["loss"] > 0
+    # the cpu-demo's fp32 model holds fp32 partitions, and a config that disagrees with the dtype is an error
+    assert out["fp32_dtypes"] == ["torch.float32"]
+    assert out["mismatch"] and "bf16/fp16 flags must match model.dtype" in out["mismatch"]

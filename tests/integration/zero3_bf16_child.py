@@ -36,4 +36,25 @@ engine, *_ = deepspeed.initialize(model=pm, config=ds, optimizer=train._optimize
 out = engine(**model.collate(data.load_prepared(sys.argv[2])[:1]))
 engine.backward(out.loss)
 engine.step()
-print(json.dumps({"dtypes": dtypes, "router_equal": router_equal, "loss": out.loss.item()}))
+# The cpu-demo's fp32 model must be fp32: DeepSpeed drops an explicit zero.Init dtype on an accelerator
+# without fp16 (the CPU) and builds bf16; load_omni lets the config's flags decide and checks the result.
+ds32 = deepspeed_config(load_config("cpu-demo", []))
+ds32["train_batch_size"] = ds32["train_micro_batch_size_per_gpu"] * ds32["gradient_accumulation_steps"]
+m32 = model.load_omni(sys.argv[1], dtype=torch.float32, zero_config=ds32)
+fp32_dtypes = sorted({str(p.ds_tensor.dtype) for p in m32.parameters()})
+try:
+    model.load_omni(sys.argv[1], dtype=torch.float32, zero_config=ds)  # a bf16 config for an fp32 model
+    mismatch = None
+except RuntimeError as exc:
+    mismatch = str(exc)
+print(
+    json.dumps(
+        {
+            "dtypes": dtypes,
+            "router_equal": router_equal,
+            "loss": out.loss.item(),
+            "fp32_dtypes": fp32_dtypes,
+            "mismatch": mismatch,
+        }
+    )
+)
