@@ -360,6 +360,7 @@ def train_one(cfg, model_dir: Path, prepared: Path, name: str, steps: int) -> di
         "trainable": counts["trainable"],
         "total": counts["total"],
         "hwm": [g["peak_rss_bytes"] for g in measured["per_rank"]] if measured else None,
+        "gathered": [g.get("gathered_params_peak_bytes") for g in measured["per_rank"]] if measured else [],
         "step_time_s": measured["step_time_s"] if measured else None,
         "stopped": stopped,
     }
@@ -526,7 +527,22 @@ def report_size(
                 "left for the device column, its allocator retention, the fixed working memory (+ checkpoint load)",
             )
         )
-        for part in device_parts(cfg):
+        parts = device_parts(cfg)
+        gathered = [g for g in res["gathered"] if g is not None]
+        planned_gathered = sum(
+            p.gib * GIB / (2 if p.component.startswith("MoE leaf") and "2x" in p.note else 1)
+            for p in parts
+            if p.component.startswith(("MoE leaf", "other gathered"))
+        )
+        print(
+            row(
+                "    per rank: gathered parameters at once (the leaf once + the others)",
+                planned_gathered,
+                max(gathered) if gathered else None,
+                "DeepSpeed's own count of available elements at each module's forward (train._GatheredPeak)",
+            )
+        )
+        for part in parts:
             print(row(f"    per rank, planned: {part.component}", part.gib * GIB, None, "planned only"))
         print(
             "    (CPU accelerator: no CUDA context or allocator fragmentation is planned and there is no GPU"

@@ -438,6 +438,32 @@ class _StepLog:
             self.metrics.close()
 
 
+class _GatheredPeak:
+    """The most parameter bytes ZeRO-3 held gathered at once on this rank: DeepSpeed's own count of
+    available parameter elements (the coordinator's), read at every module's forward, after its
+    fetch and prefetch, the checkpointed layers' recompute included; x the weights' element size.
+    What the planner's "MoE leaf gathered whole" (once) plus "other gathered parameters" predict.
+    None where the engine has no ZeRO-3 coordinator (or DeepSpeed renamed its counter)."""
+
+    _COUNT = "_PartitionedParameterCoordinator__n_available_params"  # a private field: read, never set
+
+    def __init__(self, engine, element_size: int) -> None:
+        offload = getattr(engine.optimizer, "parameter_offload", None)
+        self.coordinator = offload.get_param_coordinator() if offload is not None else None
+        self.element_size, self.peak = element_size, 0
+        if self.coordinator is None or not hasattr(self.coordinator, self._COUNT):
+            self.coordinator = None
+            return
+        for module in engine.module.modules():
+            module.register_forward_pre_hook(self._read)
+
+    def _read(self, *_) -> None:
+        self.peak = max(self.peak, getattr(self.coordinator, self._COUNT))
+
+    def figures(self) -> dict:
+        return {} if self.coordinator is None else {"gathered_params_peak_bytes": self.peak * self.element_size}
+
+
 class _Timer:
     """Where a rank's loop time goes: waiting for the next batch vs the rest (forward, backward, step)."""
 
@@ -522,14 +548,16 @@ def _partition_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def measured_peaks(timer: _Timer, world: int, all_gather_object, phases: dict[str, dict] | None = None) -> dict:
+def measured_peaks(
+    timer: _Timer, world: int, all_gather_object, phases: dict[str, dict] | None = None, gathered=None
+) -> dict:
     """This run's measured figures, every rank's gathered (rank 0's list first): peak RSS of each rank
     process (VmHWM; loader workers are separate processes, with their own bounded share), its memory
     at the end of each phase (`phases`, `memory_now`: started, model loaded, engine built, trained =
     after the final evaluation and the adapter's save; what each phase added is what the planner's
-    items predict), peak GPU memory where there is a GPU, loop time and the share spent waiting for
-    data."""
-    mine = {"peak_rss_bytes": peak_rss_bytes(), **timer.figures()}
+    items predict), the most parameter bytes ZeRO-3 held gathered at once (`_GatheredPeak`), peak GPU
+    memory where there is a GPU, loop time and the share spent waiting for data."""
+    mine = {"peak_rss_bytes": peak_rss_bytes(), **timer.figures(), **(gathered.figures() if gathered else {})}
     if phases:
         mine["memory_by_phase"] = {**phases, "trained": memory_now()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -593,6 +621,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     peft_model, trainable, total = _build_model(cfg, model_dir, run, rank)
     phases["model_loaded"] = {**memory_now(), "partition_bytes": _partition_bytes(peft_model)}
     engine, scheduler = _build_engine(cfg, peft_model, total_steps)
+    gathered = _GatheredPeak(engine, 2 if cfg.model.dtype == "bfloat16" else 4)
     _resume(engine, point, rank, total_steps)
     phases["engine_built"] = memory_now()
     steps_log = _StepLog(cfg, run, rank)
@@ -672,7 +701,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     }
     save_adapter(engine, peft_model, Path(run.adapter), cfg, run, summary)
     # Measured last, so the peaks include the final evaluation and the adapter's gather and save.
-    measured = measured_peaks(timer, world, dist.all_gather_object, phases)
+    measured = measured_peaks(timer, world, dist.all_gather_object, phases, gathered)
     check = _check_plan(cfg, model_dir, measured) if rank == 0 else None
     summary |= {"measured": measured, "plan_check": check.model_dump() if check is not None else None}
     if rank == 0:
