@@ -70,14 +70,13 @@ GIB = 2**30
 # accelerator, torch.distributed up (gloo), the cpu_adam op loaded. Prints its RSS in bytes.
 _OVERHEAD_CHILD = """
 import psutil, torch
-import vss_core.train  # noqa: F401  (what the rank imports: the model code, peft, transformers)
+from vss_core.train import proc_status  # what the rank imports: the model code, peft, transformers
 import deepspeed
 deepspeed.init_distributed(dist_backend="gloo")
 from deepspeed.ops.adam import DeepSpeedCPUAdam
 DeepSpeedCPUAdam([torch.nn.Parameter(torch.zeros(8))])
-status = {k: v for k, _, v in (line.partition(":") for line in open("/proc/self/status"))}
-kib = lambda key: int(status[key].split()[0]) * 1024
-print(psutil.Process().memory_info().rss, kib("RssAnon"), kib("RssFile") + kib("RssShmem"))
+status = proc_status()
+print(psutil.Process().memory_info().rss, status["RssAnon"], status["RssFile"] + status["RssShmem"])
 """
 
 _WRITE_CHILD = """
@@ -231,15 +230,9 @@ class RunSampler:
 
 def rss_split(pid: int) -> dict[str, int]:
     """RssAnon, RssFile and RssShmem of a process, in bytes (/proc/PID/status)."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
+    from vss_core.train import proc_status
+
+    return {k: v for k, v in proc_status(pid).items() if k in ("RssAnon", "RssFile", "RssShmem")}
 
 
 def process_overhead() -> tuple[int, int, int]:

@@ -531,6 +531,10 @@ class Assumptions:
     loader_worker_ram_gib: float = LOADER_WORKER_RAM_GIB
     attention_scores: bool = True  # eager attention materializes heads x T x T scores (sdpa/flash do not)
 
+    def process_gib(self, cuda: bool) -> float:
+        """A training process's own memory beside its model: its heap, and on CUDA the driver's host memory."""
+        return self.process_heap_gib + (self.cuda_process_host_gib if cuda else 0.0)
+
 
 @dataclass(frozen=True)
 class PlanInputs:
@@ -909,7 +913,7 @@ def _ram_items(ins: PlanInputs, r: _Run, dev_need: float) -> list[Item]:
         sub = min(ins.sub_group_size or DS_DEFAULT_SUB_GROUP, max(1, r.trainable // world))
         count = ins.optimizer_buffer_count or DS_DEFAULT_OPT_BUFFER_COUNT
         add("NVMe optimizer swap buffers", _gib(ranks * count * sub * 4))
-    heap = a.process_heap_gib + (a.cuda_process_host_gib if r.cuda else 0.0)
+    heap = a.process_gib(r.cuda)
     add(
         f"training processes' own memory ({ranks} x {heap:g} GiB)",
         ranks * heap,
@@ -1155,7 +1159,7 @@ def plan(ins: PlanInputs, machine: Machine, suggest: bool = True) -> Plan:
         assumptions=[
             *notes,
             f"CUDA context {a.cuda_context_gib:g} GiB/GPU, fragmentation {a.fragmentation:.0%}, "
-            f"{a.process_heap_gib + (a.cuda_process_host_gib if r.cuda else 0):g} GiB RAM per process of its own",
+            f"{a.process_gib(r.cuda):g} GiB RAM per process of its own",
             "partition_activations shards activations across model-parallel ranks only: vss has none, no saving",
             "GiB = 1024^3 bytes, as nvidia-smi, free -h and df -h report",
         ],

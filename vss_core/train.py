@@ -257,11 +257,16 @@ def check_shared_run_dir(run_root: Path, rank: int, world: int, dist) -> None:
         )
 
 
+def _model_dtype(cfg: VSSConfig) -> torch.dtype:
+    """The dtype the model's weights are built and gathered in (model.dtype)."""
+    return torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+
+
 def _build_model(cfg: VSSConfig, model_dir: Path, run: RunPaths, rank: int):
     """The model with LoRA, built partitioned under zero.Init: (peft model, trainable, total parameters)."""
     from deepspeed.utils import set_z3_leaf_modules
 
-    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    dtype = _model_dtype(cfg)
     # Built under zero.Init: each rank holds its partition only, never a full copy of the model.
     base = omni.load_omni(model_dir, dtype=dtype, zero_config=deepspeed_config(cfg))
     if cfg.deepspeed.activation_checkpointing:
@@ -497,11 +502,12 @@ class _Timer:
         }
 
 
-def _status_kib() -> dict[str, int]:
-    """This process's memory lines of /proc/self/status, in bytes ({} where it cannot be read)."""
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """A process's memory lines of /proc/PID/status (VmHWM, RssAnon, RssFile, ...), in bytes ({} where
+    it cannot be read: not Linux, or the process is gone)."""
     out = {}
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.startswith(("Vm", "Rss")) and value.strip().endswith("kB"):
                 out[key] = int(value.split()[0]) * 1024
@@ -517,7 +523,7 @@ def peak_rss_bytes() -> int:
     address space's peak into it on execve), so a rank started by a 1.3 GiB Prefect process reports
     1.3 GiB before it has done anything (measured: a child of a 1.2 GiB Python reads ru_maxrss
     1213 MiB, VmHWM 13 MiB). ru_maxrss only where /proc cannot be read (not Linux)."""
-    hwm = _status_kib().get("VmHWM")
+    hwm = proc_status().get("VmHWM")
     if hwm:
         return hwm
     import resource
@@ -529,7 +535,7 @@ def memory_now() -> dict[str, int]:
     """This process's memory at this moment, bytes: its own pages (RssAnon), mapped file pages
     (RssFile: libraries, checkpoint shards being read), and the peak RSS so far. Only the peak where
     /proc/self/status cannot be read (not Linux)."""
-    status = _status_kib()
+    status = proc_status()
     out = {"peak_rss": peak_rss_bytes()}
     for key in ("RssAnon", "RssFile"):
         if key in status:
@@ -621,7 +627,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     peft_model, trainable, total = _build_model(cfg, model_dir, run, rank)
     phases["model_loaded"] = {**memory_now(), "partition_bytes": _partition_bytes(peft_model)}
     engine, scheduler = _build_engine(cfg, peft_model, total_steps)
-    gathered = _GatheredPeak(engine, 2 if cfg.model.dtype == "bfloat16" else 4)
+    gathered = _GatheredPeak(engine, _model_dtype(cfg).itemsize)
     _resume(engine, point, rank, total_steps)
     phases["engine_built"] = memory_now()
     steps_log = _StepLog(cfg, run, rank)
