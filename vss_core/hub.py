@@ -69,6 +69,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 from vss_core.config import ModelConfig, UploadConfig, is_local_source
+from vss_core.configfile import read_mapping
 from vss_core.errors import HubError, ModelError, PreflightError, bullet_list
 from vss_core.settings import Settings, enable_xet_high_performance, hub_cache
 
@@ -600,12 +601,11 @@ def _check_decoder(path: Path, model_names: set[str], codec_spec: _Spec, codec: 
 
     A decoder in the codec repo becomes one of the codec files to download (the 16 kHz one is anyway).
     """
-    from vss_core.codec import read_yaml
     from vss_core.codec.decoder import DecoderConfig
 
     if not path.is_file():
         return  # CheckpointConfigs names it
-    raw = read_yaml(path, problems)
+    raw = read_mapping(path, problems)
     if raw is None:
         return
     section = raw.get("codec_config", raw)

@@ -215,44 +215,18 @@ def read_model_shape(model_dir: str | Path) -> ModelShape:
     Raises:
         ConfigError: a config file is missing, unreadable or invalid (all such files listed).
     """
-    from vss_core.errors import ModelError
-    from vss_core.model import audio, checkpoint, vision
+    from vss_core.model import checkpoint
 
     model_dir = Path(model_dir)
     problems: list[str] = []
-    raw = {
-        rel: checkpoint.read_json(model_dir / rel, problems)
-        for rel in ("config.json", checkpoint.VISION_CONFIG, checkpoint.AUDIO_CONFIG)
-    }
-    parsed: dict[Any, Any] = {}
-    if raw["config.json"] is not None:
-        try:
-            parsed["llm"] = checkpoint.llm_config(raw["config.json"])
-        except (TypeError, ValueError) as exc:
-            problems.append(f"{model_dir / 'config.json'}: not a LongCat-Flash config ({exc})")
-    for key, rel, parse in (
-        ("vision", checkpoint.VISION_CONFIG, vision.VisionConfig.from_json),
-        ("audio", checkpoint.AUDIO_CONFIG, audio.AudioConfig.from_json),
-    ):
-        if raw[rel] is not None:
-            try:
-                parsed[key] = parse(raw[rel], model_dir / rel)
-            except ModelError as exc:
-                problems.append(str(exc))
-    pre = None
-    if (model_dir / checkpoint.PREPROCESSOR_CONFIG).is_file():
-        pre = checkpoint.read_json(model_dir / checkpoint.PREPROCESSOR_CONFIG, problems)
-        if pre is not None:
-            try:
-                audio.PreprocessorConfig.from_json(pre, model_dir / checkpoint.PREPROCESSOR_CONFIG)
-            except ModelError as exc:
-                problems.append(str(exc))
+    parts = checkpoint.read_model_configs(model_dir, problems, preprocessor_required=False)
     if problems:
         raise ConfigError(
             f"model.source: cannot read the checkpoint's configs to plan memory:\n{bullet_list(problems)}\n"
             "Point model.source at a checkpoint directory (`vss tiny-model DIR` writes one) or at a Hub repo id."
         )
-    return shape_from_llm_config(parsed["llm"], str(model_dir), parsed["vision"], parsed["audio"], pre)
+    pre = None if parts.preprocessor is None else parts.preprocessor.raw
+    return shape_from_llm_config(parts.llm, str(model_dir), parts.vision, parts.audio, pre)
 
 
 @functools.cache

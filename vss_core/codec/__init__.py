@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -34,6 +33,7 @@ import yaml
 from vss_core.codec import acoustic, semantic
 from vss_core.codec import decoder as decoder_lib
 from vss_core.codec.decoder import DecoderConfig
+from vss_core.configfile import read_mapping
 from vss_core.errors import ModelError, bullet_list
 from vss_core.stamps import size_mtime
 
@@ -48,33 +48,20 @@ DECODER_16K = "ckpts/LongCatAudioCodec_decoder_16k_4codebooks.pt"
 TINY_DECODER = DecoderConfig.tiny("16k")
 
 
-def read_yaml(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    """A YAML mapping from path, or None with the problem appended (the codec's configs)."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        problems.append(f"{path}: not readable YAML ({exc})")
-        return None
-    if not isinstance(raw, dict):
-        problems.append(f"{path}: must hold a YAML mapping")
-        return None
-    return raw
-
-
 def encoder_configs(codec_dir: Path) -> tuple[semantic.SemanticTokenizerConfig, acoustic.AcousticEncoderConfig]:
     """The codec directory's own configs, or the official values where it has none (Hub snapshot)."""
     problems: list[str] = []
     sem_cfg, ac_cfg = semantic.OFFICIAL_SEMANTIC_CONFIG, acoustic.AcousticEncoderConfig.official()
     tok_path, infer_path = (codec_dir / p for p in SEMANTIC_YAMLS)
     if tok_path.is_file() or infer_path.is_file():
-        tok, inf = read_yaml(tok_path, problems), read_yaml(infer_path, problems)
+        tok, inf = read_mapping(tok_path, problems), read_mapping(infer_path, problems)
         if tok is not None and inf is not None:
             try:
                 sem_cfg = semantic.SemanticTokenizerConfig.from_yaml_dicts(tok, inf, str(codec_dir))
             except ModelError as exc:
                 problems.append(str(exc))
     if (codec_dir / ENCODER_YAML).is_file():
-        raw = read_yaml(codec_dir / ENCODER_YAML, problems)
+        raw = read_mapping(codec_dir / ENCODER_YAML, problems)
         if raw is not None:
             try:
                 ac_cfg = acoustic.AcousticEncoderConfig.from_yaml(
@@ -199,7 +186,7 @@ def decoder_files(model_dir: Path, codec_dir: Path | None) -> DecoderFiles:
     problems: list[str] = []
     if not path.is_file():
         raise ModelError(f"{path}: file missing (the speech decoder's config of the checkpoint)")
-    raw = read_yaml(path, problems)
+    raw = read_mapping(path, problems)
     if raw is not None:
         section = raw.get("codec_config", raw)
         try:

@@ -28,7 +28,6 @@ checkpoint and the tests.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vss_core.configfile import read_mapping
 from vss_core.errors import ModelError, bullet_list
 from vss_core.fbank import FbankConfig, compute_fbank, mel_banks, povey_window
 
@@ -181,13 +181,17 @@ def _require_object(raw: Any, path: Path | str) -> dict[str, Any]:
     return raw
 
 
-def _read_json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ModelError(f"{path}: missing; the checkpoint must contain it") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: cannot read it as JSON ({e})") from e
+def _read_json_file(path: Path) -> dict[str, Any]:
+    """The JSON object of one of the checkpoint's audio config files.
+
+    Raises:
+        ModelError: the file is missing, not JSON, or not an object.
+    """
+    problems: list[str] = []
+    raw = read_mapping(path, problems, what="the checkpoint must contain it")
+    if raw is None:
+        raise ModelError(problems[0])
+    return raw
 
 
 # --------------------------------------------------------------------------------------------

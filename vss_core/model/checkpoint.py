@@ -28,7 +28,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -37,6 +37,7 @@ from transformers import LongcatFlashConfig
 from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashMoE
 
 from vss_core import sequence
+from vss_core.configfile import read_mapping
 from vss_core.errors import ModelError, bullet_list
 from vss_core.model import audio, vision
 from vss_core.model.omni import OmniModel, SpecialTokenIds
@@ -93,19 +94,10 @@ _LAYOUT = (
 
 
 def read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    """A JSON object from path, or None with the problem appended."""
-    if not path.is_file():
-        problems.append(f"{path}: file missing (a checkpoint directory holds {_LAYOUT})")
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        problems.append(f"{path}: not valid JSON ({exc}); re-download the checkpoint")
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{path}: must be a JSON object, got {type(data).__name__}")
-        return None
-    return data
+    """A checkpoint's JSON config file, or None with the problem appended (`configfile.read_mapping`)."""
+    return read_mapping(
+        path, problems, what=f"a checkpoint directory holds {_LAYOUT}", fix="re-download the checkpoint"
+    )
 
 
 def llm_config(raw: dict[str, Any]) -> LongcatFlashConfig:
@@ -125,6 +117,34 @@ def _config_part(parse, path: Path, problems: list[str]) -> Any:
         return None
 
 
+class ModelConfigs(NamedTuple):
+    """A checkpoint's model config files, parsed; a part is None where its file had a problem."""
+
+    llm: LongcatFlashConfig | None
+    vision: vision.VisionConfig | None
+    audio: audio.AudioConfig | None
+    preprocessor: audio.PreprocessorConfig | None
+
+
+def read_model_configs(model_dir: Path, problems: list[str], *, preprocessor_required: bool = True) -> ModelConfigs:
+    """config.json (the LLM), vision/config.json, audio/config.json and audio/preprocessor_config.json parsed,
+    every problem appended to `problems`: the one reader the model loader and the planner share. The
+    preprocessor config is skipped when absent unless `preprocessor_required` (the Hub does not publish it)."""
+    raw = read_json(model_dir / "config.json", problems)
+    llm = None
+    if raw is not None:
+        try:
+            llm = llm_config(raw)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{model_dir / 'config.json'}: not a LongCat-Flash config ({exc})")
+    vision_cfg = _config_part(vision.VisionConfig.from_json, model_dir / VISION_CONFIG, problems)
+    audio_cfg = _config_part(audio.AudioConfig.from_json, model_dir / AUDIO_CONFIG, problems)
+    pre = None
+    if preprocessor_required or (model_dir / PREPROCESSOR_CONFIG).is_file():
+        pre = _config_part(audio.PreprocessorConfig.from_json, model_dir / PREPROCESSOR_CONFIG, problems)
+    return ModelConfigs(llm, vision_cfg, audio_cfg, pre)
+
+
 class CheckpointConfigs:
     """Everything a checkpoint's small files say (no weights read): enough to build the model on meta."""
 
@@ -135,16 +155,7 @@ class CheckpointConfigs:
         if not model_dir.is_dir():
             raise ModelError(f"{model_dir}: not a directory; model.source must point at a checkpoint holding {_LAYOUT}")
         problems: list[str] = []
-        raw = read_json(model_dir / "config.json", problems)
-        self.llm = None
-        if raw is not None:
-            try:
-                self.llm = llm_config(raw)
-            except (TypeError, ValueError) as exc:
-                problems.append(f"{model_dir / 'config.json'}: not a LongCat-Flash config ({exc})")
-        self.vision = _config_part(vision.VisionConfig.from_json, model_dir / VISION_CONFIG, problems)
-        self.audio = _config_part(audio.AudioConfig.from_json, model_dir / AUDIO_CONFIG, problems)
-        self.preprocessor = _config_part(audio.PreprocessorConfig.from_json, model_dir / PREPROCESSOR_CONFIG, problems)
+        self.llm, self.vision, self.audio, self.preprocessor = read_model_configs(model_dir, problems)
         if not (model_dir / GLOBAL_CMVN).is_file():
             problems.append(f"{model_dir / GLOBAL_CMVN}: file missing (a Kaldi stats matrix of the audio features)")
         if not (model_dir / CODEC_CONFIG).is_file():
