@@ -46,3 +46,137 @@ def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
     return data.prepare_dataset(
         report.valid, cfg.data, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prepared")
     )
+
+
+# --- datasets a test may edit (function scope, in its tmp_path) -----------------------------------
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """Three demo samples of 2 s in tmp_path/train (the data tests' dataset)."""
+    from vss_core import demo
+
+    root = tmp_path / "train"
+    demo.write_demo_dataset(root, samples=3, seconds=2.0)
+    return root
+
+
+@pytest.fixture
+def dataset_of_two(tmp_path) -> Path:
+    """Two demo samples of 2 s in tmp_path/train."""
+    from vss_core import demo
+
+    root = tmp_path / "train"
+    demo.write_demo_dataset(root, samples=2, seconds=2.0)
+    return root
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_model_dir) -> Path:
+    """A private copy of the tiny checkpoint: some tests edit its files."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+
+
+@pytest.fixture
+def manifest_folders(tmp_path) -> Path:
+    """Three demo samples of 2 s as sample folders (tmp_path/train), the twin of `scattered_manifest`."""
+    from vss_core import demo
+
+    root = tmp_path / "train"
+    demo.write_demo_dataset(root, samples=3, seconds=2.0)
+    return root
+
+
+@pytest.fixture
+def scattered_manifest(tmp_path, manifest_folders) -> Path:
+    """The same three samples as `manifest_folders`, their files spread over other folders with other
+    names, listed by a manifest in a folder of its own (paths relative to it, one absolute)."""
+    import shutil
+
+    from tests.helpers import write_jsonl
+
+    media = tmp_path / "shared" / "media"
+    (media / "video").mkdir(parents=True)
+    (media / "speech").mkdir()
+    lines = []
+    for sample in sorted(manifest_folders.iterdir()):
+        n = sample.name
+        shutil.copy2(sample / "in.mp4", media / "video" / f"clip-{n}.mp4")
+        shutil.copy2(sample / "in.wav", media / "speech" / f"{n}-question.wav")
+        shutil.copy2(sample / "out.wav", media / "speech" / f"{n}-answer.wav")
+        lines.append(
+            {
+                "name": n,
+                "video": f"../shared/media/video/clip-{n}.mp4",
+                "input_speech": f"../shared/media/speech/{n}-question.wav",
+                "target_speech": str(media / "speech" / f"{n}-answer.wav"),  # absolute works too
+                "transcript": (sample / "out.txt").read_text(encoding="utf-8"),
+            }
+        )
+    (tmp_path / "lists").mkdir()
+    return write_jsonl(tmp_path / "lists" / "train.jsonl", ["# three samples", *lines, ""])
+
+
+# --- the tiny model and prepared samples (module scope: one per test module) ----------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_omni(tiny_model_dir):
+    """The tiny checkpoint loaded by load_omni (train mode, as loaded; tests must not alter it)."""
+    from vss_core import model
+
+    return model.load_omni(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def two_samples(tiny_model_dir, tiny_codec_dir, demo_data_dir, tmp_path_factory):
+    """Two prepared demo samples of different lengths (2 s / 4 frames and 1 s / 2 frames)."""
+    from vss_core import data
+    from vss_core.config import DataConfig
+
+    out = tmp_path_factory.mktemp("prepared")
+    items = []
+    for i, (seconds, frames) in enumerate([(2.0, 4), (1.0, 2)]):
+        cfg = DataConfig(
+            root=str(demo_data_dir),
+            video_frames=frames,
+            video_fps=2.0,
+            audio_seconds=seconds,
+            workers=1,
+            validation_cache=str(out / "validation-cache"),
+        )
+        samples = data.select_samples(data.validate_dataset(cfg), "fail")
+        data.prepare_dataset(samples[i : i + 1], cfg, tiny_model_dir, tiny_codec_dir, out / str(i))
+        (item,) = data.load_prepared(out / str(i))
+        items.append(item)
+    assert items[0]["input_ids"].shape[0] != items[1]["input_ids"].shape[0]
+    return items
+
+
+# --- one demo sample as inference reads it (module scope) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def infer_sample(demo_data_dir) -> Path:
+    """The first demo sample folder."""
+    return sorted(p for p in demo_data_dir.iterdir() if p.is_dir())[0]
+
+
+@pytest.fixture(scope="module")
+def infer_prompt(infer_sample, tiny_model_dir):
+    """`infer_sample` prepared as inference prepares its prompt (`helpers.INFER_DATA`)."""
+    from tests.helpers import INFER_DATA
+    from vss_core import data
+    from vss_core.config import DataConfig
+
+    return data.prepare_inputs(infer_sample, DataConfig(**INFER_DATA), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def special_ids(tiny_model_dir):
+    """The tiny checkpoint's special token ids."""
+    from vss_core import model
+
+    return model.CheckpointConfigs(tiny_model_dir).special_ids

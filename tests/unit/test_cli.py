@@ -3,6 +3,7 @@ import json
 import pytest
 
 from deployments import cli
+from vss_core import data
 
 
 def test_config_command_prints_resolved_config_and_deepspeed_json(capsys):
@@ -46,3 +47,27 @@ def test_importing_the_cli_does_not_start_prefect():
     code = "import sys, deployments.cli; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_vss_validate_json_prints_the_full_report_and_exits_by_policy(dataset, tmp_path, capsys):
+    from deployments import cli
+
+    cache = f"data.validation_cache={tmp_path / 'cli-cache'}"
+    assert cli.main(["validate", str(dataset), cache, "--json"]) == 0
+    out = capsys.readouterr().out
+    report = data.DatasetReport.model_validate_json(out)
+    assert [s.name for s in report.samples] == ["01", "02", "03"] and report.samples[0].video.codec == "h264"
+
+    (dataset / "02" / "in.wav").write_bytes(b"")
+    assert cli.main(["validate", str(dataset), cache, "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["samples"][1]["problems"] == ["in.wav is empty (0 bytes)"]
+    assert "02: in.wav is empty" in captured.err
+    assert cli.main(["validate", str(dataset), cache, "data.on_invalid=skip", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == ["02"]
+    for d in ("01", "03"):
+        (dataset / d / "in.wav").write_bytes(b"")
+    assert cli.main(["validate", str(dataset), cache, "data.on_invalid=skip", "--json"]) == 1
+    capsys.readouterr()
+    assert cli.main(["validate", str(tmp_path / "nowhere"), cache, "--json"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from vss_core import config
-from vss_core.config import deepspeed_config, load_config
+from vss_core.config import ModelConfig, UploadConfig, deepspeed_config, load_config
 from vss_core.errors import ConfigError
 
 SHIPPED = ["conservative-2xb200", "cpu-demo", "standard-8xh100"]
@@ -177,3 +177,19 @@ def test_model_source_is_a_directory_a_path_or_a_repo_id(tmp_path):
     assert "model.codec_source: neither an existing directory nor a Hub repo id" in msg
     for ok in ["meituan-longcat/LongCat-Flash-Omni", str(tmp_path), ".vss/demo/tiny-model", "/not/yet/made"]:
         assert load_config("cpu-demo", [f"model.source={ok}", "upload.repo_id=me/adapter"]).model.source == ok
+
+
+def test_model_config_hub_fields_are_validated():
+    assert ModelConfig().verify == "size"
+    with pytest.raises(ValueError):
+        ModelConfig(verify="sha1")
+    with pytest.raises(ValueError):
+        UploadConfig(max_attempts=0)
+
+
+def test_ram_stop_gb_is_bounded():
+    from vss_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.ram_stop_gb"):
+        load_config("cpu-demo", ["training.ram_stop_gb=-1"])
+    assert load_config("cpu-demo").training.ram_stop_gb > 0  # on by default

@@ -1,5 +1,5 @@
 """vss_core.experts: RoutedExperts against transformers' LongcatFlashExperts (outputs, gradients,
-LoRA), and the model vss builds and loads with it (parameter counts, checkpoints)."""
+LoRA), and the model vss builds with it (parameter counts)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from safetensors.torch import save_file
 from transformers import LongcatFlashConfig, LongcatFlashForCausalLM
 from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashExperts, LongcatFlashMoE
 
-from vss_core import data, experts, plan
+from vss_core import experts, plan
 from vss_core import model as omni
-from vss_core.config import DataConfig
-from vss_core.errors import ModelError
 from vss_core.model.checkpoint import llm_config
 
 # (tokens, hidden, expert ffn, routed, zero, top-k)
@@ -218,102 +215,3 @@ def test_omni_model_builds_routed_experts_and_planner_counts_what_it_allocates(t
     allocated = sum(p.numel() for p in model.parameters())
     assert omni.count_parameters(model)[1] == allocated
     assert plan.count_params(plan.read_model_shape(tiny_model_dir)).total == allocated
-
-
-def _transformers_llm(seed: int) -> LongcatFlashForCausalLM:
-    torch.manual_seed(seed)
-    llm = LongcatFlashForCausalLM(llm_config(omni.TINY_LLM_CONFIG))
-    with torch.no_grad():
-        for p in llm.parameters():
-            if p.ndim > 1:
-                p.normal_(std=0.05)
-    return llm.eval()
-
-
-@pytest.fixture(scope="module")
-def prepared_sample(tiny_model_dir: Path, tiny_codec_dir: Path, demo_data_dir: Path, tmp_path_factory) -> dict:
-    """One prepared demo sample (1 s, 2 frames); every tiny checkpoint has the same tokenizer."""
-    out = tmp_path_factory.mktemp("prepared")
-    cfg = DataConfig(
-        root=str(demo_data_dir),
-        video_frames=2,
-        video_fps=2.0,
-        audio_seconds=1.0,
-        workers=1,
-        validation_cache=str(out / "validation-cache"),
-    )
-    samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    data.prepare_dataset(samples[:1], cfg, tiny_model_dir, tiny_codec_dir, out / "prep")
-    (item,) = data.load_prepared(out / "prep")
-    return item
-
-
-@pytest.mark.parametrize("zero_rows", ["dropped", "kept"])
-def test_checkpoint_written_from_transformers_module_gives_its_outputs(
-    tmp_path: Path, zero_rows: str, prepared_sample: dict
-) -> None:
-    """A vss checkpoint whose LLM weights come from transformers' LongcatFlashForCausalLM, its
-    gate_up_proj with the zero-expert rows dropped (as the real checkpoint) or kept (as transformers'
-    state dict has them): load_omni's model gives transformers' logits and loss."""
-    ref = _transformers_llm(3)
-    model_dir = omni.write_tiny_checkpoint(tmp_path / "ckpt")
-    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
-    if zero_rows == "dropped":
-        state = experts.zero_expert_rows_dropped(state, ref.config)
-    # the official layout: embed_tokens and lm_head stay in the safetensors (language_model_embedding.pt
-    # is the omni text embedding, a separate file)
-    assert "model.embed_tokens.weight" in state and "lm_head.weight" in state
-    save_file({k: v.clone() for k, v in state.items()}, str(model_dir / "model.safetensors"))
-
-    loaded = omni.load_omni(model_dir).eval()
-    ids = torch.randint(0, 128, (2, 23), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = ref(input_ids=ids, labels=ids)
-        got = loaded.llm(input_ids=ids, labels=ids)
-    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got.loss, want.loss)
-
-    # The whole Omni model too: the same model with transformers' experts module swapped back in.
-    reference = omni.load_omni(model_dir).eval()
-    for ref_layer, layer in zip(ref.model.layers, reference.llm.model.layers):
-        layer.mlp.experts = ref_layer.mlp.experts
-    batch = omni.collate([prepared_sample])
-    with torch.no_grad():
-        ours, theirs = loaded(**batch), reference(**batch)
-    torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ours.codebook_losses, theirs.codebook_losses, rtol=1e-5, atol=1e-6)
-
-
-def test_per_expert_checkpoint_as_published_loads_into_the_fused_module(tmp_path) -> None:
-    # The Hub checkpoint and transformers' save_pretrained store experts one by one
-    # (mlp.experts.{e}.{gate,up,down}_proj.weight); load_omni fuses them into the module's layout.
-    src = omni.write_tiny_checkpoint(tmp_path / "fused")
-    model = omni.load_omni(src)
-    from safetensors.torch import load_file
-
-    state = load_file(str(src / "model.safetensors"))
-    per_expert = {}
-    for key, t in state.items():
-        if key.endswith("mlp.experts.gate_up_proj"):
-            prefix, ffn = key.removesuffix(".gate_up_proj"), t.shape[1] // 2
-            for e in range(t.shape[0]):
-                per_expert[f"{prefix}.{e}.gate_proj.weight"] = t[e, :ffn].clone()
-                per_expert[f"{prefix}.{e}.up_proj.weight"] = t[e, ffn:].clone()
-        elif key.endswith("mlp.experts.down_proj"):
-            prefix = key.removesuffix(".down_proj")
-            for e in range(t.shape[0]):
-                per_expert[f"{prefix}.{e}.down_proj.weight"] = t[e].clone()
-        else:
-            per_expert[key] = t
-    import shutil
-
-    dst = tmp_path / "per-expert"
-    shutil.copytree(src, dst)
-    save_file(per_expert, str(dst / "model.safetensors"))
-    loaded = omni.load_omni(dst)
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    del per_expert["llm.model.layers.0.mlp.experts.1.up_proj.weight".removeprefix("llm.")]
-    save_file(per_expert, str(dst / "model.safetensors"))
-    with pytest.raises(ModelError, match=r"experts\.1\.up_proj\.weight"):
-        omni.load_omni(dst)

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
+from tests.helpers import write_jsonl
 from vss_core import hardware
 from vss_core.config import load_config
 from vss_core.errors import PreflightError
@@ -155,3 +156,10 @@ def test_cpu_demo_run_fits_this_machine(tiny_model_dir):
     report = hardware.preflight(cfg.hardware, ".", cfg.profile, run=cfg)
     assert report.plan.fits
     assert [r.name for r in report.plan.resources] == ["CPU RAM (per node)", "disk"]  # no GPU on the CPU accelerator
+
+
+def test_the_planner_counts_a_manifests_samples(scattered_manifest, tmp_path):
+    from vss_core import hardware
+
+    assert hardware.count_samples(scattered_manifest) == 3
+    assert hardware.count_samples(write_jsonl(tmp_path / "broken.jsonl", ["{oops"])) == 0  # validation names it

@@ -1,4 +1,6 @@
-"""vss_core.hub and the Hub settings without a server: local sources, patterns, settings, retries, messages."""
+"""vss_core.hub without a server: local sources, patterns, retries (the allow-list of transient
+failures, with the exceptions huggingface_hub and httpx really raise, which the flow's retry condition
+follows), messages."""
 
 from __future__ import annotations
 
@@ -8,14 +10,19 @@ import logging
 import shutil
 from pathlib import Path
 
+import httpx2
 import pytest
+import requests
+from huggingface_hub.errors import HfHubHTTPError
 from pydantic import SecretStr
 
+from tasks import stages
+from tests.helpers import URL, bad_repo_id_error, connect_error, hub_error, hub_http_error
 from vss_core import codec, hub
 from vss_core.config import ModelConfig, UploadConfig
-from vss_core.errors import ConfigError, HubError, ModelError
+from vss_core.errors import ConfigError, DatasetError, HubError, ModelError
 from vss_core.model import checkpoint
-from vss_core.settings import Settings, load_settings
+from vss_core.settings import Settings
 
 
 class Sleeps(list):
@@ -142,39 +149,6 @@ def test_weights_report_totals_both_repos():
     assert hub.WeightsReport.model_validate_json(report.model_dump_json()) == report
 
 
-def test_settings_token_sources_and_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants as hf_constants
-
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "token"))  # huggingface_hub's own lookup
-    monkeypatch.setenv("HF_TOKEN", "hf_abc")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
-    s = load_settings()
-    assert s.hf_token.get_secret_value() == "hf_abc" and s.hf_token_source == "environment variable HF_TOKEN"
-    assert s.hf_endpoint == "http://127.0.0.1:9" and s.hub_cache_dir == str(tmp_path / "hub")
-    assert "hf_abc" not in repr(s) and "hf_abc" not in s.model_dump_json()
-
-    monkeypatch.delenv("HF_TOKEN")
-    (tmp_path / "token").write_text("hf_from_file\n")
-    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "c"))  # the older name still counts
-    s = load_settings()
-    assert s.hf_token.get_secret_value() == "hf_from_file" and "token file" in s.hf_token_source
-    assert s.hub_cache_dir == str(tmp_path / "c")
-    (tmp_path / "token").unlink()
-    assert load_settings().hf_token is None
-
-    monkeypatch.setenv("HF_HUB_ENABLE_HF_TRANSFER", "maybe")
-    with pytest.raises(ConfigError, match="HF_HUB_ENABLE_HF_TRANSFER"):
-        load_settings()
-    monkeypatch.setenv("HF_HUB_ENABLE_HF_TRANSFER", "yes")
-    monkeypatch.setenv("WANDB_API_KEY", "wandb-secret")
-    s = load_settings()
-    assert s.hf_transfer_requested and s.wandb_api_key.get_secret_value() == "wandb-secret"
-    assert "wandb-secret" not in repr(s)
-
-
 def test_hf_transfer_warns_once(tmp_path, caplog, monkeypatch):
     hub._warn_hf_transfer_once.cache_clear()
     monkeypatch.setattr(hub, "is_local_source", lambda source: False)
@@ -231,14 +205,6 @@ def test_redaction_never_lets_the_token_through():
     assert "hf_SECRET" not in str(err) and "***" in str(err)
 
 
-def test_model_config_hub_fields_are_validated():
-    assert ModelConfig().verify == "size"
-    with pytest.raises(ValueError):
-        ModelConfig(verify="sha1")
-    with pytest.raises(ValueError):
-        UploadConfig(max_attempts=0)
-
-
 def test_an_unreadable_or_non_mapping_codec_config_is_a_problem_named_by_its_path(tmp_path):
     bad = tmp_path / "config.yaml"
     for text, expected in [("a: [1, 2", "not readable YAML"), ("- just\n- a list\n", "must hold a YAML mapping")]:
@@ -250,3 +216,71 @@ def test_an_unreadable_or_non_mapping_codec_config_is_a_problem_named_by_its_pat
     problems = []
     hub._check_decoder(bad, set(), None, None, problems)
     assert problems == [f"{bad}: must hold a YAML mapping `codec_config:` (the speech decoder's config)"]
+
+
+RETRIED = {
+    "HTTP 503": lambda: hub_http_error(503),
+    "HTTP 500": lambda: hub_http_error(500),
+    "HTTP 429": lambda: hub_http_error(429),
+    "httpx ConnectError": connect_error,
+    "httpx ReadTimeout": lambda: httpx2.ReadTimeout("read timed out", request=httpx2.Request("GET", URL)),
+    "ConnectionError": lambda: ConnectionResetError("reset by peer"),
+    "TimeoutError": lambda: TimeoutError("timed out"),
+    "requests ConnectionError": lambda: requests.ConnectionError("refused"),
+    "HubError marked retryable": lambda: hub_error(True),
+}
+
+
+NOT_RETRIED = {
+    "TypeError": lambda: TypeError("unsupported operand"),
+    "bad repo id (HFValidationError)": bad_repo_id_error,
+    "HTTP 404": lambda: hub_http_error(404),
+    "HTTP 401": lambda: hub_http_error(401),
+    "HTTP 400": lambda: hub_http_error(400),
+    "httpx ProxyError": lambda: httpx2.ProxyError("bad proxy", request=httpx2.Request("GET", URL)),
+    "HubError not retryable": lambda: hub_error(False),
+    "refused file name (ModelError)": lambda: ModelError("model.source org/x@main: '../x' points outside"),
+    "ConfigError": lambda: ConfigError("bad"),
+    "DatasetError": lambda: DatasetError("bad"),
+    "ValueError": lambda: ValueError("bad"),
+    "FileNotFoundError": lambda: FileNotFoundError("gone"),
+}
+
+
+@pytest.mark.parametrize("name", RETRIED)
+def test_transient_failures_are_retried(name):
+    exc = RETRIED[name]()
+    assert hub.is_transient(exc) and stages.is_retryable(exc)
+
+
+@pytest.mark.parametrize("name", NOT_RETRIED)
+def test_everything_else_is_not_retried(name):
+    exc = NOT_RETRIED[name]()
+    assert not hub.is_transient(exc) and not stages.is_retryable(exc)
+
+
+def test_hub_retries_a_transient_call_alone_and_nothing_else():
+    sleeps, calls = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise hub_http_error(503)
+        return "ok"
+
+    assert hub._retrying(flaky, "model info", 5, sleeps.append) == "ok" and sleeps == [2.0, 4.0]
+    for make in (lambda: TypeError("bug"), bad_repo_id_error, lambda: hub_http_error(404)):
+        calls.clear()
+
+        def failing():
+            calls.append(1)
+            raise make()
+
+        with pytest.raises((TypeError, ValueError, HfHubHTTPError)):  # the error itself, on the first try
+            hub._retrying(failing, "x", 5, sleeps.append)
+        assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["path", "../x", "/abs/x", "a/../../x", "a\\..\\x", "C:/x", "a//b", "./x", ""])
+def test_hub_file_names_must_stay_inside(name):
+    assert hub._safe_relative(name) is (name == "path")

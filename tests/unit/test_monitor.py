@@ -1,91 +1,115 @@
-"""The follower thread that watches a training run: it survives bad input and failing callbacks,
-and its guards (swap growth; available RAM on a machine without swap) still ask training to stop.
-psutil is faked at its boundary: this machine has no swap to fill and RAM we must not exhaust."""
+"""vss_core.monitor: a resource sample (RAM and swap from psutil, GPUs from NVML) and the reasons it gives
+training to stop (swap growth; available RAM on a machine without swap). psutil and pynvml are faked at
+their boundary; the follower thread that acts on them is tested in test_launch.py."""
 
 from __future__ import annotations
 
-import threading
-import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
-import pytest
+import pynvml
 
-from vss_core import launch
+from vss_core import monitor
 from vss_core.config import load_config
-from vss_core.runs import STOP_REQUEST, RunPaths
 
 GiB = 1024**3
 
 
-def _follow_until_stop(tmp_path, cfg, on_metrics, on_resources=lambda s: None, timeout=15.0):
-    run = RunPaths(root=str(tmp_path))
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=launch._follow, args=(run, cfg, stop, on_metrics, on_resources, launch.sample_resources), daemon=True
+def _training(**changes):
+    return load_config("cpu-demo").training.model_copy(update=changes)
+
+
+def _sample(swap_used=0.0, swap_total=8.0, ram_available=32.0, ram_total=64.0, gpus=()):
+    return monitor.ResourceSample(
+        time=0.0,
+        gpus=list(gpus),
+        ram_used_gb=ram_total - ram_available,
+        ram_total_gb=ram_total,
+        swap_used_gb=swap_used,
+        ram_available_gb=ram_available,
+        swap_total_gb=swap_total,
     )
-    thread.start()
-    stop_file = Path(run.root) / STOP_REQUEST
-    deadline = time.time() + timeout
-    while not stop_file.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    alive = thread.is_alive()
-    stop.set()
-    thread.join(timeout=5)
-    return stop_file, alive
 
 
-def test_a_raising_callback_and_a_malformed_line_do_not_end_the_swap_guard(tmp_path, monkeypatch):
-    real = psutil.swap_memory
-    calls = {"n": 0}
+def test_swap_grown_past_the_limit_is_a_reason_to_stop_naming_the_growth_and_the_key():
+    training = _training(swap_stop_gb=2.0)
+    assert monitor.stop_reason(_sample(swap_used=3.0), 1.0, training) is None  # grew by exactly the limit
+    reason = monitor.stop_reason(_sample(swap_used=3.5), 1.0, training)
+    assert reason == "swap in use grew by 2.50 GiB (from 1.00 to 3.50 GiB), past training.swap_stop_gb=2"
+    # swap in use before the run started is not growth
+    assert monitor.stop_reason(_sample(swap_used=6.0), 5.0, training) is None
 
-    def swapping():
-        calls["n"] += 1
-        s = real()
-        return s._replace(total=8 * GiB, used=0 if calls["n"] <= 2 else 6 * GiB)
 
-    monkeypatch.setattr(psutil, "swap_memory", swapping)
-    (tmp_path / "metrics.jsonl").write_text(
-        '{"step": 1, "loss": 2.0, "lr": 0.1, "total_steps": 4}\n{not json\n'
-        '{"step": 2, "loss": 1.5, "lr": 0.1, "total_steps": 4}\n'
+def test_low_ram_stops_only_a_machine_without_swap_and_only_when_the_guard_is_on():
+    training = _training(ram_stop_gb=1.5, swap_stop_gb=2.0)
+    no_swap_low = _sample(swap_total=0.0, ram_available=0.25, ram_total=16.0)
+    assert monitor.stop_reason(no_swap_low, 0.0, training) == (
+        "available RAM fell to 0.25 GiB of 16.0 GiB on a machine without swap, below training.ram_stop_gb=1.5"
     )
-    seen = []
-
-    def failing_artifact_call(records):
-        seen.extend(records)
-        raise RuntimeError("artifact API unavailable")
-
-    def failing_resources(sample):
-        raise RuntimeError("log handler broke")
-
-    cfg = load_config("cpu-demo", ["training.monitor_interval_s=0.2"])
-    stop_file, alive = _follow_until_stop(tmp_path, cfg, failing_artifact_call, failing_resources)
-    assert stop_file.is_file() and "swap in use grew" in stop_file.read_text()
-    assert alive, "the follower thread died"
-    assert [r["step"] for r in seen] == [1, 2]  # the malformed line is skipped, its neighbours delivered
+    assert monitor.stop_reason(_sample(swap_total=0.0, ram_available=1.5), 0.0, training) is None  # not below
+    assert monitor.stop_reason(_sample(swap_total=8.0, ram_available=0.25), 0.0, training) is None  # swap guards it
+    assert monitor.stop_reason(no_swap_low, 0.0, _training(ram_stop_gb=0.0)) is None  # the guard off
+    unmeasured = no_swap_low.model_copy(update={"ram_available_gb": None})
+    assert monitor.stop_reason(unmeasured, 0.0, training) is None
+    # swap growth is named first when both hold
+    both = _sample(swap_used=5.0, swap_total=0.0, ram_available=0.25)
+    assert monitor.stop_reason(both, 0.0, training).startswith("swap in use grew by 5.00 GiB")
 
 
-def test_ram_guard_stops_a_machine_without_swap(tmp_path, monkeypatch):
+def test_the_log_line_reads_like_nvidia_smi_and_free():
+    gpu = monitor.GPUSample(index=1, memory_used_gb=12.345, memory_total_gb=79.6, utilization_pct=37.4)
+    sample = _sample(swap_used=0.125, ram_available=22.0, ram_total=64.0, gpus=[gpu])
+    assert sample.line() == "Resources: GPU1 12.3/80 GiB 37% | RAM 42.0/64.0 GiB | swap 0.12 GiB"
+    assert _sample(swap_used=0.0, ram_available=60.0).line() == "Resources: RAM 4.0/64.0 GiB | swap 0.00 GiB"
+
+
+def _fake_memory(monkeypatch, total, available, swap_total, swap_used):
     real_vm, real_swap = psutil.virtual_memory, psutil.swap_memory
-    calls = {"n": 0}
-
-    def shrinking():
-        calls["n"] += 1
-        vm = real_vm()
-        return vm._replace(total=16 * GiB, available=(8 if calls["n"] <= 2 else 0.2) * GiB)
-
-    monkeypatch.setattr(psutil, "virtual_memory", shrinking)
-    monkeypatch.setattr(psutil, "swap_memory", lambda: real_swap()._replace(total=0, used=0, free=0))
-    cfg = load_config("cpu-demo", ["training.monitor_interval_s=0.2", "training.ram_stop_gb=1"])
-    stop_file, alive = _follow_until_stop(tmp_path, cfg, lambda records: None)
-    assert stop_file.is_file(), "no stop request on low RAM"
-    assert "available RAM" in stop_file.read_text() and "training.ram_stop_gb=1" in stop_file.read_text()
-    assert alive
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real_vm()._replace(total=total, available=available))
+    monkeypatch.setattr(psutil, "swap_memory", lambda: real_swap()._replace(total=swap_total, used=swap_used))
 
 
-def test_ram_stop_gb_is_bounded():
-    from vss_core.errors import ConfigError
+def test_a_sample_without_nvml_has_no_gpu_part_and_ram_and_swap_in_gib(monkeypatch):
+    def no_driver():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
 
-    with pytest.raises(ConfigError, match="training.ram_stop_gb"):
-        load_config("cpu-demo", ["training.ram_stop_gb=-1"])
-    assert load_config("cpu-demo").training.ram_stop_gb > 0  # on by default
+    monkeypatch.setattr(pynvml, "nvmlInit", no_driver)
+    _fake_memory(monkeypatch, total=64 * GiB, available=48 * GiB, swap_total=8 * GiB, swap_used=GiB // 2)
+    s = monitor.sample_resources()
+    assert s.gpus == []
+    assert (s.ram_total_gb, s.ram_used_gb, s.ram_available_gb) == (64.0, 16.0, 48.0)
+    assert (s.swap_total_gb, s.swap_used_gb) == (8.0, 0.5)
+    assert s.time > 0
+
+
+def test_a_sample_reads_each_gpus_memory_and_utilisation_from_nvml(monkeypatch):
+    cards = [(80 * GiB, 20 * GiB, 55), (80 * GiB, 60 * GiB, 100)]  # total, used, utilisation %
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: len(cards))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
+    monkeypatch.setattr(
+        pynvml, "nvmlDeviceGetMemoryInfo", lambda h: SimpleNamespace(total=cards[h][0], used=cards[h][1])
+    )
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda h: SimpleNamespace(gpu=cards[h][2]))
+    _fake_memory(monkeypatch, total=16 * GiB, available=8 * GiB, swap_total=0, swap_used=0)
+    s = monitor.sample_resources()
+    assert [(g.index, g.memory_used_gb, g.memory_total_gb, g.utilization_pct) for g in s.gpus] == [
+        (0, 20.0, 80.0, 55.0),
+        (1, 60.0, 80.0, 100.0),
+    ]
+    assert s.line().startswith("Resources: GPU0 20.0/80 GiB 55% GPU1 60.0/80 GiB 100% | RAM 8.0/16.0 GiB")
+
+
+def test_a_gpu_that_stops_answering_costs_the_gpu_part_not_the_sample(monkeypatch):
+    def lost(h):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 1)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lost)
+    _fake_memory(monkeypatch, total=16 * GiB, available=8 * GiB, swap_total=0, swap_used=0)
+    s = monitor.sample_resources()
+    assert s.gpus == [] and s.ram_used_gb == 8.0

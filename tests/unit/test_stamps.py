@@ -2,7 +2,6 @@
 
 import os
 
-from vss_core import codec
 from vss_core.stamps import size_mtime
 
 
@@ -22,13 +21,3 @@ def test_a_link_is_stamped_by_its_target(tmp_path):
     link = tmp_path / "link.mp4"
     link.symlink_to(target)
     assert size_mtime(link) == size_mtime(target) == (7, target.stat().st_mtime_ns)
-
-
-def test_the_codec_fingerprint_follows_its_files_stamps(tmp_path):
-    d = tmp_path / "codec"
-    codec.write_tiny_codec(d)
-    before = codec.encoder_fingerprint(d)
-    cmvn = d / codec.ENCODER_CMVN
-    st = cmvn.stat()
-    os.utime(cmvn, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert codec.encoder_fingerprint(d) != before

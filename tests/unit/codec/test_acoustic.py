@@ -1,6 +1,7 @@
-"""vss_core.codec.acoustic / quantizer: LongCat-Audio-Codec's acoustic encoder and grouped residual VQ.
+"""vss_core.codec.acoustic: LongCat-Audio-Codec's acoustic encoder (its grouped residual VQ:
+test_quantizer.py).
 
-The reference functions below recompute the official math (networks/modules/{layers,model}.py,
+The reference functions below (and the weight-norm conv and VQ ones in tests/helpers.py) recompute the official math (networks/modules/{layers,model}.py,
 networks/quantizers/auto_grvq.py, LongCatAudioCodec_model.py) with plain tensor ops from the
 state dict alone, by the official key names; they import nothing from vss.
 """
@@ -14,13 +15,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from tests.helpers import randomize, ref_conv, ref_quantize
 from vss_core.codec.acoustic import (
     CHECKPOINT_PREFIXES,
     TINY_ENCODER_YAML,
     AcousticEncoder,
     AcousticEncoderConfig,
 )
-from vss_core.codec.quantizer import GroupResidualVectorQuantize
 from vss_core.errors import ModelError
 
 # configs/LongCatAudioCodec_encoder.yaml of the official GitHub repo, verbatim.
@@ -45,17 +46,6 @@ K = TINY_ENCODER_YAML["codec_codebook_size"]
 
 
 # -- independent reference (official math, plain tensor ops) ----------------------------------------
-
-
-def ref_wn_weight(sd, p):
-    """Legacy weight norm, dim 0: g * v / ||v|| with the norm over every dim but 0."""
-    v, g = sd[p + "weight_v"], sd[p + "weight_g"]
-    norm = v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
-    return g * v / norm
-
-
-def ref_conv(sd, p, x, **kw):
-    return F.conv1d(x, ref_wn_weight(sd, p), sd[p + "bias"], **kw)
 
 
 def ref_snake(x, alpha):
@@ -98,45 +88,7 @@ def ref_encoder(sd, wave, lengths):
     return x * ref_mask(x, lengths), lengths
 
 
-def ref_nearest(latents, codebook):
-    """Nearest entry after L2-normalising both sides (auto_grvq decode_latents), via explicit distances."""
-    e = latents.permute(0, 2, 1)  # [B, T, d]
-    e = e / e.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    c = codebook / codebook.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    dist = ((e[:, :, None, :] - c[None, None]) ** 2).sum(-1)  # [B, T, K]
-    return dist.argmin(dim=-1)
-
-
-def ref_quantize(sd, prefix, z, n, k):
-    """AutoGroupResidualVectorQuantize.forward (eval): per stage two searches, out_proj, residual."""
-    residual, z_q, codes = z, torch.zeros_like(z), []
-    for i in range(n):
-        p = f"{prefix}quantizers.{i}."
-        parts, idx = [], []
-        for half in ("a", "b"):
-            lat = ref_conv(sd, f"{p}in_proj_{half}.", residual)
-            book = sd[f"{p}codebook_{half}.weight"]
-            nearest = ref_nearest(lat, book)
-            parts.append(ref_conv(sd, f"{p}out_proj_{half}.", book[nearest].permute(0, 2, 1)))
-            idx.append(nearest)
-        out = torch.cat(parts, dim=1)
-        z_q, residual = z_q + out, residual - out
-        codes.append(idx[0] * k + idx[1])
-    return z_q, torch.stack(codes, dim=-1)  # [B, D, T], [B, T, n]
-
-
 # -- fixtures --------------------------------------------------------------------------------------
-
-
-def randomize(module, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith(("alpha", "weight_g")):  # Snake frequencies and weight-norm gains: positive
-                p.copy_(0.5 + torch.rand(p.shape, generator=gen, dtype=p.dtype))
-            else:
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -263,49 +215,6 @@ def test_real_size_on_meta():
     assert {k: tuple(sd[k].shape) for k in shapes} == shapes
     assert sum(p.numel() for p in enc.parameters()) == 21_966_272
     assert enc.hop_length == 960 and enc.acoustic_quantizer.vocab_size == 8100
-
-
-# -- 3. the code-id rule ---------------------------------------------------------------------------
-
-
-@pytest.fixture()
-def tiny_quantizer():
-    return randomize(GroupResidualVectorQuantize(input_dim=16, n_codebooks=3, codebook_size=K, codebook_dim=4).double())
-
-
-def test_quantizer_round_trip_and_range(tiny_quantizer):
-    z = torch.randn(2, 16, 7, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    out = tiny_quantizer.encode(z)
-    assert out.codes.shape == (2, 3, 7) and out.latents.shape == (2, 3 * 2 * 4, 7)
-    assert int(out.codes.min()) >= 0 and int(out.codes.max()) < K * K
-    torch.testing.assert_close(tiny_quantizer.decode(out.codes), out.z_q, atol=1e-12, rtol=0)
-    sd = tiny_quantizer.state_dict()
-    zq_ref, codes_ref = ref_quantize(sd, "", z, 3, K)
-    assert torch.equal(out.codes.transpose(1, 2), codes_ref)
-    torch.testing.assert_close(out.z_q, zq_ref, atol=1e-12, rtol=0)
-
-
-def test_code_is_a_times_k_plus_b(tiny_quantizer):
-    sd = tiny_quantizer.state_dict()
-    z = torch.randn(1, 16, 9, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    codes = tiny_quantizer.encode(z, n_codebooks=1).codes[:, 0]
-    a = ref_nearest(ref_conv(sd, "quantizers.0.in_proj_a.", z), sd["quantizers.0.codebook_a.weight"])
-    b = ref_nearest(ref_conv(sd, "quantizers.0.in_proj_b.", z), sd["quantizers.0.codebook_b.weight"])
-    assert torch.equal(codes, a * K + b)
-    # Decoding code a*K+b uses codebook_a[a] (first half of the channels) and codebook_b[b].
-    a, b = 3, 1
-    got = tiny_quantizer.decode(torch.tensor([[[a * K + b]]]))
-    half_a = ref_conv(sd, "quantizers.0.out_proj_a.", sd["quantizers.0.codebook_a.weight"][a].view(1, -1, 1))
-    half_b = ref_conv(sd, "quantizers.0.out_proj_b.", sd["quantizers.0.codebook_b.weight"][b].view(1, -1, 1))
-    torch.testing.assert_close(got, torch.cat((half_a, half_b), dim=1), atol=1e-12, rtol=0)
-    assert not torch.allclose(got, tiny_quantizer.decode(torch.tensor([[[b * K + a]]])))
-
-
-def test_decode_refuses_codes_out_of_range(tiny_quantizer):
-    with pytest.raises(ValueError, match=r"\[0, 25\)"):
-        tiny_quantizer.decode(torch.tensor([[[25]]]))
-    with pytest.raises(ValueError, match="n_codebooks"):
-        tiny_quantizer.decode(torch.zeros(1, 4, 2, dtype=torch.int64))
 
 
 # -- checkpoint loading ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Prepared samples read back lazily (vss_core.data.dataset, issue 14 item 1): uint8 frames decoded
 bit-identically, one file read per item, problems found at open or at read naming the file, and the
-rank sampler giving every rank the same micro batches a DataLoader with workers delivers."""
+rank sampler giving every rank the same micro batches a DataLoader with workers delivers; `load_prepared`
+checks every shape and lists every bad file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import prepare_all, uncached_config
 from vss_core import data, demo, model
 from vss_core.config import DataConfig
 from vss_core.data import dataset as ds
@@ -136,3 +138,32 @@ def test_a_loader_with_workers_delivers_the_sampler_order(prepared):
             batch, ref = packed.unpack(), model.collate([samples[i] for i in indices])
             assert batch.keys() == ref.keys()
             assert all(batch[k].dtype == ref[k].dtype and torch.equal(batch[k], ref[k]) for k in ref)
+
+
+def test_load_checks_every_shape_and_lists_every_bad_file(dataset_of_two, tiny_model_dir, tiny_codec_dir, tmp_path):
+    out = tmp_path / "prep"
+    prepare_all(dataset_of_two, uncached_config(dataset_of_two), tiny_model_dir, tiny_codec_dir, out)
+    one, two = out / "01.pt", out / "02.pt"
+    item = torch.load(one, weights_only=True)
+    torch.save(
+        {**item, "pixel_values": item["pixel_values"][:-3], "audio_features": item["audio_features"][:, :-1]}, one
+    )
+    item = torch.load(two, weights_only=True)
+    del item["codes"]
+    torch.save({**item, "input_ids": item["input_ids"][:-1]}, two)
+    with pytest.raises(DatasetError) as err:
+        data.load_prepared(out)
+    msg = str(err.value)
+    assert f"{one}: pixel_values has" in msg and "rows but grid_shapes describe" in msg
+    assert "audio_features is" in msg and "wide, the manifest says" in msg
+    assert f"{two}: lacks codes" in msg
+
+    item = {**torch.load(two, weights_only=True), "codes": torch.zeros(3, 4, dtype=torch.int64)}
+    torch.save({**item, "input_ids": item["input_ids"][:-1]}, two)
+    with pytest.raises(DatasetError, match=r"02.pt: sequence tensors differ in length \(input_ids"):
+        data.load_prepared(out)
+
+
+def test_load_prepared_without_manifest_raises(tmp_path):
+    with pytest.raises(DatasetError, match="manifest.json does not exist"):
+        data.load_prepared(tmp_path)

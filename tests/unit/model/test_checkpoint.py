@@ -1,9 +1,8 @@
-"""vss_core.model: the official checkpoint layout, strict loading, dtypes, and the training forward
-on prepared samples (collate, losses, padding, gradients)."""
+"""vss_core.model.checkpoint: the official checkpoint layout, strict loading, dtypes, the tiny model, ZeRO-3
+leaves and parameter counts, and checkpoints written from transformers' module or per expert as published."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -13,13 +12,14 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import LongcatFlashForCausalLM
 from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashMoE
 
-from vss_core import data, lora, sequence
+from vss_core import data, experts, sequence
 from vss_core import model as omni
 from vss_core.config import DataConfig
 from vss_core.errors import ModelError
-from vss_core.model.checkpoint import build_tiny_model
+from vss_core.model.checkpoint import build_tiny_model, llm_config
 
 H = omni.TINY_LLM_CONFIG["hidden_size"]
 V_AUDIO = 8224  # official audio vocab: 8192 codes + 32 special ids (longcat_omni_demo.py)
@@ -86,33 +86,6 @@ def ckpt_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir: Path) -> omni.OmniModel:
-    return omni.load_omni(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def prepared(tiny_model_dir, tiny_codec_dir, demo_data_dir, tmp_path_factory) -> list[dict[str, torch.Tensor]]:
-    """Two prepared demo samples of different lengths (2 s / 4 frames and 1 s / 2 frames)."""
-    out = tmp_path_factory.mktemp("prepared")
-    items = []
-    for i, (seconds, frames) in enumerate([(2.0, 4), (1.0, 2)]):
-        cfg = DataConfig(
-            root=str(demo_data_dir),
-            video_frames=frames,
-            video_fps=2.0,
-            audio_seconds=seconds,
-            workers=1,
-            validation_cache=str(out / "validation-cache"),
-        )
-        samples = data.select_samples(data.validate_dataset(cfg), "fail")
-        data.prepare_dataset(samples[i : i + 1], cfg, tiny_model_dir, tiny_codec_dir, out / str(i))
-        (item,) = data.load_prepared(out / str(i))
-        items.append(item)
-    assert items[0]["input_ids"].shape[0] != items[1]["input_ids"].shape[0]
-    return items
-
-
 # --- the layout -----------------------------------------------------------------------------------
 
 
@@ -151,8 +124,8 @@ def test_safetensors_hold_the_llm_with_embed_tokens_lm_head_and_one_mtp_key(tiny
     assert all(k.startswith(("model.", "lm_head.")) for k in keys)
 
 
-def test_loaded_model_equals_the_files(tiny_model_dir: Path, loaded: omni.OmniModel) -> None:
-    state = loaded.state_dict()
+def test_loaded_model_equals_the_files(tiny_model_dir: Path, tiny_omni: omni.OmniModel) -> None:
+    state = tiny_omni.state_dict()
     seen = set()
     for rel, name in omni.PT_FILES.items():
         for key, value in torch.load(tiny_model_dir / rel, weights_only=True).items():
@@ -165,8 +138,8 @@ def test_loaded_model_equals_the_files(tiny_model_dir: Path, loaded: omni.OmniMo
         assert torch.equal(state[f"llm.{key}"], value), key
         seen.add(f"llm.{key}")
     # every parameter came from a file (buffers such as rotary inv_freq are computed)
-    assert {n for n, _ in loaded.named_parameters()} <= seen
-    assert loaded.skipped_keys == ["model.mtp.layers.0.eh_proj.weight"]
+    assert {n for n, _ in tiny_omni.named_parameters()} <= seen
+    assert tiny_omni.skipped_keys == ["model.mtp.layers.0.eh_proj.weight"]
 
 
 def test_write_refuses_a_non_empty_directory(tmp_path: Path) -> None:
@@ -283,7 +256,7 @@ def test_load_in_bfloat16_keeps_the_router_fp32(tiny_model_dir: Path) -> None:
         assert t.dtype == (torch.float32 if fp32.fullmatch(name) else torch.bfloat16), name
 
 
-# --- the model and its forward --------------------------------------------------------------------
+# --- the tiny model, its counts, and checkpoints written by others ---------------------------------
 
 
 def test_tiny_model_is_deterministic_by_seed(tiny_model_dir: Path) -> None:
@@ -293,108 +266,109 @@ def test_tiny_model_is_deterministic_by_seed(tiny_model_dir: Path) -> None:
     assert not torch.equal(a[key], c[key])
 
 
-def test_collate_pads_right_and_concatenates_media(prepared: list[dict]) -> None:
-    a, b = prepared
-    batch = omni.collate([a, b])
-    n = a["input_ids"].shape[0]
-    m = b["input_ids"].shape[0]
-    assert batch["input_ids"].shape == (2, n) and batch["codec_ids"].shape == (2, n, 4)
-    assert batch["attention_mask"][1].tolist() == [1] * m + [0] * (n - m)
-    assert (batch["input_ids"][1, m:] == sequence.PADDING_IDX).all()
-    assert (batch["codec_ids"][1, m:] == sequence.CODEC_PAD_ID).all()
-    assert (batch["text_labels"][1, m:] == omni.IGNORE).all() and (batch["codec_labels"][1, m:] == omni.IGNORE).all()
-    assert torch.equal(batch["pixel_values"], torch.cat([a["pixel_values"], b["pixel_values"]]))
-    assert torch.equal(batch["grid_shapes"], torch.cat([a["grid_shapes"], b["grid_shapes"]]))
-    la, lb = a["audio_features"].shape[0], b["audio_features"].shape[0]
-    assert batch["audio_mask"].sum(1).tolist() == [la, lb]
-    assert (
-        torch.equal(batch["audio_features"][1, :lb], b["audio_features"])
-        and (batch["audio_features"][1, lb:] == 0).all()
-    )
-    assert "token_types" not in batch and "role_flags" not in batch
-
-
-def test_forward_gives_finite_losses_and_weights_them(loaded: omni.OmniModel, prepared: list[dict]) -> None:
-    with torch.no_grad():
-        out = loaded(**omni.collate(prepared))
-        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-        assert out.text_loss.ndim == 0 and torch.isfinite(out.text_loss)
-        assert out.codebook_losses.shape == (4,) and torch.isfinite(out.codebook_losses).all()
-        # random weights over 8224 ids: near log(8224) ~ 9.0
-        assert ((out.codebook_losses > 8) & (out.codebook_losses < 10)).all()
-        torch.testing.assert_close(out.loss, torch.cat([out.text_loss[None], out.codebook_losses]).mean())
-        semantic = loaded(**omni.collate(prepared), text_weight=0.0, codebook_weights=[1.0, 0.0, 0.0, 0.0])
-        torch.testing.assert_close(semantic.loss, semantic.codebook_losses[0])
-        with pytest.raises(ModelError, match="codebook_weights"):
-            loaded(**omni.collate(prepared), codebook_weights=[1.0, 1.0])
-
-
-def test_a_loaded_model_is_deterministic(loaded: omni.OmniModel, prepared: list[dict]) -> None:
-    # fresh from load_omni (train mode, .train() never called): the audio encoder's dropout is off
-    assert loaded.training and not loaded.audio_encoder.training
-    with torch.no_grad():
-        first, second = (loaded(**omni.collate(prepared)) for _ in range(2))
-    assert torch.equal(first.loss, second.loss) and torch.equal(first.codebook_losses, second.codebook_losses)
-
-
-def test_padding_does_not_change_a_samples_losses(loaded: omni.OmniModel, prepared: list[dict]) -> None:
-    # float64: in float32 a different batch shape changes the matmul order (~1e-5 noise)
-    model = copy.deepcopy(loaded).double()
-    a, b = prepared
-
-    def only(batch: dict, keep: int) -> dict:
-        # the other sample stays in the batch (and pads/ is padded), its labels carry no loss
-        batch = dict(batch)
-        for key in ("text_labels", "codec_labels"):
-            batch[key] = batch[key].clone()
-            batch[key][1 - keep] = omni.IGNORE
-        return batch
-
-    with torch.no_grad():
-        both = omni.collate([a, b])
-        for i, sample in enumerate(prepared):
-            alone = model(**omni.collate([sample]))
-            in_batch = model(**only(both, i))
-            torch.testing.assert_close(in_batch.text_loss, alone.text_loss, rtol=1e-10, atol=1e-10)
-            torch.testing.assert_close(in_batch.codebook_losses, alone.codebook_losses, rtol=1e-10, atol=1e-10)
-        assert not torch.allclose(
-            model(**omni.collate([a])).codebook_losses, model(**omni.collate([b])).codebook_losses
-        )
-
-
-def test_pad_counts_must_match_the_media(loaded: omni.OmniModel, prepared: list[dict]) -> None:
-    batch = omni.collate(prepared[:1])
-    with pytest.raises(ModelError, match="audio_pad"):
-        loaded(**{**batch, "audio_features": None, "audio_mask": None})
-    with pytest.raises(ModelError, match="image_pad"):
-        first = int(batch["grid_shapes"][0].prod())  # one frame pair fewer than the sequence has pads for
-        loaded(**{**batch, "pixel_values": batch["pixel_values"][:first], "grid_shapes": batch["grid_shapes"][:1]})
-
-
-def test_backward_reaches_the_lora_targets(tiny_model_dir: Path, prepared: list[dict]) -> None:
-    model = omni.load_omni(tiny_model_dir)
-    model.train()
-    model(**omni.collate(prepared)).loss.backward()
-    for set_name in lora.TARGET_SETS:
-        names, _ = lora.resolve_targets(model, [set_name])
-        assert names, set_name
-        for name in names:
-            grad = model.get_submodule(name).weight.grad
-            assert grad is not None and grad.abs().sum() > 0, name
-    for pattern in lora.PARAMETER_SETS.values():
-        rx = re.compile(pattern)
-        params = [(n, p) for n, p in model.named_parameters() if rx.fullmatch(n)]
-        assert params and all(p.grad is not None for _, p in params)
-        assert all(p.grad.abs().sum() > 0 for _, p in params)  # some routed expert got tokens
-    # the frozen-by-recipe audio encoder still gets gradients here: freezing is the trainer's job,
-    # but its dropout is off in train mode (the official SFT keeps it deterministic)
-    assert not model.audio_encoder.training
-
-
-def test_zero3_leaves_and_parameter_count(loaded: omni.OmniModel, tiny_model_dir: Path) -> None:
+def test_zero3_leaves_and_parameter_count(tiny_omni: omni.OmniModel, tiny_model_dir: Path) -> None:
     assert LongcatFlashMoE in omni.zero3_leaf_classes()
     model = omni.load_omni(tiny_model_dir)
     trainable, total = omni.count_parameters(model)
     assert trainable == total == sum(p.numel() for p in model.parameters())
     model.requires_grad_(False)
     assert omni.count_parameters(model) == (0, total)
+
+
+def _transformers_llm(seed: int) -> LongcatFlashForCausalLM:
+    torch.manual_seed(seed)
+    llm = LongcatFlashForCausalLM(llm_config(omni.TINY_LLM_CONFIG))
+    with torch.no_grad():
+        for p in llm.parameters():
+            if p.ndim > 1:
+                p.normal_(std=0.05)
+    return llm.eval()
+
+
+@pytest.fixture(scope="module")
+def prepared_sample(tiny_model_dir: Path, tiny_codec_dir: Path, demo_data_dir: Path, tmp_path_factory) -> dict:
+    """One prepared demo sample (1 s, 2 frames); every tiny checkpoint has the same tokenizer."""
+    out = tmp_path_factory.mktemp("prepared")
+    cfg = DataConfig(
+        root=str(demo_data_dir),
+        video_frames=2,
+        video_fps=2.0,
+        audio_seconds=1.0,
+        workers=1,
+        validation_cache=str(out / "validation-cache"),
+    )
+    samples = data.select_samples(data.validate_dataset(cfg), "fail")
+    data.prepare_dataset(samples[:1], cfg, tiny_model_dir, tiny_codec_dir, out / "prep")
+    (item,) = data.load_prepared(out / "prep")
+    return item
+
+
+@pytest.mark.parametrize("zero_rows", ["dropped", "kept"])
+def test_checkpoint_written_from_transformers_module_gives_its_outputs(
+    tmp_path: Path, zero_rows: str, prepared_sample: dict
+) -> None:
+    """A vss checkpoint whose LLM weights come from transformers' LongcatFlashForCausalLM, its
+    gate_up_proj with the zero-expert rows dropped (as the real checkpoint) or kept (as transformers'
+    state dict has them): load_omni's model gives transformers' logits and loss."""
+    ref = _transformers_llm(3)
+    model_dir = omni.write_tiny_checkpoint(tmp_path / "ckpt")
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    if zero_rows == "dropped":
+        state = experts.zero_expert_rows_dropped(state, ref.config)
+    # the official layout: embed_tokens and lm_head stay in the safetensors (language_model_embedding.pt
+    # is the omni text embedding, a separate file)
+    assert "model.embed_tokens.weight" in state and "lm_head.weight" in state
+    save_file({k: v.clone() for k, v in state.items()}, str(model_dir / "model.safetensors"))
+
+    loaded = omni.load_omni(model_dir).eval()
+    ids = torch.randint(0, 128, (2, 23), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref(input_ids=ids, labels=ids)
+        got = loaded.llm(input_ids=ids, labels=ids)
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.loss, want.loss)
+
+    # The whole Omni model too: the same model with transformers' experts module swapped back in.
+    reference = omni.load_omni(model_dir).eval()
+    for ref_layer, layer in zip(ref.model.layers, reference.llm.model.layers):
+        layer.mlp.experts = ref_layer.mlp.experts
+    batch = omni.collate([prepared_sample])
+    with torch.no_grad():
+        ours, theirs = loaded(**batch), reference(**batch)
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.codebook_losses, theirs.codebook_losses, rtol=1e-5, atol=1e-6)
+
+
+def test_per_expert_checkpoint_as_published_loads_into_the_fused_module(tmp_path) -> None:
+    # The Hub checkpoint and transformers' save_pretrained store experts one by one
+    # (mlp.experts.{e}.{gate,up,down}_proj.weight); load_omni fuses them into the module's layout.
+    src = omni.write_tiny_checkpoint(tmp_path / "fused")
+    model = omni.load_omni(src)
+    from safetensors.torch import load_file
+
+    state = load_file(str(src / "model.safetensors"))
+    per_expert = {}
+    for key, t in state.items():
+        if key.endswith("mlp.experts.gate_up_proj"):
+            prefix, ffn = key.removesuffix(".gate_up_proj"), t.shape[1] // 2
+            for e in range(t.shape[0]):
+                per_expert[f"{prefix}.{e}.gate_proj.weight"] = t[e, :ffn].clone()
+                per_expert[f"{prefix}.{e}.up_proj.weight"] = t[e, ffn:].clone()
+        elif key.endswith("mlp.experts.down_proj"):
+            prefix = key.removesuffix(".down_proj")
+            for e in range(t.shape[0]):
+                per_expert[f"{prefix}.{e}.down_proj.weight"] = t[e].clone()
+        else:
+            per_expert[key] = t
+    import shutil
+
+    dst = tmp_path / "per-expert"
+    shutil.copytree(src, dst)
+    save_file(per_expert, str(dst / "model.safetensors"))
+    loaded = omni.load_omni(dst)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    del per_expert["llm.model.layers.0.mlp.experts.1.up_proj.weight".removeprefix("llm.")]
+    save_file(per_expert, str(dst / "model.safetensors"))
+    with pytest.raises(ModelError, match=r"experts\.1\.up_proj\.weight"):
+        omni.load_omni(dst)

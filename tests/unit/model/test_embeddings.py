@@ -4,22 +4,15 @@
   `AudioEmbedding` (text embedding zeroed at text PAD 3, plus every audio embedding zeroed at codec
   PAD 3; a position where text and all codecs are PAD gets the text embedding of 3);
 - `AudioOutputLayer`: the SGLang port's cumulative rule (head i sees h + sum_{j<i} embedding[j](id_j));
-- `repetition_penalty`: SGLang `penalize_repetition` with RepetitionPenaltyType.EXPONENTIAL;
-- the training forward's codec and text losses: cross-entropy at the labelled positions, by hand.
+- `repetition_penalty`: SGLang `penalize_repetition` with RepetitionPenaltyType.EXPONENTIAL.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from pathlib import Path
 
-import pytest
 import torch
 
-from vss_core import data
-from vss_core import model as omni
-from vss_core.config import DataConfig
 from vss_core.model.embeddings import (
     AUDIO_HEAD_NUM,
     AudioEmbedding,
@@ -149,72 +142,3 @@ def test_repetition_penalty_is_the_exponential_one() -> None:
     assert float(got[5]) == 1.0 and float(got[7]) == 0.5  # unseen ids unchanged
     torch.testing.assert_close(repetition_penalty(logits, torch.tensor([-1, -1]), 1.1), logits)
     torch.testing.assert_close(repetition_penalty(logits, torch.zeros(0, dtype=torch.long), 1.1), logits)
-
-
-# --- the training forward, by hand ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sample(tiny_model_dir: Path, tiny_codec_dir: Path, demo_data_dir: Path, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("prepared")
-    cfg = DataConfig(
-        root=str(demo_data_dir),
-        video_frames=2,
-        video_fps=2.0,
-        audio_seconds=1.0,
-        workers=1,
-        validation_cache=str(out / "validation-cache"),
-    )
-    samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    data.prepare_dataset(samples[:1], cfg, tiny_model_dir, tiny_codec_dir, out / "prep")
-    (item,) = data.load_prepared(out / "prep")
-    return item
-
-
-def test_forward_losses_are_cross_entropy_at_the_labelled_positions(tiny_model_dir: Path, sample: dict) -> None:
-    model = copy.deepcopy(omni.load_omni(tiny_model_dir)).double().eval()
-    batch = omni.collate([sample])
-    with torch.no_grad():
-        out = model(**batch)
-        embeds = model.embed(
-            batch["input_ids"],
-            batch["codec_ids"],
-            batch["pixel_values"],
-            batch["grid_shapes"],
-            batch["audio_features"],
-            batch["audio_mask"],
-        )
-        hidden = model.llm.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state[0]
-    W = [h.weight.detach() for h in model.audio_output_layer.audio_output_layers]
-    E = [e.weight.detach() for e in model.audio_output_layer.embedding]
-    lm_head = model.llm.lm_head.weight.detach()
-    codec_ids, codec_labels = sample["codec_ids"], sample["codec_labels"]
-    text_labels = sample["text_labels"]
-    n = codec_ids.shape[0]
-
-    def nll(logits: torch.Tensor, label: int) -> float:
-        return float(torch.logsumexp(logits, 0) - logits[label])
-
-    per_head: list[list[float]] = [[] for _ in range(4)]
-    for p in range(n):
-        labelled = [i for i in range(4) if int(codec_labels[p, i]) != omni.IGNORE]
-        if not labelled:
-            continue
-        assert p + 1 < n
-        nxt = codec_ids[p + 1]  # head i is fed the ids of heads < i at p + 1
-        acc = hidden[p].clone()
-        for i in range(4):
-            if i > 0:
-                acc = acc + E[i - 1][int(nxt[i - 1])]
-            if i in labelled:
-                assert int(codec_labels[p, i]) == int(nxt[i])  # the target is the id of p + 1
-                per_head[i].append(nll(W[i] @ acc, int(codec_labels[p, i])))
-    assert all(per_head), "every codebook has labelled positions"
-    want_codec = torch.tensor([sum(h) / len(h) for h in per_head], dtype=torch.float64)
-    text = [nll(lm_head @ hidden[p], int(text_labels[p])) for p in range(n) if int(text_labels[p]) != omni.IGNORE]
-    assert text
-    want_text = sum(text) / len(text)
-
-    torch.testing.assert_close(out.codebook_losses.double(), want_codec, rtol=1e-6, atol=1e-6)
-    assert math.isclose(float(out.text_loss), want_text, rel_tol=1e-6)
-    assert math.isclose(float(out.loss), (want_text + float(want_codec.sum())) / 5, rel_tol=1e-6)
