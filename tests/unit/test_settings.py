@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from vss_core.errors import ConfigError
@@ -40,3 +42,38 @@ def test_settings_token_sources_and_cache(tmp_path, monkeypatch):
     s = load_settings()
     assert s.hf_transfer_requested and s.wandb_api_key.get_secret_value() == "wandb-secret"
     assert "wandb-secret" not in repr(s)
+
+
+def test_the_hub_cache_is_model_cache_dir_then_hf_hub_cache_then_hf_home(tmp_path, monkeypatch):
+    from vss_core.settings import Settings, hub_cache
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings().hub_cache_dir == str(tmp_path / "home" / ".cache" / "huggingface" / "hub")
+    assert Settings(hf_home=str(tmp_path / "hf")).hub_cache_dir == str(tmp_path / "hf" / "hub")
+    both = Settings(hf_home=str(tmp_path / "hf"), hf_hub_cache=str(tmp_path / "c"))
+    assert both.hub_cache_dir == str(tmp_path / "c")
+    assert hub_cache(None, both) == tmp_path / "c"
+    assert hub_cache("~/models", both) == tmp_path / "home" / "models"  # model.cache_dir wins, ~ expanded
+
+
+def test_xdg_cache_home_places_hf_home_and_an_empty_variable_counts_as_unset(tmp_path, monkeypatch):
+    for name in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_ENDPOINT", "")
+    s = load_settings()
+    assert s.hf_home == str(tmp_path / "xdg" / "huggingface") and s.hf_endpoint is None
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert load_settings().hf_home == str(tmp_path / "hf")  # HF_HOME wins over XDG_CACHE_HOME
+
+
+def test_xet_high_performance_is_turned_on_without_overriding_the_users_choice(monkeypatch):
+    from vss_core.settings import enable_xet_high_performance
+
+    monkeypatch.delenv("HF_XET_HIGH_PERFORMANCE", raising=False)
+    enable_xet_high_performance()
+    assert os.environ["HF_XET_HIGH_PERFORMANCE"] == "1"
+    monkeypatch.setenv("HF_XET_HIGH_PERFORMANCE", "0")
+    enable_xet_high_performance()
+    assert os.environ["HF_XET_HIGH_PERFORMANCE"] == "0"
