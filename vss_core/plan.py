@@ -472,8 +472,10 @@ CPU_ALLOCATOR_FACTOR = 2.0
 # (cuBLAS, cuDNN, NCCL, libtorch_cuda, ...) is 4.05 GiB on disk (`du` of the installed files),
 # counted as if all resident: an upper bound, once per node.
 CUDA_LIBRARY_PAGES_GIB = 4.05
-# The CUDA driver's host memory per process (context bookkeeping, pinned staging). Not measured: no GPU
-# was lent (bench/bench_plan_gpu.py prints it where one is); a deliberate allowance, labelled as one.
+# The CUDA driver's host memory per process (context bookkeeping, the kernels' host images, pinned
+# staging): reported at 1.2 GB of RSS on the first CUDA use (pytorch/pytorch#106511) and 0.32 -> 2.06 GB
+# around CUDA's init and first tensor (pytorch/pytorch#113326). Planned at 1.5 GiB, inside that range;
+# not measured here (no GPU lent: bench/bench_plan_gpu.py prints it where one is).
 CUDA_PROCESS_HOST_GIB = 1.5
 # The DeepSpeed launcher beside the ranks (the `deepspeed` runner and its `launch` child, each of
 # which imports torch and DeepSpeed): the two processes' USS while the ranks run (what they hold
@@ -491,7 +493,7 @@ LOADER_WORKER_RAM_GIB = 0.16
 class Assumptions:
     """What the planner cannot read from a config; every figure that uses one says so."""
 
-    cuda_context_gib: float = 3.0  # CUDA context + NCCL communicator buffers per GPU
+    cuda_context_gib: float = 3.0  # CUDA context + NCCL communicator buffers per GPU (cited in its item's note)
     fragmentation: float = 0.10  # PyTorch caching-allocator margin on the GPU peak
     process_heap_gib: float = PROCESS_HEAP_GIB  # a rank's own memory before its model (measured)
     library_pages_gib: float = LIBRARY_PAGES_GIB  # torch, DeepSpeed, transformers pages, once per node (measured)
@@ -768,8 +770,10 @@ def _device_items(ins: PlanInputs, r: _Run) -> list[Item]:
             Item(
                 component="CUDA context + NCCL",
                 gib=a.cuda_context_gib,
-                note="an allowance, not measured (no GPU lent): a context is ~0.3-0.5 GiB with CUDA's lazy "
-                "module loading (>= 11.7; pytorch/pytorch#107667), the rest for NCCL's buffers",
+                note="cited, not measured (no GPU lent): a context is ~0.3-0.5 GiB with CUDA's lazy module "
+                "loading (>= 11.7; pytorch/pytorch#107667); an NCCL communicator 0.54-0.69 GB on 2-4 NVLink "
+                "A100s (NVIDIA/nccl#964) to ~1.6 GB after an all-reduce, more with more communicators and "
+                "channels (NVIDIA/nccl#864, #986)",
             )
         )
     if not r.zero3:
@@ -892,7 +896,12 @@ def _ram_items(ins: PlanInputs, r: _Run, dev_need: float) -> list[Item]:
         f"training processes' own memory ({ranks} x {heap:g} GiB)",
         ranks * heap,
         f"measured {a.process_heap_gib:g} GiB (bench/bench_plan.py)"
-        + (f" + {a.cuda_process_host_gib:g} GiB CUDA driver host memory, not measured (no GPU lent)" if r.cuda else ""),
+        + (
+            f" + {a.cuda_process_host_gib:g} GiB CUDA driver host memory (1.2-1.7 GB reported: pytorch/pytorch#106511, "
+            "#113326; not measured, no GPU lent)"
+            if r.cuda
+            else ""
+        ),
     )
     add(
         f"a training step's fixed working memory ({ranks} x {a.training_fixed_gib:g} GiB)",
