@@ -48,27 +48,38 @@ def prepared(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
     )
 
 
+@pytest.fixture(scope="session")
+def prepared_sample(tiny_model_dir, tiny_codec_dir, demo_data_dir, tmp_path_factory) -> dict:
+    """The first demo sample prepared alone (1 s, 2 frames; read-only); every tiny checkpoint has the
+    same tokenizer."""
+    from tests.helpers import prepare_demo_sample
+
+    out = tmp_path_factory.mktemp("prepared")
+    return prepare_demo_sample(demo_data_dir, tiny_model_dir, tiny_codec_dir, out, frames=2, seconds=1.0)[0]
+
+
 # --- datasets a test may edit (function scope, in its tmp_path) -----------------------------------
+
+
+def _demo_train(tmp_path: Path, samples: int) -> Path:
+    """`samples` demo samples of 2 s in tmp_path/train."""
+    from vss_core import demo
+
+    root = tmp_path / "train"
+    demo.write_demo_dataset(root, samples=samples, seconds=2.0)
+    return root
 
 
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     """Three demo samples of 2 s in tmp_path/train (the data tests' dataset)."""
-    from vss_core import demo
-
-    root = tmp_path / "train"
-    demo.write_demo_dataset(root, samples=3, seconds=2.0)
-    return root
+    return _demo_train(tmp_path, 3)
 
 
 @pytest.fixture
 def dataset_of_two(tmp_path) -> Path:
     """Two demo samples of 2 s in tmp_path/train."""
-    from vss_core import demo
-
-    root = tmp_path / "train"
-    demo.write_demo_dataset(root, samples=2, seconds=2.0)
-    return root
+    return _demo_train(tmp_path, 2)
 
 
 @pytest.fixture
@@ -80,13 +91,9 @@ def model_dir(tmp_path, tiny_model_dir) -> Path:
 
 
 @pytest.fixture
-def manifest_folders(tmp_path) -> Path:
-    """Three demo samples of 2 s as sample folders (tmp_path/train), the twin of `scattered_manifest`."""
-    from vss_core import demo
-
-    root = tmp_path / "train"
-    demo.write_demo_dataset(root, samples=3, seconds=2.0)
-    return root
+def manifest_folders(dataset) -> Path:
+    """`dataset` (three demo samples of 2 s as sample folders, tmp_path/train), the twin of `scattered_manifest`."""
+    return dataset
 
 
 @pytest.fixture
@@ -133,24 +140,15 @@ def tiny_omni(tiny_model_dir):
 @pytest.fixture(scope="module")
 def two_samples(tiny_model_dir, tiny_codec_dir, demo_data_dir, tmp_path_factory):
     """Two prepared demo samples of different lengths (2 s / 4 frames and 1 s / 2 frames)."""
-    from vss_core import data
-    from vss_core.config import DataConfig
+    from tests.helpers import prepare_demo_sample
 
     out = tmp_path_factory.mktemp("prepared")
-    items = []
-    for i, (seconds, frames) in enumerate([(2.0, 4), (1.0, 2)]):
-        cfg = DataConfig(
-            root=str(demo_data_dir),
-            video_frames=frames,
-            video_fps=2.0,
-            audio_seconds=seconds,
-            workers=1,
-            validation_cache=str(out / "validation-cache"),
-        )
-        samples = data.select_samples(data.validate_dataset(cfg), "fail")
-        data.prepare_dataset(samples[i : i + 1], cfg, tiny_model_dir, tiny_codec_dir, out / str(i))
-        (item,) = data.load_prepared(out / str(i))
-        items.append(item)
+    items = [
+        prepare_demo_sample(
+            demo_data_dir, tiny_model_dir, tiny_codec_dir, out, index=i, frames=frames, seconds=seconds
+        )[0]
+        for i, (seconds, frames) in enumerate([(2.0, 4), (1.0, 2)])
+    ]
     assert items[0]["input_ids"].shape[0] != items[1]["input_ids"].shape[0]
     return items
 

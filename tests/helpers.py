@@ -50,6 +50,30 @@ def audio_frames(seconds: float) -> int:
     return (frames + 7) // 8
 
 
+def prepare_demo_sample(data_dir: Path, model_dir, codec_dir, out: Path, *, frames: int, seconds: float, index=0):
+    """Sample `index` of the demo dataset at `data_dir` validated and prepared alone (`frames` frames at
+    2 fps, `seconds` of audio, one worker; the validation cache in `out`) into out/prep-<index>.
+    Returns the prepared item, the data settings and the sample folder."""
+    from vss_core import data
+
+    cfg = DataConfig(
+        root=str(data_dir),
+        video_frames=frames,
+        video_fps=2.0,
+        audio_seconds=seconds,
+        workers=1,
+        validation_cache=str(out / "validation-cache"),
+    )
+    sample = data.select_samples(data.validate_dataset(cfg), "fail")[index]
+    data.prepare_dataset([sample], cfg, model_dir, codec_dir, out / f"prep-{index}")
+    (item,) = data.load_prepared(out / f"prep-{index}")
+    return item, cfg, Path(sample.path)
+
+
+# the video of every demo sample (demo.write_demo_dataset) as probing describes it
+DEMO_VIDEO = {"frames": 20, "fps": 10.0, "width": 96, "height": 80, "duration_s": 2.0, "codec": "h264"}
+
+
 def write_jsonl(path: Path, lines) -> Path:
     """A JSONL file: each line a JSON object, or a string written as it is."""
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
@@ -77,6 +101,22 @@ def lora_model(model_dir, seed: int = 0):
         if "lora_B" in name:  # peft starts B at zero: make the adapter matter
             p.data = torch.randn(p.shape, generator=gen) * 0.3
     return peft_model.eval()
+
+
+def forward_hidden(model, batch: dict) -> torch.Tensor:
+    """The training forward's internals (OmniModel.forward) up to the LLM: the last hidden states of the
+    first sample of a collated batch."""
+    embeds = model.embed(
+        batch["input_ids"],
+        batch["codec_ids"],
+        batch["pixel_values"],
+        batch["grid_shapes"],
+        batch["audio_features"],
+        batch["audio_mask"],
+    )
+    return model.llm.model(
+        inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state[0]
 
 
 class Forcer:
@@ -180,7 +220,8 @@ def eval_report(tmp_path):
 
 
 def ref_wn_weight(sd, p):
-    """Legacy weight norm, dim 0: g * v / ||v|| with the norm over every dim but 0."""
+    """Legacy weight norm, dim 0 (the input channel for a transposed conv): g * v / ||v|| with the norm
+    over every dim but 0."""
     v, g = sd[p + "weight_v"], sd[p + "weight_g"]
     norm = v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
     return g * v / norm
@@ -189,6 +230,11 @@ def ref_wn_weight(sd, p):
 def ref_conv(sd, p, x, **kw):
     """A weight-normed Conv1d of the state dict under prefix p."""
     return F.conv1d(x, ref_wn_weight(sd, p), sd[p + "bias"], **kw)
+
+
+def ref_snake(x, alpha):
+    """Snake activation: x + sin(alpha x)^2 / alpha (alpha + 1e-9 as the official one)."""
+    return x + 1.0 / (alpha + 1e-9) * torch.sin(alpha * x) ** 2
 
 
 def ref_nearest(latents, codebook):
@@ -218,13 +264,14 @@ def ref_quantize(sd, prefix, z, n, k):
     return z_q, torch.stack(codes, dim=-1)  # [B, D, T], [B, T, n]
 
 
-def randomize(module, seed=0):
-    """Random weights for a codec module (in place): Snake alphas and weight-norm gains positive."""
+def randomize(module, seed=0, scale=0.5):
+    """Random weights for a codec module (in place): Snake alphas and weight-norm gains positive (0.5 to
+    1.5), the rest normal with std `scale`."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             if name.endswith(("alpha", "weight_g")):  # Snake frequencies and weight-norm gains: positive
                 p.copy_(0.5 + torch.rand(p.shape, generator=gen, dtype=p.dtype))
             else:
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+                p.copy_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     return module

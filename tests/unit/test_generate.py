@@ -5,12 +5,10 @@ in step, and stops at EOS before the cap."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from tests.helpers import INFER_DATA, Forcer, lora_model
+from tests.helpers import INFER_DATA, Forcer, forward_hidden, lora_model, prepare_demo_sample
 from vss_core import data, generate, model
 from vss_core import model as omni
 from vss_core.config import DataConfig
@@ -20,18 +18,9 @@ from vss_core.model import embeddings as emb
 
 @pytest.fixture(scope="module")
 def overfit(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
-    cfg = DataConfig(
-        root=str(demo_data_dir),
-        video_frames=4,
-        video_fps=2,
-        audio_seconds=1.0,
-        workers=1,
-        validation_cache=str(tmp_path_factory.mktemp("vcache")),
+    item, cfg, sample = prepare_demo_sample(
+        demo_data_dir, tiny_model_dir, tiny_codec_dir, tmp_path_factory.mktemp("prep"), frames=4, seconds=1.0
     )
-    samples = data.select_samples(data.validate_dataset(cfg), "fail")[:1]
-    out = tmp_path_factory.mktemp("prep")
-    data.prepare_dataset(samples, cfg, tiny_model_dir, tiny_codec_dir, out)
-    (item,) = data.load_prepared(out)
     torch.manual_seed(0)
     m = model.load_omni(tiny_model_dir)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
@@ -42,7 +31,7 @@ def overfit(tmp_path_factory, tiny_model_dir, tiny_codec_dir, demo_data_dir):
         loss.backward()
         opt.step()
     assert loss.item() < 0.2
-    prompt = data.prepare_inputs(Path(samples[0].path), cfg, tiny_model_dir)
+    prompt = data.prepare_inputs(sample, cfg, tiny_model_dir)
     return m.eval(), item, prompt, model.CheckpointConfigs(tiny_model_dir).special_ids
 
 
@@ -171,17 +160,7 @@ def test_kv_cached_generation_steps_give_the_training_forward_logits(
     batch = omni.collate([item])
     # The training forward's internals (OmniModel.forward): hidden -> lm_head / teacher-forced speech heads.
     with torch.no_grad():
-        embeds = model.embed(
-            batch["input_ids"],
-            batch["codec_ids"],
-            batch["pixel_values"],
-            batch["grid_shapes"],
-            batch["audio_features"],
-            batch["audio_mask"],
-        )
-        hidden = model.llm.model(
-            inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state[0]
+        hidden = forward_hidden(model, batch)
         labels, codec_ids = item["codec_labels"], item["codec_ids"]
         next_ids = torch.cat([codec_ids[1:], torch.full_like(codec_ids[:1], omni.IGNORE)])
         teacher = torch.where(labels != omni.IGNORE, labels, next_ids.clamp(min=0))

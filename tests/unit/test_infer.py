@@ -42,6 +42,15 @@ def _save_run(peft_model, run_dir, model_dir, codec_dir):
     return adapter
 
 
+def _infer_argv(adapter, sample, out, model=None, codec=None, max_seconds=None) -> list[str]:
+    """`vss infer`'s argv: --adapter, --sample, --out, then --model, --codec and --max-seconds where given."""
+    argv = ["infer", "--adapter", str(adapter), "--sample", str(sample), "--out", str(out)]
+    for flag, value in (("--model", model), ("--codec", codec), ("--max-seconds", max_seconds)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 # --- vss infer --------------------------------------------------------------------------------------------------
 
 
@@ -52,12 +61,7 @@ def test_vss_infer_writes_wav_and_text_and_the_adapter_changes_the_speech(
     adapter = _save_run(peft_model, tmp_path / "run", tiny_model_dir, tiny_codec_dir)
     out = tmp_path / "speech" / "out.wav"
 
-    assert (
-        cli.main(
-            ["infer", "--adapter", str(adapter), "--sample", str(infer_sample), "--out", str(out), "--max-seconds", "1"]
-        )
-        == 0
-    )
+    assert cli.main(_infer_argv(adapter, infer_sample, out, max_seconds="1")) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and str(out.with_suffix(".txt")) in printed
     decoder = codec_lib.load_decoder(tiny_model_dir, tiny_codec_dir)
@@ -99,44 +103,13 @@ def test_model_and_codec_default_to_the_run_config_and_otherwise_must_be_given(
     lone = _save_run(lora_model(tiny_model_dir), tmp_path / "run", tiny_model_dir, tiny_codec_dir)
     (tmp_path / "run" / "config.json").unlink()
     out = tmp_path / "out.wav"
-    assert cli.main(["infer", "--adapter", str(lone), "--sample", str(infer_sample), "--out", str(out)]) == 2
+    assert cli.main(_infer_argv(lone, infer_sample, out)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--model is required" in err and "config.json" in err
     # --model alone: the tiny checkpoint's decoder weights live in the codec repository, not found
-    assert (
-        cli.main(
-            [
-                "infer",
-                "--adapter",
-                str(lone),
-                "--sample",
-                str(infer_sample),
-                "--out",
-                str(out),
-                "--model",
-                str(tiny_model_dir),
-                "--max-seconds",
-                "0.3",
-            ]
-        )
-        == 2
-    )
+    assert cli.main(_infer_argv(lone, infer_sample, out, model=tiny_model_dir, max_seconds="0.3")) == 2
     assert "ckpt_path" in capsys.readouterr().err and not out.exists()
-    argv = [
-        "infer",
-        "--adapter",
-        str(lone),
-        "--sample",
-        str(infer_sample),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--codec",
-        str(tiny_codec_dir),
-        "--max-seconds",
-        "0.3",
-    ]
+    argv = _infer_argv(lone, infer_sample, out, model=tiny_model_dir, codec=tiny_codec_dir, max_seconds="0.3")
     assert cli.main(argv) == 0
     assert sf.info(str(out)).samplerate == codec_lib.load_decoder(tiny_model_dir, tiny_codec_dir).sample_rate
     assert out.with_suffix(".txt").is_file()
@@ -146,25 +119,16 @@ def test_missing_adapter_and_sample_files_and_bad_settings_are_clear_errors(
     tiny_model_dir, tiny_codec_dir, infer_sample, tmp_path, capsys
 ):
     out = tmp_path / "out.wav"
-    base = [
-        "--sample",
-        str(infer_sample),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
-        "--codec",
-        str(tiny_codec_dir),
-    ]
+    given = {"model": tiny_model_dir, "codec": tiny_codec_dir}
 
-    assert cli.main(["infer", "--adapter", str(tmp_path / "nope"), *base]) == 2
+    assert cli.main(_infer_argv(tmp_path / "nope", infer_sample, out, **given)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope: not a directory" in err and "RUN/adapter" in err
 
     empty = tmp_path / "run" / "adapter"
     empty.mkdir(parents=True)
     (empty / infer.ADAPTER_CONFIG).write_text(json.dumps({"peft_type": "LORA"}))
-    assert cli.main(["infer", "--adapter", str(empty), *base]) == 2
+    assert cli.main(_infer_argv(empty, infer_sample, out, **given)) == 2
     err = capsys.readouterr().err
     assert "adapter_model.safetensors is missing" in err and "adapter_config.json is missing" not in err
 
@@ -172,7 +136,7 @@ def test_missing_adapter_and_sample_files_and_bad_settings_are_clear_errors(
     bad_sample = tmp_path / "01"
     bad_sample.mkdir()
     (bad_sample / "in.wav").write_bytes((infer_sample / "in.wav").read_bytes())
-    assert cli.main(["infer", "--adapter", str(adapter), "--sample", str(bad_sample), "--out", str(out)]) == 2
+    assert cli.main(_infer_argv(adapter, bad_sample, out)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "in.mp4 is missing" in err and str(bad_sample) in err
     assert not out.exists()

@@ -1,7 +1,7 @@
 """vss_core.codec.acoustic: LongCat-Audio-Codec's acoustic encoder (its grouped residual VQ:
 test_quantizer.py).
 
-The reference functions below (and the weight-norm conv and VQ ones in tests/helpers.py) recompute the official math (networks/modules/{layers,model}.py,
+The reference functions below (and the weight-norm conv, Snake and VQ ones in tests/helpers.py) recompute the official math (networks/modules/{layers,model}.py,
 networks/quantizers/auto_grvq.py, LongCatAudioCodec_model.py) with plain tensor ops from the
 state dict alone, by the official key names; they import nothing from vss.
 """
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.helpers import randomize, ref_conv, ref_quantize
+from tests.helpers import randomize, ref_conv, ref_quantize, ref_snake
 from vss_core.codec.acoustic import (
     CHECKPOINT_PREFIXES,
     TINY_ENCODER_YAML,
@@ -46,10 +46,6 @@ K = TINY_ENCODER_YAML["codec_codebook_size"]
 
 
 # -- independent reference (official math, plain tensor ops) ----------------------------------------
-
-
-def ref_snake(x, alpha):
-    return x + 1.0 / (alpha + 1e-9) * torch.sin(alpha * x) ** 2
 
 
 def ref_mask(x, lengths):

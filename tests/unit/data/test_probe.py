@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.helpers import DEMO_VIDEO
 from vss_core import demo
 from vss_core.data import probe
 
@@ -20,14 +21,7 @@ def sample(tmp_path):
 def test_a_good_video_and_wav_are_described_without_problems(sample):
     video, problems = probe._probe_video(sample / "in.mp4")
     assert problems == []
-    assert video.model_dump() == {
-        "frames": 20,
-        "fps": 10.0,
-        "width": 96,
-        "height": 80,
-        "duration_s": 2.0,
-        "codec": "h264",
-    }
+    assert video.model_dump() == DEMO_VIDEO
     audio, problems = probe._probe_wav(sample / "in.wav", "in.wav")
     assert problems == [] and (audio.sample_rate, audio.channels, audio.duration_s) == (16000, 1, 2.0)
     assert probe._riff_truncation(sample / "in.wav", "in.wav") is None

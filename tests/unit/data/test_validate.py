@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.helpers import audio_frames, data_config
+from tests.helpers import DEMO_VIDEO, audio_frames, data_config
 from vss_core import data, demo
 from vss_core.data import validate as data_validate
 from vss_core.errors import DatasetError
@@ -45,14 +45,7 @@ def test_good_dataset_validates(dataset):
     assert all(s.ok for s in report.samples) and report.invalid == [] and len(report.valid) == 3
     assert report.warnings == []
     s = report.samples[0]
-    assert s.video.model_dump() == {
-        "frames": 20,
-        "fps": 10.0,
-        "width": 96,
-        "height": 80,
-        "duration_s": 2.0,
-        "codec": "h264",
-    }
+    assert s.video.model_dump() == DEMO_VIDEO
     audio = s.in_audio.model_dump()
     assert audio.pop("rms_dbfs") == pytest.approx(-20, abs=6)  # the demo speech peaks at -6 dBFS
     assert audio == {"sample_rate": 16000, "channels": 1, "duration_s": 2.0}

@@ -484,14 +484,21 @@ def build(raw: dict, seed: int) -> tuple[audio.LongCatAudioEncoder, audio.AudioP
     return encoder, projector, sd, pd
 
 
+def padded_pair(raw: dict, T: int, short: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of two random feature sequences of T frames (float64), the second padded after `short`,
+    and its mask."""
+    x = torch.randn(2, T, raw["input_size"], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[1, short:] = False
+    return x, mask
+
+
 @pytest.mark.parametrize("case", sorted(ENCODER_CASES))
 def test_encoder_projector_equal_reference_and_padding_does_not_leak(case: str) -> None:
     raw = ENCODER_CASES[case]
     encoder, projector, sd, pd = build(raw, seed=0)
     T, short = 17, 10
-    x = torch.randn(2, T, raw["input_size"], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    mask = torch.ones(2, T, dtype=torch.bool)
-    mask[1, short:] = False
+    x, mask = padded_pair(raw, T, short, seed=5)
     with torch.no_grad():
         out = projector(encoder(x, mask))
         alone = projector(encoder(x[1:, :short], mask[1:, :short]))
@@ -508,9 +515,7 @@ def test_official_batching_reproduces_official_padded_forward(case: str) -> None
     raw = ENCODER_CASES[case]
     encoder, projector, sd, pd = build(raw, seed=3)
     T, short = 16, 9
-    x = torch.randn(2, T, raw["input_size"], dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    mask = torch.ones(2, T, dtype=torch.bool)
-    mask[1, short:] = False
+    x, mask = padded_pair(raw, T, short, seed=7)
     with torch.no_grad():
         out = projector(encoder(x, mask, official_batching=True))
     ref = ref_encoder_projector(sd, pd, raw, x[1], mask[1].double(), False)

@@ -15,9 +15,8 @@ from safetensors.torch import load_file, save_file
 from transformers import LongcatFlashForCausalLM
 from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashMoE
 
-from vss_core import data, experts, sequence
+from vss_core import experts, sequence
 from vss_core import model as omni
-from vss_core.config import DataConfig
 from vss_core.errors import ModelError
 from vss_core.model.checkpoint import build_tiny_model, llm_config
 
@@ -283,24 +282,6 @@ def _transformers_llm(seed: int) -> LongcatFlashForCausalLM:
             if p.ndim > 1:
                 p.normal_(std=0.05)
     return llm.eval()
-
-
-@pytest.fixture(scope="module")
-def prepared_sample(tiny_model_dir: Path, tiny_codec_dir: Path, demo_data_dir: Path, tmp_path_factory) -> dict:
-    """One prepared demo sample (1 s, 2 frames); every tiny checkpoint has the same tokenizer."""
-    out = tmp_path_factory.mktemp("prepared")
-    cfg = DataConfig(
-        root=str(demo_data_dir),
-        video_frames=2,
-        video_fps=2.0,
-        audio_seconds=1.0,
-        workers=1,
-        validation_cache=str(out / "validation-cache"),
-    )
-    samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    data.prepare_dataset(samples[:1], cfg, tiny_model_dir, tiny_codec_dir, out / "prep")
-    (item,) = data.load_prepared(out / "prep")
-    return item
 
 
 @pytest.mark.parametrize("zero_rows", ["dropped", "kept"])

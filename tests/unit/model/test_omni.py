@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vss_core import data, lora
+from tests.helpers import forward_hidden
+from vss_core import lora
 from vss_core import model as omni
-from vss_core.config import DataConfig
 from vss_core.errors import ModelError
 
 
@@ -94,37 +94,15 @@ def test_backward_reaches_the_lora_targets(tiny_model_dir: Path, two_samples: li
     assert not model.audio_encoder.training
 
 
-@pytest.fixture(scope="module")
-def sample(tiny_model_dir: Path, tiny_codec_dir: Path, demo_data_dir: Path, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("prepared")
-    cfg = DataConfig(
-        root=str(demo_data_dir),
-        video_frames=2,
-        video_fps=2.0,
-        audio_seconds=1.0,
-        workers=1,
-        validation_cache=str(out / "validation-cache"),
-    )
-    samples = data.select_samples(data.validate_dataset(cfg), "fail")
-    data.prepare_dataset(samples[:1], cfg, tiny_model_dir, tiny_codec_dir, out / "prep")
-    (item,) = data.load_prepared(out / "prep")
-    return item
-
-
-def test_forward_losses_are_cross_entropy_at_the_labelled_positions(tiny_model_dir: Path, sample: dict) -> None:
+def test_forward_losses_are_cross_entropy_at_the_labelled_positions(
+    tiny_model_dir: Path, prepared_sample: dict
+) -> None:
+    sample = prepared_sample
     model = copy.deepcopy(omni.load_omni(tiny_model_dir)).double().eval()
     batch = omni.collate([sample])
     with torch.no_grad():
         out = model(**batch)
-        embeds = model.embed(
-            batch["input_ids"],
-            batch["codec_ids"],
-            batch["pixel_values"],
-            batch["grid_shapes"],
-            batch["audio_features"],
-            batch["audio_mask"],
-        )
-        hidden = model.llm.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state[0]
+        hidden = forward_hidden(model, batch)
     W = [h.weight.detach() for h in model.audio_output_layer.audio_output_layers]
     E = [e.weight.detach() for e in model.audio_output_layer.embedding]
     lm_head = model.llm.lm_head.weight.detach()
