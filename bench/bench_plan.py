@@ -37,7 +37,11 @@ plan.Machine(gpus_per_node=2, gpu_memory_gib=None, ram_gib=<total>, disk_gib=<fr
 own is printed as predicted / measured / ratio, under the planner's own item names. On the CPU
 accelerator there is no GPU memory: the planner folds its per-rank "device" column into RAM as one
 item; its parts (MoE leaf gathers, activations, ...) cannot be measured apart and are printed as
-planned only, with the residual the other measurements leave for them. The planner is not changed.
+planned only, with the residual the other measurements leave for them, except the parameters ZeRO-3
+holds gathered at once (DeepSpeed's own count). The ranks run with the environment vss gives them
+(`launch.training_env`: glibc's mmap threshold fixed, so the device column is RAM at its bytes; with
+glibc's default dynamic threshold a rank kept 1.9-3.2x the column's bytes, see the README's planner section).
+The planner is not changed.
 The time estimate (`vss plan`'s seconds per optimizer step, vss_core/steptime.py) is printed against
 the run's measured step time too; on the CPU accelerator its rates are assumptions, so that row shows
 how far they are, not a goal.
@@ -385,7 +389,7 @@ def fixed_working_memory(res: dict, ram, cfg) -> float | None:
     planned = 0.0
     for it in ram.items:
         c = it.component
-        if c.startswith(("weight partitions", "optimizer", "batches in flight", "glibc")) or "device memory" in c:
+        if c.startswith(("weight partitions", "optimizer", "batches in flight")) or "device memory" in c:
             planned += it.gib * GIB / ranks
     return grown - planned
 
@@ -498,7 +502,7 @@ def report_size(
             print(row(c, pred, meas, "ranks x workers x the largest loader-worker USS seen"))
         elif c.startswith("checkpoint load"):
             print(row(c, pred, None, "not measurable apart (rank 0, transient, inside the rank's peak)"))
-        elif "device memory" in c or c.startswith("glibc"):
+        elif "device memory" in c:
             print(row(c, pred, None, "see its parts and the residual below"))
         elif it is reserve:
             print(row(c, pred, None, "headroom, not a use: left out of the totals compared below"))
@@ -513,20 +517,16 @@ def report_size(
                 sum(
                     i.gib
                     for i in ram.items
-                    if "device memory" in i.component or i.component.startswith(("glibc", "a training step's fixed"))
+                    if "device memory" in i.component or i.component.startswith("a training step's fixed")
                 )
                 * GIB,
                 residual,
-                "left for the device column, its allocator retention, the fixed working memory (+ checkpoint load)",
+                "left for the device column and the fixed working memory (+ checkpoint load)",
             )
         )
         parts = device_parts(cfg)
         gathered = [g for g in res["gathered"] if g is not None]
-        planned_gathered = sum(
-            p.gib * GIB / (2 if p.component.startswith("MoE leaf") and "2x" in p.note else 1)
-            for p in parts
-            if p.component.startswith(("MoE leaf", "other gathered"))
-        )
+        planned_gathered = sum(p.gib * GIB for p in parts if p.component.startswith(("MoE leaf", "other gathered")))
         print(
             row(
                 "    per rank: gathered parameters at once (the leaf once + the others)",

@@ -197,12 +197,24 @@ def build_command(
     return cmd
 
 
+# A CPU rank's freed tensors go back to the OS only when glibc served them with mmap, and by default
+# glibc raises its mmap threshold (up to 32 MiB) after each such free: the rank's gathered weights,
+# all-gather buffers and activations then come from the heap, which keeps what it frees. bench/bench_plan.py
+# measured a rank's memory beyond its other items at 1.9-3.2x the device column's bytes that way. Setting
+# the threshold turns the dynamic adjustment off (mallopt(3), M_MMAP_THRESHOLD; MALLOC_MMAP_THRESHOLD_ is
+# its environment form): every block of 1 MiB or more is mmap'ed and leaves RSS when freed, so a rank holds
+# what its live tensors take (1.00x of the planned column at 1B) and the plan need not guess glibc's retention.
+CPU_MMAP_THRESHOLD = 1 << 20
+
+
 def training_env(cfg: VSSConfig, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of the training process: CPU accelerator for the demo, cached op builds."""
+    """Environment of the training process: CPU accelerator for the demo (with glibc's mmap threshold
+    fixed, see CPU_MMAP_THRESHOLD), cached op builds. A value the user set is kept."""
     env = dict(os.environ if base is None else base)
     if cfg.hardware.accelerator == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
         env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(CPU_MMAP_THRESHOLD))
     # DeepSpeed compiles cpu_adam / shm_comm on first use (~75 s); keep the builds between runs.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "vss" / "torch_extensions"))
     env["PYTHONUNBUFFERED"] = "1"

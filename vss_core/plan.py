@@ -45,6 +45,7 @@ from vss_core.errors import ConfigError, bullet_list
 
 GiB = 1024**3
 DS_DEFAULT_REDUCE = 5e8  # reduce_bucket_size
+DS_DEFAULT_PREFETCH_BUCKET = 5e7  # stage3_prefetch_bucket_size (deepspeed/runtime/zero/config.py)
 DS_DEFAULT_PARAM_BUFFER_SIZE = 1e8  # offload_param.buffer_size (elements)
 DS_DEFAULT_PARAM_BUFFER_COUNT = 5
 DS_DEFAULT_OPT_BUFFER_COUNT = 4
@@ -462,12 +463,7 @@ LIBRARY_PAGES_GIB = 0.63
 # What a rank's own memory grows by in training beyond its planned items (DeepSpeed's engine and
 # hooks, autograd, CPU Adam, the metrics writers): bench/bench_plan.py measures it on the demo's
 # tiny model, whose planned items are near zero (`fixed_working_memory`).
-TRAINING_FIXED_GIB = 0.16
-# On the CPU accelerator the device column's tensors come from glibc's allocator, which keeps much of
-# what it frees (the flat all-gather buffers, the copies, activations): bench/bench_plan.py measured
-# the ranks' memory beyond their other items at 1.9-3.2x the device column's planned bytes from the
-# tiny model to 1B parameters (fp32). Planned at 2x; the CUDA path has its own allowance (fragmentation).
-CPU_ALLOCATOR_FACTOR = 2.0
+TRAINING_FIXED_GIB = 0.08
 # A CUDA rank maps the CUDA libraries too: every shared object of torch 2.14.1 and its nvidia-* wheels
 # (cuBLAS, cuDNN, NCCL, libtorch_cuda, ...) is 4.05 GiB on disk (`du` of the installed files),
 # counted as if all resident: an upper bound, once per node.
@@ -501,7 +497,6 @@ class Assumptions:
     cuda_process_host_gib: float = CUDA_PROCESS_HOST_GIB  # a CUDA rank's driver host memory (not measured)
     launcher_gib: float = LAUNCHER_GIB  # the DeepSpeed launcher processes (measured)
     training_fixed_gib: float = TRAINING_FIXED_GIB  # a rank's fixed working memory in training (measured)
-    cpu_allocator_factor: float = CPU_ALLOCATOR_FACTOR  # CPU ranks: device column's RAM / its bytes (measured)
     ram_reserve: float = 0.05  # RAM kept free for the OS and page cache
     # a DataLoader worker's own memory (forked from its rank: what it does not share with it)
     loader_worker_ram_gib: float = LOADER_WORKER_RAM_GIB
@@ -527,6 +522,7 @@ class PlanInputs:
     offload_param: str = "cpu"
     offload_optimizer: str = "cpu"
     max_live_parameters: float = 1e9
+    prefetch_bucket_size: float = DS_DEFAULT_PREFETCH_BUCKET
     reduce_bucket_size: float | None = None
     param_buffer_count: int | None = None
     optimizer_buffer_count: int | None = None
@@ -573,6 +569,7 @@ def inputs_from_config(cfg: Any, shape: ModelShape, **changes: Any) -> PlanInput
         offload_param=ds.offload_param,
         offload_optimizer=ds.offload_optimizer,
         max_live_parameters=ds.max_live_parameters,
+        prefetch_bucket_size=ds.prefetch_bucket_size or DS_DEFAULT_PREFETCH_BUCKET,
         reduce_bucket_size=ds.reduce_bucket_size,
         param_buffer_count=ds.param_buffer_count,
         optimizer_buffer_count=ds.optimizer_buffer_count,
@@ -781,31 +778,36 @@ def _device_items(ins: PlanInputs, r: _Run) -> list[Item]:
     elif ins.offload_param == "none":
         dev.append(Item(component="weight partitions (1/world each)", gib=_gib(r.weights / world)))
     if r.zero3:
-        gathers = 1 if ins.allgather_sequential else 2
-        how = (
-            "stage3_allgather_sequential"
-            if ins.allgather_sequential
-            else "coalesced all-gather holds the flat buffer and the per-parameter copies: 2x the leaf "
-            "(DeepSpeed partition_parameters.py, AllGatherCoalescedHandle.wait: torch.cat per parameter)"
-        )
-        dev.append(
-            Item(
-                component="MoE leaf gathered whole (one layer's experts + router)", gib=_gib(r.leaf * gathers), note=how
-            )
-        )
+        dev.append(Item(component="MoE leaf gathered whole (one layer's experts + router)", gib=_gib(r.leaf)))
         # DeepSpeed prefetches only while the gathered total is under stage3_max_live_parameters
         # (partitioned_param_coordinator.py, fetch_sub_module: max_params_to_prefetch = min(max_available
         # - n_available, prefetch_bucket_sz)): the prefetch bucket is part of the live parameters, not
-        # beside them, and the leaf counts toward the same total.
+        # beside them, and the leaf counts toward the same total. It adds whole parameters until it has
+        # asked for that much, so it can overshoot max_live (or a leaf above it) by up to one more
+        # parameter: bench/bench_plan.py measured 25M and 47M elements beyond max(max_live, leaf) at 0.36B
+        # and 1B parameters, each within one 5e7 bucket, planned so.
         live = min(ins.max_live_parameters * b, r.weights)
-        others = max(0.0, live - r.leaf)
+        bucket = min(ins.prefetch_bucket_size * b, r.weights)
+        overshoot = min(bucket, max(0.0, r.weights - max(live, r.leaf)))
         dev.append(
             Item(
-                component="other gathered parameters (stage3_max_live_parameters, less the leaf)",
-                gib=_gib(others),
-                note="prefetch bucket included",
+                component="other gathered parameters (stage3_max_live_parameters less the leaf, + a prefetch bucket)",
+                gib=_gib(max(0.0, live - r.leaf) + overshoot),
+                note="prefetch overshoot measured within one stage3_prefetch_bucket_size (bench/bench_plan.py)",
             )
         )
+        if not ins.allgather_sequential:
+            # A coalesced all-gather lands in one flat buffer that stays while torch.cat copies each
+            # parameter out of it (partition_parameters.py, AllGatherCoalescedHandle.wait): the largest
+            # gather is held twice, the leaf (fetched whole) or a prefetch bucket, whichever is larger.
+            dev.append(
+                Item(
+                    component="coalesced all-gather's flat buffer (the larger of the leaf and a prefetch bucket)",
+                    gib=_gib(max(r.leaf, bucket)),
+                    note="the gather's copy while its parameters are copied out; stage3_allgather_sequential "
+                    "gathers parameter by parameter instead",
+                )
+            )
         if ins.allgather_sequential:  # the coalesced path frees this before the copies that make its 2x peak
             dev.append(
                 Item(component="largest parameter's partition staged for its gather", gib=_gib(r.largest / world))
@@ -940,11 +942,11 @@ def _ram_items(ins: PlanInputs, r: _Run, dev_need: float) -> list[Item]:
         Item(component="checkpoint load: one module's weights read by rank 0", gib=load_module, rank_gib=load_module)
     )
     if not r.cuda:
-        add(f"{ranks} CPU ranks' device memory (the GPU column above, on the CPU)", ranks * dev_need)
         add(
-            f"glibc allocator's retention of it (x{a.cpu_allocator_factor:g} in all)",
-            ranks * dev_need * (a.cpu_allocator_factor - 1),
-            "measured 1.9-3.2x (bench/bench_plan.py)",
+            f"{ranks} CPU ranks' device memory (the GPU column above, on the CPU)",
+            ranks * dev_need,
+            "at its bytes: the ranks run with glibc's mmap threshold fixed (launch.CPU_MMAP_THRESHOLD), so a "
+            "freed tensor leaves RSS; glibc's default kept 1.9-3.2x (bench/bench_plan.py)",
         )
     ram_need = sum(i.gib for i in ram) / (1 - a.ram_reserve)
     ram.append(Item(component=f"kept free for the OS ({a.ram_reserve:.0%})", gib=ram_need * a.ram_reserve))

@@ -7,6 +7,8 @@ stop. psutil is faked at its boundary: this machine has no swap to fill and RAM 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -141,7 +143,51 @@ def test_launcher_command_single_and_multi_node(tmp_path):
     assert "--master_port" not in cmd  # all nodes must agree: the launcher's default
     env = launch.training_env(load_config("cpu-demo"), base={})
     assert env["DS_ACCELERATOR"] == "cpu" and "TORCH_EXTENSIONS_DIR" in env
-    assert "DS_ACCELERATOR" not in launch.training_env(cfg, base={})
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(1 << 20)
+    assert (
+        launch.training_env(load_config("cpu-demo"), base={"MALLOC_MMAP_THRESHOLD_": "65536"})["MALLOC_MMAP_THRESHOLD_"]
+        == "65536"
+    )  # the user's own setting is kept
+    gpu = launch.training_env(cfg, base={})
+    assert "DS_ACCELERATOR" not in gpu and "MALLOC_MMAP_THRESHOLD_" not in gpu
+
+
+# A child that mallocs 64 blocks of 2 MiB, touches them, frees every other one and prints its RSS (KiB)
+# before and after the frees. A 4 MiB block freed first makes glibc's dynamic threshold rise above 2 MiB.
+_MALLOC_CHILD = """
+import ctypes, resource
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(4 << 20))
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+blocks = [libc.malloc(2 << 20) for _ in range(64)]
+for b in blocks:
+    ctypes.memset(b, 1, 2 << 20)
+before = rss()
+for b in blocks[::2]:
+    libc.free(b)
+print(before, rss())
+"""
+
+
+def test_the_cpu_ranks_env_makes_freed_blocks_leave_rss():
+    # What the plan's "device memory at its bytes" rests on: with glibc's default, 2 MiB blocks come from
+    # the heap once the threshold has risen, and freeing every other one returns nothing (64 MiB kept);
+    # with training_env's fixed threshold each is mmap'ed and its free gives it back.
+    def freed_kib(env):
+        out = subprocess.run([sys.executable, "-c", _MALLOC_CHILD], env=env, capture_output=True, text=True, check=True)
+        before, after = map(int, out.stdout.split())
+        return before - after
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    fixed = {
+        **base,
+        "MALLOC_MMAP_THRESHOLD_": launch.training_env(load_config("cpu-demo"), base={})["MALLOC_MMAP_THRESHOLD_"],
+    }
+    assert freed_kib(fixed) >= 60 * 1024  # 32 blocks of 2 MiB returned
+    assert freed_kib(base) < 8 * 1024  # glibc's dynamic threshold: kept in the heap
 
 
 def test_oom_step_downs_change_memory_settings_only_and_keep_the_effective_batch():

@@ -238,16 +238,33 @@ def test_real_part_counts_and_codec_appear_in_the_json_plan(capsys):
 
 def test_prefetch_is_part_of_the_live_parameters_and_the_leaf_counts_toward_them(real):
     # DeepSpeed prefetches only while the gathered total is under stage3_max_live_parameters, the
-    # leaf included: besides the leaf (x2 while its coalesced gather splits), max_live - leaf more
+    # leaf included, and overshoots it by at most what one prefetch asks for (a bucket): besides the
+    # leaf, max_live - leaf more, plus one bucket; the coalesced gather's flat buffer holds the larger
+    # of the leaf and a bucket a second time.
     ins = plan.inputs_from_config(config.load_config("conservative-2xb200"), real)
+    bucket = 5e7 * 2  # DeepSpeed's default stage3_prefetch_bucket_size, bf16
 
-    def gathered(max_live):
-        items = plan._device_items(dataclasses.replace(ins, max_live_parameters=max_live), plan._derive(ins))
+    def gathered(**changes):
+        items = plan._device_items(dataclasses.replace(ins, **changes), plan._derive(ins))
         parts = {i.component.split(" (")[0]: i.gib * GiB for i in items}
-        return parts["MoE leaf gathered whole"], parts["other gathered parameters"]
+        return (
+            parts["MoE leaf gathered whole"],
+            parts["other gathered parameters"],
+            parts.get("coalesced all-gather's flat buffer", 0.0),
+        )
 
-    leaf, others = gathered(5e8)  # the profile's: 1 GB of bf16 live parameters, far under the 36 GB leaf
-    assert leaf == pytest.approx(2 * LEAF_BYTES, rel=0.01) and others == 0
-    leaf, others = gathered(1e11)  # 200 GB live: the leaf's share of it is not counted twice
-    assert others == pytest.approx(2 * 1e11 - LEAF_BYTES, rel=0.01)
-    assert not any("prefetch" in i.component for i in plan._device_items(ins, plan._derive(ins)))
+    leaf, others, flat = gathered(max_live_parameters=5e8)  # the profile's: 1 GB of bf16, far under the 36 GB leaf
+    assert leaf == pytest.approx(LEAF_BYTES, rel=0.01) and flat == pytest.approx(LEAF_BYTES, rel=0.01)
+    assert others == pytest.approx(bucket)  # the prefetch overshoot beyond the leaf
+    leaf, others, flat = gathered(max_live_parameters=1e11)  # 200 GB live: the leaf's share is not counted twice
+    assert others == pytest.approx(2 * 1e11 - LEAF_BYTES + bucket, rel=0.01)
+    leaf, others, flat = gathered(max_live_parameters=5e8, prefetch_bucket_size=4e10)  # a bucket above the leaf
+    assert flat == pytest.approx(2 * 4e10) and others == pytest.approx(2 * 4e10)
+    _, _, flat = gathered(max_live_parameters=5e8, allgather_sequential=True)
+    assert flat == 0.0  # parameter by parameter: no flat buffer of the whole gather
+
+
+def test_prefetch_bucket_size_comes_from_the_config(real):
+    cfg = config.load_config("conservative-2xb200", ["deepspeed.prefetch_bucket_size=2e7"])
+    assert plan.inputs_from_config(cfg, real).prefetch_bucket_size == 2e7
+    assert plan.inputs_from_config(config.load_config("cpu-demo"), real).prefetch_bucket_size == 5e7

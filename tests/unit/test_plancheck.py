@@ -32,9 +32,9 @@ def test_peaks_within_the_plan_give_no_warning_and_the_figures_are_the_plans(tin
         "batches in flight",
     ]
     device = next(k for k in ram if k.endswith("CPU ranks' device memory"))
-    retention = next(k for k in ram if k.startswith("glibc allocator"))
-    rank = sum(ram[k] for k in [*shared, device, retention]) / ranks + ram["libraries' pages"] + ram["checkpoint load"]
-    assert abs(ram[retention] - ram[device]) < 1e-9  # x2 in all: as much again as the column
+    rank = sum(ram[k] for k in [*shared, device]) / ranks + ram["libraries' pages"] + ram["checkpoint load"]
+    # the column at its bytes: the CPU ranks run with glibc's mmap threshold fixed (launch.training_env)
+    assert not any(k.startswith("glibc") for k in ram)
     check = plancheck.compare(p, _measured([0.5 * rank] * ranks), ranks)
     by_name = {f.name: f for f in check.figures}
     assert abs(by_name["RAM per rank (peak RSS)"].predicted - rank) < 1e-9
