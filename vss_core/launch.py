@@ -203,7 +203,8 @@ def build_command(
 # measured a rank's memory beyond its other items at 1.9-3.2x the device column's bytes that way. Setting
 # the threshold turns the dynamic adjustment off (mallopt(3), M_MMAP_THRESHOLD; MALLOC_MMAP_THRESHOLD_ is
 # its environment form): every block of 1 MiB or more is mmap'ed and leaves RSS when freed, so a rank holds
-# what its live tensors take (1.00x of the planned column at 1B) and the plan need not guess glibc's retention.
+# what its live tensors take and the plan need not guess glibc's retention (a rank's peak: 0.98-1.08x the plan
+# from 0.006B to 1B parameters, README "Will it fit?").
 CPU_MMAP_THRESHOLD = 1 << 20
 
 

@@ -462,7 +462,8 @@ PROCESS_HEAP_GIB = 0.44
 LIBRARY_PAGES_GIB = 0.63
 # What a rank's own memory grows by in training beyond its planned items (DeepSpeed's engine and
 # hooks, autograd, CPU Adam, the metrics writers): bench/bench_plan.py measures it on the demo's
-# tiny model, whose planned items are near zero (`fixed_working_memory`).
+# tiny model, whose planned items are near zero (`fixed_working_memory`): 0.08 GiB a rank with the
+# ranks' fixed mmap threshold (launch.CPU_MMAP_THRESHOLD; 0.16 under glibc's default, which kept more).
 TRAINING_FIXED_GIB = 0.08
 # A CUDA rank maps the CUDA libraries too: every shared object of torch 2.14.1 and its nvidia-* wheels
 # (cuBLAS, cuDNN, NCCL, libtorch_cuda, ...) is 4.05 GiB on disk (`du` of the installed files),
