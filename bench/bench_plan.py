@@ -359,6 +359,15 @@ def train_one(cfg, model_dir: Path, prepared: Path, name: str, steps: int) -> di
         "hwm": [g["peak_rss_bytes"] for g in measured["per_rank"]] if measured else None,
         "gathered": [g.get("gathered_params_peak_bytes") for g in measured["per_rank"]] if measured else [],
         "step_time_s": measured["step_time_s"] if measured else None,
+        # the ranks' seconds in DeepSpeed's forward fetches (forward + recompute), the slower rank's
+        "fetch_s": max(
+            ((g.get("fetch_s_leaf", 0.0), g.get("fetch_s_other", 0.0)) for g in measured["per_rank"]),
+            key=sum,
+            default=None,
+        )
+        if measured
+        else None,
+        "steps": steps,
         "stopped": stopped,
     }
 
@@ -392,6 +401,10 @@ def fixed_working_memory(res: dict, ram, cfg) -> float | None:
         if c.startswith(("weight partitions", "optimizer", "batches in flight")) or "device memory" in c:
             planned += it.gib * GIB / ranks
     return grown - planned
+
+
+def seconds_row(name: str, pred: float, meas: float, note: str = "") -> str:
+    return f"  {name[:74]:74s} | {pred:8.2f}s | {meas:8.2f}s | {meas / pred:6.2f}x | {note}"
 
 
 def row(name: str, pred: float | None, meas: float | None, note: str = "") -> str:
@@ -532,7 +545,7 @@ def report_size(
                 "    per rank: gathered parameters at once (the leaf once + the others)",
                 planned_gathered,
                 max(gathered) if gathered else None,
-                "DeepSpeed's own count of available elements at each module's forward (train._GatheredPeak)",
+                "DeepSpeed's own count of available elements at each module's forward (train._ZeroGathers)",
             )
         )
         for part in parts:
@@ -638,9 +651,34 @@ def report_size(
     if step_pred and res["step_time_s"]:
         rates = the_plan.time.assumptions[0].removeprefix("rates: ")
         print(
-            f"  {'time: seconds per optimizer step (vss plan estimate vs the run)':74s} | {step_pred:8.2f}s | "
-            f"{res['step_time_s']:8.2f}s | {res['step_time_s'] / step_pred:6.2f}x | rates {rates}"
+            seconds_row(
+                "time: seconds per optimizer step (vss plan estimate vs the run)",
+                step_pred,
+                res["step_time_s"],
+                f"rates {rates}",
+            )
         )
+        if res["fetch_s"]:
+            # the estimate's parameter traffic is 3 passes a micro batch (forward, recompute, backward);
+            # the run times the fetches of the first two (train._ZeroGathers)
+            micro = cfg.training.gradient_accumulation_steps
+            traffic = sum(i.seconds for i in the_plan.time.items if i.component.startswith("parameter")) * micro
+            leaf, other = (x / res["steps"] for x in res["fetch_s"])
+            print(
+                seconds_row(
+                    "  of it: parameter fetches in the forward + recompute (2 of 3 passes)",
+                    traffic * 2 / 3,
+                    leaf + other,
+                    f"DeepSpeed's pre-forward hooks: MoE leaves {leaf:.2f} s + the rest {other:.2f} s",
+                )
+            )
+            print(
+                seconds_row(
+                    "  of it: the rest (compute, the backward's fetches, optimizer)",
+                    step_pred - traffic * 2 / 3,
+                    res["step_time_s"] - leaf - other,
+                )
+            )
     return {
         "seconds per step": res["step_time_s"] / step_pred if step_pred and res["step_time_s"] else None,
         "RAM per rank (RSS peak)": rank_rss / per_rank_pred if rank_rss else None,

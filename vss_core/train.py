@@ -24,6 +24,7 @@ configured through DeepSpeed. The adapter folder holds what peft loads and the c
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import math
@@ -443,30 +444,77 @@ class _StepLog:
             self.metrics.close()
 
 
-class _GatheredPeak:
-    """The most parameter bytes ZeRO-3 held gathered at once on this rank: DeepSpeed's own count of
-    available parameter elements (the coordinator's), read at every module's forward, after its
-    fetch and prefetch, the checkpointed layers' recompute included; x the weights' element size.
-    What the planner's "MoE leaf gathered whole" (once) plus "other gathered parameters" predict.
+class _ZeroGathers:
+    """What ZeRO-3's parameter gathers cost this rank, read around DeepSpeed's own hooks:
+
+    - the most parameter bytes held gathered at once: DeepSpeed's count of available parameter
+      elements (the coordinator's), read at every module's forward after its fetch and prefetch, the
+      checkpointed layers' recompute included; x the weights' element size. What the planner's "MoE
+      leaf gathered whole" plus "other gathered parameters" predict;
+    - the seconds spent in DeepSpeed's pre-forward hooks (the fetch: an all-gather, or the wait for a
+      prefetched one) of the MoE leaves and of every other module, in the forward and the recompute
+      (the backward's own fetches are not hooked here): between a hook put before DeepSpeed's
+      (prepend) and one after it. On a GPU the pair is a CUDA event pair on the compute stream, so the
+      figure is the time that stream waited for the gather, measured without a host synchronisation.
+
     None where the engine has no ZeRO-3 coordinator (or DeepSpeed renamed its counter)."""
 
     _COUNT = "_PartitionedParameterCoordinator__n_available_params"  # a private field: read, never set
 
-    def __init__(self, engine, element_size: int) -> None:
+    def __init__(self, engine, element_size: int, leaf_classes: tuple[type, ...] = ()) -> None:
         offload = getattr(engine.optimizer, "parameter_offload", None)
         self.coordinator = offload.get_param_coordinator() if offload is not None else None
         self.element_size, self.peak = element_size, 0
+        self.seconds = {"leaf": 0.0, "other": 0.0}
+        from deepspeed.accelerator import get_accelerator
+
+        self.cuda = get_accelerator().device_name() == "cuda"
+        self._events: collections.deque = collections.deque()  # CUDA: (kind, start, end), read when done
+        self._t0: float | object = 0.0
         if self.coordinator is None or not hasattr(self.coordinator, self._COUNT):
             self.coordinator = None
             return
         for module in engine.module.modules():
-            module.register_forward_pre_hook(self._read)
+            kind = "leaf" if isinstance(module, leaf_classes) else "other"
+            module.register_forward_pre_hook(self._start, prepend=True)
+            module.register_forward_pre_hook(lambda *_, kind=kind: self._read(kind))
 
-    def _read(self, *_) -> None:
+    def _start(self, *_) -> None:
+        if self.cuda:
+            self._t0 = torch.cuda.Event(enable_timing=True)
+            self._t0.record()
+        else:
+            self._t0 = time.perf_counter()
+
+    def _read(self, kind: str) -> None:
         self.peak = max(self.peak, getattr(self.coordinator, self._COUNT))
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events.append((kind, self._t0, end))
+            if len(self._events) >= 4096:  # fold the finished pairs: no host synchronisation
+                self._fold(wait=False)
+        else:
+            self.seconds[kind] += time.perf_counter() - self._t0
+
+    def _fold(self, wait: bool) -> None:
+        if not self._events:
+            return
+        if wait:
+            torch.cuda.synchronize()
+        while self._events and (wait or self._events[0][2].query()):
+            kind, start, end = self._events.popleft()
+            self.seconds[kind] += start.elapsed_time(end) / 1000
 
     def figures(self) -> dict:
-        return {} if self.coordinator is None else {"gathered_params_peak_bytes": self.peak * self.element_size}
+        if self.coordinator is None:
+            return {}
+        self._fold(wait=True)
+        return {
+            "gathered_params_peak_bytes": self.peak * self.element_size,
+            "fetch_s_leaf": self.seconds["leaf"],
+            "fetch_s_other": self.seconds["other"],
+        }
 
 
 class _Timer:
@@ -561,8 +609,9 @@ def measured_peaks(
     process (VmHWM; loader workers are separate processes, with their own bounded share), its memory
     at the end of each phase (`phases`, `memory_now`: started, model loaded, engine built, trained =
     after the final evaluation and the adapter's save; what each phase added is what the planner's
-    items predict), the most parameter bytes ZeRO-3 held gathered at once (`_GatheredPeak`), peak GPU
-    memory where there is a GPU, loop time and the share spent waiting for data."""
+    items predict), the most parameter bytes ZeRO-3 held gathered at once and the seconds its fetches
+    took (`_ZeroGathers`), peak GPU memory where there is a GPU, loop time and the share spent waiting
+    for data."""
     mine = {"peak_rss_bytes": peak_rss_bytes(), **timer.figures(), **(gathered.figures() if gathered else {})}
     if phases:
         mine["memory_by_phase"] = {**phases, "trained": memory_now()}
@@ -627,7 +676,7 @@ def train(cfg: VSSConfig, run: RunPaths, model_dir: Path, prepared_dir: Path) ->
     peft_model, trainable, total = _build_model(cfg, model_dir, run, rank)
     phases["model_loaded"] = {**memory_now(), "partition_bytes": _partition_bytes(peft_model)}
     engine, scheduler = _build_engine(cfg, peft_model, total_steps)
-    gathered = _GatheredPeak(engine, _model_dtype(cfg).itemsize)
+    gathered = _ZeroGathers(engine, _model_dtype(cfg).itemsize, tuple(omni.zero3_leaf_classes()))
     _resume(engine, point, rank, total_steps)
     phases["engine_built"] = memory_now()
     steps_log = _StepLog(cfg, run, rank)

@@ -108,6 +108,10 @@ def test_flow_downloads_trains_uploads_and_a_rerun_reuses_the_adapter(
     # once (it is under stage3_max_live_parameters), so each rank's peak is at most all its weights
     weights = summary["total_parameters"] * 4  # cpu-demo: fp32
     assert all(0 < r["gathered_params_peak_bytes"] <= weights for r in summary["measured"]["per_rank"])
+    # and the seconds its forward fetches took, the MoE leaves apart: some, and less than the loop
+    loop_s = summary["measured"]["step_time_s"] * summary["steps"]
+    assert all(0 < r["fetch_s_leaf"] and 0 < r["fetch_s_other"] for r in summary["measured"]["per_rank"])
+    assert all(r["fetch_s_leaf"] + r["fetch_s_other"] < loop_s for r in summary["measured"]["per_rank"])
     assert (
         check["RAM per rank (peak RSS)"]["measured"] == rank_peak and check["RAM per rank (peak RSS)"]["predicted"] > 0
     )
