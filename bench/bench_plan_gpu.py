@@ -18,9 +18,10 @@ H200.
 With CUDA (one GPU): the model is trained for --steps optimizer steps through vss_core.launch.run_training
 (the DeepSpeed launcher, one rank) on the demo's samples, and the run's own planner check is printed
 (`plan_check` of train_summary.json: torch.cuda.max_memory_allocated / max_memory_reserved per rank
-against the plan's GPU figure, host RAM per rank, seconds per step against the estimate). The time
-spent gathering the MoE leaf is not separated yet (it needs a hook in DeepSpeed's fetch; the step
-time includes it).
+against the plan's GPU figure, host RAM per rank, seconds per step against the estimate), and the
+time the compute stream waited in DeepSpeed's forward fetches, the MoE leaves apart (`fetch_s_leaf`,
+`fetch_s_other` of train_summary.json: CUDA event pairs around DeepSpeed's pre-forward hooks,
+train._ZeroGathers; forward and recompute, not the backward's own fetches), per step.
 
 Without CUDA the measured side is skipped and says so: no GPU was lent when this was written, so the
 CUDA path has not run yet.
@@ -137,7 +138,8 @@ def main() -> None:
             print(
                 f"  max_memory_allocated {rank.get('gpu_max_allocated_bytes', 0) / 2**30:.2f} GiB, "
                 f"max_memory_reserved {rank.get('gpu_max_reserved_bytes', 0) / 2**30:.2f} GiB, "
-                f"step {rank['step_time_s']:.2f} s"
+                f"step {rank['step_time_s']:.2f} s, forward fetches a step: MoE leaves "
+                f"{rank.get('fetch_s_leaf', 0.0) / args.steps:.2f} s, the rest {rank.get('fetch_s_other', 0.0) / args.steps:.2f} s"
             )
         from vss_core.plancheck import PlanCheck
 

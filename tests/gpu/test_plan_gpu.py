@@ -33,6 +33,9 @@ def test_one_gpu_run_records_its_gpu_peaks_within_the_plan(tmp_path, tiny_model_
     summary = json.loads((Path(run.root) / "train_summary.json").read_text())
     rank = summary["measured"]["per_rank"][0]
     assert 0 < rank["gpu_max_allocated_bytes"] <= rank["gpu_max_reserved_bytes"]
+    # the compute stream's waits in DeepSpeed's forward fetches, timed with CUDA events: some, under the loop
+    assert 0 < rank["fetch_s_leaf"] and 0 < rank["fetch_s_other"]
+    assert rank["fetch_s_leaf"] + rank["fetch_s_other"] < rank["step_time_s"] * 2
     figures = {f["name"]: f for f in summary["plan_check"]["figures"]}
     gpu = figures["GPU memory per rank (max reserved)"]
     assert gpu["measured"] == rank["gpu_max_reserved_bytes"] / 2**30
