@@ -20,8 +20,11 @@ vss_core.launch.run_training on the demo's samples, saving a checkpoint after ev
 - the peak RSS of each rank process (the planner's `plan.ram_per_rank`: its share of the node's
   items, shared library pages whole, as RSS counts them) and its RssAnon / RssFile split at that peak;
   the largest loader-worker USS; the launcher processes' USS (and PSS);
-- the node: the peak PSS sum of every training process at one instant (each shared page counted
-  once: the RAM the run takes), beside psutil's `used` and `available` and the RSS sum;
+- the node: the RAM every training process takes at one instant, its peak: their anonymous memory by
+  PSS (a page shared copy-on-write counted once) plus their library pages once (the largest RssFile
+  of any of them; their PSS sum alone counts those pages only in part, since every other process
+  mapping the same files, this benchmark included, takes a share), beside that PSS sum, psutil's
+  `used` and `available` and the RSS sum;
 - disk: the checkpoints folder's peak size (its own 5 ms loop: a checkpoint is written and the
   oldest removed within ~0.1 s), the adapter, the prepared data;
 and from the run itself (train_summary.json "measured"): the peak RSS (VmHWM) per rank and each rank's memory
@@ -127,7 +130,8 @@ def du(path: Path) -> int:
 
 class RunSampler:
     """Peaks of one training run, sampled from outside: per rank tree RSS and PSS, the node's RAM
-    (psutil, and the PSS sum of every training process), the launcher processes, checkpoint disk."""
+    (psutil; the training processes' anonymous PSS + library pages once, and their PSS sum), the launcher
+    processes, checkpoint disk."""
 
     def __init__(self, config: str, checkpoints: Path, interval_s: float = 0.2) -> None:
         self.config, self.checkpoints, self.interval_s = config, checkpoints, interval_s
@@ -136,6 +140,11 @@ class RunSampler:
         self.worker_uss = 0
         self.tree_sum_peak = 0  # RSS of every training process (launcher, ranks, workers) at one instant
         self.pss_sum_peak = 0  # PSS of the same at one instant: each shared page counted once in all
+        # The node's RAM at one instant: the training processes' anonymous memory by PSS (a page shared
+        # copy-on-write with a loader worker counted once) and their library pages once, as the largest
+        # RssFile of any of them. Their PSS sum alone gives the library pages only in part: every other
+        # process mapping the same files (this benchmark, a Prefect server, a test run) takes a share.
+        self.node_peak = 0
         self.launcher_pss = 0  # PSS of the DeepSpeed launcher processes (the runner and launch)
         self.launcher_uss = 0  # their USS: what they hold beside the library pages every process maps
         self.others: list[str] = []
@@ -188,7 +197,7 @@ class RunSampler:
                     continue
                 self.peaks[rank.pid] = max(self.peaks.get(rank.pid, 0), total)
                 self.rank_rss[rank.pid] = max(self.rank_rss.get(rank.pid, 0), own)
-            tree = pss = launcher = launcher_uss = other = 0
+            tree = pss = launcher = launcher_uss = other = anon = files = 0
             others: list[str] = []
             for p in me.children(recursive=True):
                 try:
@@ -198,6 +207,9 @@ class RunSampler:
                     continue
                 tree += full.rss
                 pss += full.pss
+                rollup = smaps_rollup(p.pid)
+                anon += rollup.get("Pss_Anon", 0) + rollup.get("Pss_Shmem", 0)
+                files = max(files, rss_split(p.pid).get("RssFile", 0))
                 if p.pid in in_ranks:
                     continue
                 if any(a.endswith("/deepspeed") or a == "deepspeed.launcher.launch" for a in cmd[:4]):
@@ -208,6 +220,7 @@ class RunSampler:
                     others.append(f"{full.pss / GIB:.3f} GiB: {' '.join(cmd)[:120]}")
             self.tree_sum_peak = max(self.tree_sum_peak, tree)
             self.pss_sum_peak = max(self.pss_sum_peak, pss)
+            self.node_peak = max(self.node_peak, anon + files)
             if in_ranks:  # while the ranks run: the launchers' steady state, not their start
                 self.launcher_pss = max(self.launcher_pss, launcher)
                 self.launcher_uss = max(self.launcher_uss, launcher_uss)
@@ -230,6 +243,19 @@ class RunSampler:
         self._stop.set()
         self._thread.join()
         self._disk.join()
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """A process's /proc/PID/smaps_rollup totals (Pss_Anon, Pss_File, Pss_Shmem, ...), in bytes ({} when gone)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 def rss_split(pid: int) -> dict[str, int]:
@@ -338,6 +364,7 @@ def train_one(cfg, model_dir: Path, prepared: Path, name: str, steps: int) -> di
         "avail_drop": s.avail0 - s.avail_min,
         "tree_sum": s.tree_sum_peak,
         "pss_sum": s.pss_sum_peak,
+        "node": s.node_peak,
         "launcher_pss": s.launcher_pss,
         "launcher_uss": s.launcher_uss,
         "rank_rss": sorted(s.rank_rss.values()),
@@ -523,10 +550,10 @@ def report_size(
             print(row(c, pred, None, "not measured here"))
     dev = item(ram, *[i.component for i in ram.items if "device memory" in i.component])
     if dev is not None:
-        residual = res["pss_sum"] - measured_parts
+        residual = res["node"] - measured_parts
         print(
             row(
-                "  residual: training processes' PSS sum at peak - the measured parts above",
+                "  residual: the training processes' RAM at its peak - the measured parts above",
                 sum(
                     i.gib
                     for i in ram.items
@@ -597,7 +624,20 @@ def report_size(
         )
     )
     print(
-        row("per node: need - OS reserve vs training processes' PSS sum", used_items, res["pss_sum"], "at one instant")
+        row(
+            "per node: need - OS reserve vs the training processes' RAM",
+            used_items,
+            res["node"],
+            "at one instant: anonymous PSS + library pages once (largest RssFile)",
+        )
+    )
+    print(
+        row(
+            "  (same vs their PSS sum: library pages other processes map too counted in part)",
+            used_items,
+            res["pss_sum"],
+            "",
+        )
     )
     print(
         row("  (same vs psutil used, peak - idle: no shared memory, no file pages)", used_items, res["used_delta"], "")
@@ -608,7 +648,7 @@ def report_size(
             "  (same vs training processes' RSS sum: shared pages counted per process)", used_items, res["tree_sum"], ""
         )
     )
-    print(row("per node: need (with reserve) as `vss plan` prints it", ram.need_gib * GIB, res["pss_sum"], "PSS sum"))
+    print(row("per node: need (with reserve) as `vss plan` prints it", ram.need_gib * GIB, res["node"], ""))
     print(" disk items:")
     for it in disk.items:
         c, pred = it.component, it.gib * GIB
@@ -683,7 +723,7 @@ def report_size(
         "seconds per step": res["step_time_s"] / step_pred if step_pred and res["step_time_s"] else None,
         "RAM per rank (RSS peak)": rank_rss / per_rank_pred if rank_rss else None,
         "RAM per rank (VmHWM)": max(res["hwm"]) / per_rank_pred if res["hwm"] else None,
-        "RAM per node (PSS sum)": res["pss_sum"] / used_items,
+        "RAM per node": res["node"] / used_items,
         "disk": disk_meas / (disk.need_gib * GIB) if disk.need_gib else None,
     }
 
