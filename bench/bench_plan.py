@@ -201,23 +201,26 @@ class RunSampler:
             others: list[str] = []
             for p in me.children(recursive=True):
                 try:
-                    full = p.memory_full_info()
                     cmd = p.cmdline()
                 except psutil.Error:
                     continue
-                tree += full.rss
-                pss += full.pss
-                rollup = smaps_rollup(p.pid)
+                rollup = smaps_rollup(p.pid)  # one read for RSS, PSS, USS and the anonymous PSS
+                if not rollup:
+                    continue  # gone meanwhile
+                own_pss = rollup.get("Pss", 0)
+                tree += rollup.get("Rss", 0)
+                pss += own_pss
                 anon += rollup.get("Pss_Anon", 0) + rollup.get("Pss_Shmem", 0)
                 files = max(files, rss_split(p.pid).get("RssFile", 0))
                 if p.pid in in_ranks:
                     continue
                 if any(a.endswith("/deepspeed") or a == "deepspeed.launcher.launch" for a in cmd[:4]):
-                    launcher += full.pss
-                    launcher_uss += full.uss
+                    launcher += own_pss
+                    # USS as psutil counts it: the private pages
+                    launcher_uss += sum(rollup.get(k, 0) for k in ("Private_Clean", "Private_Dirty", "Private_Hugetlb"))
                 else:
-                    other += full.pss
-                    others.append(f"{full.pss / GIB:.3f} GiB: {' '.join(cmd)[:120]}")
+                    other += own_pss
+                    others.append(f"{own_pss / GIB:.3f} GiB: {' '.join(cmd)[:120]}")
             self.tree_sum_peak = max(self.tree_sum_peak, tree)
             self.pss_sum_peak = max(self.pss_sum_peak, pss)
             self.node_peak = max(self.node_peak, anon + files)
