@@ -469,6 +469,9 @@ TRAINING_FIXED_GIB = 0.08
 # (cuBLAS, cuDNN, NCCL, libtorch_cuda, ...) is 4.05 GiB on disk (`du` of the installed files),
 # counted as if all resident: an upper bound, once per node.
 CUDA_LIBRARY_PAGES_GIB = 4.05
+# The PyTorch caching allocator's margin on the GPU peak (max reserved over max allocated, less 1): ZeRO-3
+# runs report 1.12 (DeepSpeed#3378: 12.46 -> 14 GB) and 1.23 (DeepSpeed#3734, 13B on 8x A100: 56.1 -> 69.2
+# GB); planned at the larger, since a "fits" must not be wrong. Not measured: no GPU lent.
 FRAGMENTATION = 0.23
 # The CUDA driver's host memory per process (context bookkeeping, the kernels' host images, pinned
 # staging): reported at 1.2 GB of RSS on the first CUDA use (pytorch/pytorch#106511) and 0.32 -> 2.06 GB
@@ -492,10 +495,7 @@ class Assumptions:
     """What the planner cannot read from a config; every figure that uses one says so."""
 
     cuda_context_gib: float = 3.0  # CUDA context + NCCL communicator buffers per GPU (cited in its item's note)
-    # PyTorch caching-allocator margin on the GPU peak (max reserved over max allocated, less 1): ZeRO-3
-    # runs report 1.12 (DeepSpeed#3378: 12.46 -> 14 GB) and 1.23 (DeepSpeed#3734, 13B on 8x A100: 56.1 ->
-    # 69.2 GB); planned at the larger, since "fits" must not be wrong
-    fragmentation: float = FRAGMENTATION
+    fragmentation: float = FRAGMENTATION  # PyTorch caching-allocator margin on the GPU peak (cited)
     process_heap_gib: float = PROCESS_HEAP_GIB  # a rank's own memory before its model (measured)
     library_pages_gib: float = LIBRARY_PAGES_GIB  # torch, DeepSpeed, transformers pages, once per node (measured)
     cuda_library_pages_gib: float = CUDA_LIBRARY_PAGES_GIB  # the same with the CUDA libraries (file sizes)
